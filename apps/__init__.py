@@ -1,0 +1,1 @@
+"""Berth's Django apps."""

@@ -1,0 +1,1 @@
+"""The browser admin console (templates live in frontend/)."""

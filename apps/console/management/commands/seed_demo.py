@@ -1,0 +1,24 @@
+"""``manage.py seed_demo``: create the demo platform (idempotent) and print its login."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from apps.console.services import demo_seed
+from control_plane.settings.env import env
+
+
+class Command(BaseCommand):
+    help = "Create the demo admin user (and, later, the demo tenant and model); safe to repeat."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        login = demo_seed(
+            data_dir=settings.BERTH_DATA_DIR,
+            admin_password=env.str("BERTH_ADMIN_PASSWORD", default=""),
+        )
+        verb = "created" if login.created else "kept"
+        password = login.password or "(unknown: set BERTH_ADMIN_PASSWORD to choose one)"
+        self.stdout.write(f"demo seed: admin user {verb}; login {login.username} / {password}")

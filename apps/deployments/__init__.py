@@ -1,0 +1,1 @@
+"""Workers, deployments and replicas; placement and the reconcile loop."""

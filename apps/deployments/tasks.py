@@ -1,0 +1,36 @@
+"""Control tasks of the deployments app; they run on the control queue."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
+
+from apps.deployments.services import worker_mark_missing, worker_record_heartbeat
+from inference_workers.types import HEARTBEAT_TASK, MessageError, WorkerHeartbeat
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name=HEARTBEAT_TASK, ignore_result=True)
+def worker_heartbeat(message: dict[str, Any]) -> None:
+    """Records a worker's heartbeat; a malformed one is logged and dropped."""
+    try:
+        heartbeat = WorkerHeartbeat.from_message(message)
+    except MessageError as exc:
+        log.warning("dropped a malformed heartbeat: %s", exc)
+        return
+    worker_record_heartbeat(heartbeat=heartbeat)
+
+
+@shared_task(name="berth.workers_mark_missing", ignore_result=True)
+def workers_mark_missing() -> None:
+    """Marks dead the workers whose heartbeats stopped (run by beat every 2 s)."""
+    worker_mark_missing(
+        now=timezone.now(),
+        interval_s=settings.BERTH_HEARTBEAT_INTERVAL_S,
+        missed=settings.BERTH_HEARTBEATS_MISSED_FOR_DEAD,
+    )

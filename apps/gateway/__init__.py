@@ -1,0 +1,1 @@
+"""The per-tenant inference endpoints (Open Inference Protocol v2) as an ASGI app."""

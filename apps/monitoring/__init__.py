@@ -1,0 +1,1 @@
+"""Health, metric rollups and the WebSocket consumers of the dashboards."""

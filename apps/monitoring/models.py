@@ -1,0 +1,1 @@
+"""This app keeps no tables yet."""

@@ -1,0 +1,1 @@
+"""Tenants, memberships, API keys and quotas (see the tenants issue)."""

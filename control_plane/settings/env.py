@@ -1,0 +1,82 @@
+"""The one reader of the control plane's environment.
+
+Every integration is chosen by a URL or a variable read here; the settings modules
+only call these functions. Defaults give the embedded platform: SQLite, the filesystem
+broker and the in-memory channel layer under ``BERTH_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+env = environ.Env()
+
+
+def data_dir() -> Path:
+    """``BERTH_DATA_DIR`` (default ``./var`` in the repository), created when missing."""
+    path = Path(env.str("BERTH_DATA_DIR", default=str(BASE_DIR / "var"))).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def secret_key(folder: Path) -> str:
+    """``SECRET_KEY``, or a key generated once into the data dir and reused after."""
+    value: str = env.str("SECRET_KEY", default="")
+    if value:
+        return value
+    key_file = folder / "secret_key"
+    try:
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return key_file.read_text().strip()
+    key = secrets.token_urlsafe(50)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    return key
+
+
+def database(folder: Path) -> dict[str, Any]:
+    """``DATABASE_URL``, default SQLite under the data dir (WAL, immediate transactions)."""
+    config: dict[str, Any] = env.db_url("DATABASE_URL", default=f"sqlite:///{folder / 'berth.sqlite3'}")
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        # Several processes (web, control worker, beat) share the file: WAL lets readers
+        # run beside a writer, and IMMEDIATE transactions avoid upgrade deadlocks.
+        config.setdefault("OPTIONS", {}).update(
+            {
+                "timeout": 20,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            }
+        )
+    else:
+        config.setdefault("CONN_MAX_AGE", 60)
+        config.setdefault("CONN_HEALTH_CHECKS", True)
+    return config
+
+
+def channel_layers() -> dict[str, Any]:
+    """``REDIS_URL`` selects the Redis channel layer; unset, the in-memory one."""
+    redis_url: str = env.str("REDIS_URL", default="")
+    if redis_url:
+        return {
+            "default": {
+                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "CONFIG": {"hosts": [redis_url], "prefix": "berth"},
+            }
+        }
+    return {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+def cache() -> dict[str, Any]:
+    """``REDIS_URL`` also backs the shared cache; unset, a per-process memory cache."""
+    redis_url: str = env.str("REDIS_URL", default="")
+    if redis_url:
+        return {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": redis_url}}
+    return {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}

@@ -1,0 +1,20 @@
+"""URL map of the Django side: console, admin, health, and the REST API under /api/v1/."""
+
+from django.contrib import admin
+from django.urls import URLPattern, URLResolver, include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from apps.monitoring.apis import healthz
+
+api_v1: list[URLPattern | URLResolver] = [
+    path("", include("apps.deployments.urls")),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+]
+
+urlpatterns = [
+    path("healthz", healthz, name="healthz"),
+    path("api/v1/", include(api_v1)),
+    path("admin/", admin.site.urls),
+    path("", include("apps.console.urls")),
+]

@@ -1,0 +1,131 @@
+"""Devices an inference worker serves on: an NVIDIA GPU through NVML, or the CPU.
+
+Both answer the same ``Device`` interface, so the model host accounts memory the same
+way on either. On a GPU the figures are NVML's; on the CPU the capacity is a configured
+budget and "used" is this process's resident memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from typing import Protocol
+
+import psutil
+
+from inference_workers.errors import WorkerError
+from inference_workers.types import DeviceState
+
+
+class DeviceError(WorkerError):
+    """The device named in the settings cannot be opened."""
+
+
+class Device(Protocol):
+    """One device a worker hosts models on."""
+
+    kind: str
+    index: int
+
+    def state(self) -> DeviceState:
+        """Measures the device now."""
+        ...
+
+    def close(self) -> None:
+        """Releases any handle held on the device."""
+        ...
+
+
+class CpuDevice:
+    """The CPU with a memory budget; used memory is this process's RSS."""
+
+    kind = "cpu"
+    index = 0
+
+    def __init__(self, *, memory_budget_bytes: int) -> None:
+        self._budget = memory_budget_bytes
+        self._process = psutil.Process(os.getpid())
+        self._name = platform.processor() or platform.machine() or "cpu"
+
+    def state(self) -> DeviceState:
+        used = self._process.memory_info().rss
+        return DeviceState(
+            kind="cpu",
+            index=0,
+            name=self._name,
+            uuid=f"cpu-{platform.node()}",
+            total_bytes=self._budget,
+            used_bytes=used,
+            free_bytes=max(self._budget - used, 0),
+            utilisation_pct=self._process.cpu_percent(interval=None),
+        )
+
+    def close(self) -> None:
+        return None
+
+
+class NvmlDevice:
+    """An NVIDIA GPU read through NVML (pynvml from the nvidia-ml-py package)."""
+
+    kind = "cuda"
+
+    def __init__(self, *, index: int) -> None:
+        import pynvml
+
+        try:
+            pynvml.nvmlInit()
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        except pynvml.NVMLError as exc:
+            raise DeviceError(f"cannot open cuda:{index} through NVML: {exc}") from exc
+        self._nvml = pynvml
+        self.index = index
+
+    def state(self) -> DeviceState:
+        nvml = self._nvml
+        memory = nvml.nvmlDeviceGetMemoryInfo(self._handle)
+        name = nvml.nvmlDeviceGetName(self._handle)
+        uuid = nvml.nvmlDeviceGetUUID(self._handle)
+        try:
+            utilisation: float | None = float(nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+        except nvml.NVMLError:
+            utilisation = None
+        return DeviceState(
+            kind="cuda",
+            index=self.index,
+            name=name.decode() if isinstance(name, bytes) else str(name),
+            uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
+            total_bytes=int(memory.total),
+            used_bytes=int(memory.used),
+            free_bytes=int(memory.free),
+            utilisation_pct=utilisation,
+        )
+
+    def close(self) -> None:
+        with contextlib.suppress(self._nvml.NVMLError):
+            self._nvml.nvmlShutdown()
+
+
+def gpu_count() -> int:
+    """How many NVIDIA GPUs NVML sees; 0 when there is no driver or no GPU."""
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return 0
+    try:
+        return int(pynvml.nvmlDeviceGetCount())
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def open_device(spec: str, *, memory_budget_bytes: int) -> Device:
+    """Opens the device named ``cpu`` or ``cuda:N``.
+
+    Raises:
+        DeviceError: When the GPU cannot be reached through NVML.
+    """
+    if spec == "cpu":
+        return CpuDevice(memory_budget_bytes=memory_budget_bytes)
+    return NvmlDevice(index=int(spec.split(":", 1)[1]))

@@ -1,0 +1,167 @@
+"""Typed worker settings, read once from ``BERTH_WORKER_*`` environment variables.
+
+Command-line flags of ``python -m inference_workers`` override the matching variables.
+Every error names the variable at fault and what a valid value looks like.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from inference_workers.broker import BrokerConfig, broker_config
+from inference_workers.errors import SettingsError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1000,
+    "KB": 1000,
+    "M": 1000**2,
+    "MB": 1000**2,
+    "G": 1000**3,
+    "GB": 1000**3,
+    "T": 1000**4,
+    "TB": 1000**4,
+    "KI": 1024,
+    "KIB": 1024,
+    "MI": 1024**2,
+    "MIB": 1024**2,
+    "GI": 1024**3,
+    "GIB": 1024**3,
+    "TI": 1024**4,
+    "TIB": 1024**4,
+}
+_DEVICE = re.compile(r"^(cpu|cuda:\d+)$")
+
+
+def parse_size(text: str, *, variable: str) -> int:
+    """Parses a byte size such as ``4GiB``, ``512MiB``, ``2G`` or ``1048576``.
+
+    Args:
+        text: The value to parse.
+        variable: The variable or flag it came from, named in the error.
+
+    Returns:
+        The size in bytes.
+
+    Raises:
+        SettingsError: When the text is not a positive size.
+    """
+    match = _SIZE.match(text)
+    if not match:
+        raise SettingsError(f"{variable}: {text!r} is not a size; write it like 4GiB, 512MiB or 1073741824")
+    number, unit = match.groups()
+    size = int(float(number) * _UNITS[(unit or "").upper()])
+    if size <= 0:
+        raise SettingsError(f"{variable}: the size must be greater than zero, got {text!r}")
+    return size
+
+
+def _int(environ: Mapping[str, str], variable: str, default: int, *, minimum: int = 0) -> int:
+    raw = environ.get(variable, "")
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{variable}: {raw!r} is not a whole number") from None
+    if value < minimum:
+        raise SettingsError(f"{variable}: must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(environ: Mapping[str, str], variable: str, default: float, *, minimum: float) -> float:
+    raw = environ.get(variable, "")
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{variable}: {raw!r} is not a number") from None
+    if value < minimum:
+        raise SettingsError(f"{variable}: must be at least {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The inference worker's whole configuration."""
+
+    worker_id: str
+    device: str
+    memory_budget_bytes: int
+    bind_host: str
+    port: int
+    advertise_host: str
+    heartbeat_interval_s: float
+    control_queue: str
+    data_dir: Path
+    broker: BrokerConfig
+
+    @property
+    def queue(self) -> str:
+        """The Celery queue this worker consumes its commands from."""
+        return f"worker.{self.worker_id}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> WorkerSettings:
+        """Reads the settings from an environment mapping (``os.environ`` in production).
+
+        Variables: ``BERTH_WORKER_ID`` (default ``<hostname>-<device>``),
+        ``BERTH_WORKER_DEVICE`` (``cpu`` or ``cuda:N``, default ``cpu``),
+        ``BERTH_WORKER_MEMORY_BUDGET`` (CPU budget, default ``4GiB``),
+        ``BERTH_WORKER_HOST`` (bind address, default ``127.0.0.1``),
+        ``BERTH_WORKER_PORT`` (data-plane port, ``0`` picks a free one),
+        ``BERTH_WORKER_ADVERTISE_HOST`` (host put in the data-plane URL),
+        ``BERTH_WORKER_HEARTBEAT_S`` (default 2), ``BERTH_WORKER_CONTROL_QUEUE``
+        (default ``control``), ``BERTH_WORKER_DATA_DIR`` (default ``BERTH_DATA_DIR``),
+        ``BERTH_WORKER_BROKER_URL`` (default ``CELERY_BROKER_URL``, else embedded).
+
+        Raises:
+            SettingsError: Naming the variable whose value is wrong.
+        """
+        device = environ.get("BERTH_WORKER_DEVICE", "") or "cpu"
+        if not _DEVICE.match(device):
+            raise SettingsError(
+                f"BERTH_WORKER_DEVICE: {device!r} is not a device; use cpu or cuda:N (cuda:0, cuda:1, …)"
+            )
+        worker_id = environ.get("BERTH_WORKER_ID", "") or f"{socket.gethostname()}-{device.replace(':', '')}"
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", worker_id):
+            raise SettingsError(
+                f"BERTH_WORKER_ID: {worker_id!r} may use letters, digits, '.', '_' and '-' (at most 128)"
+            )
+        budget_text = environ.get("BERTH_WORKER_MEMORY_BUDGET", "") or "4GiB"
+        bind_host = environ.get("BERTH_WORKER_HOST", "") or "127.0.0.1"
+        advertise_host = environ.get("BERTH_WORKER_ADVERTISE_HOST", "") or (
+            bind_host if bind_host not in ("0.0.0.0", "::") else socket.gethostname()
+        )
+        data_dir_text = environ.get("BERTH_WORKER_DATA_DIR", "") or environ.get("BERTH_DATA_DIR", "")
+        data_dir = Path(data_dir_text).resolve() if data_dir_text else REPO_ROOT / "var"
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SettingsError(f"BERTH_WORKER_DATA_DIR: cannot create {data_dir}: {exc.strerror}") from None
+        broker_url = environ.get("BERTH_WORKER_BROKER_URL", "") or environ.get("CELERY_BROKER_URL", "")
+        return cls(
+            worker_id=worker_id,
+            device=device,
+            memory_budget_bytes=parse_size(budget_text, variable="BERTH_WORKER_MEMORY_BUDGET"),
+            bind_host=bind_host,
+            port=_int(environ, "BERTH_WORKER_PORT", 0),
+            advertise_host=advertise_host,
+            heartbeat_interval_s=_float(environ, "BERTH_WORKER_HEARTBEAT_S", 2.0, minimum=0.1),
+            control_queue=environ.get("BERTH_WORKER_CONTROL_QUEUE", "") or "control",
+            data_dir=data_dir,
+            broker=broker_config(
+                url=broker_url,
+                data_dir=data_dir,
+                result_backend=environ.get("CELERY_RESULT_BACKEND", ""),
+            ),
+        )

@@ -1,0 +1,44 @@
+import pytest
+
+from tests.apps.deployments.factories import WorkerFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_console_requires_sign_in(client):
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/login/")
+
+
+def test_sign_in_page_renders_with_local_css(client):
+    response = client.get("/login/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "/static/berth/berth.css" in html
+    assert "http://" not in html and "https://" not in html  # no CDN
+
+
+def test_signing_in_with_the_form_reaches_the_overview(client, staff_user):
+    response = client.post("/login/", {"username": "operator", "password": "pw-operator-1"}, follow=True)
+    assert response.status_code == 200
+    assert b"Overview" in response.content
+
+
+def test_staff_overview_lists_workers(client, staff_user):
+    WorkerFactory(worker_id="gpu-node-3")
+    client.force_login(staff_user)
+    assert b"gpu-node-3" in client.get("/").content
+
+
+def test_non_staff_overview_hides_workers(client, plain_user):
+    WorkerFactory(worker_id="gpu-node-3")
+    client.force_login(plain_user)
+    response = client.get("/")
+    assert response.status_code == 200
+    assert b"gpu-node-3" not in response.content
+
+
+def test_static_css_is_served_without_collectstatic(client):
+    response = client.get("/static/berth/berth.css")
+    assert response.status_code == 200

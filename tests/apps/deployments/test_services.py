@@ -1,0 +1,84 @@
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from apps.deployments.models import Worker
+from apps.deployments.services import worker_mark_missing, worker_record_heartbeat
+from apps.deployments.tasks import worker_heartbeat
+from inference_workers.types import DeviceState, WorkerHeartbeat
+from tests.apps.deployments.factories import WorkerFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _heartbeat(*, sent_at: float, used: int = 100, state: str = "ready") -> WorkerHeartbeat:
+    return WorkerHeartbeat(
+        worker_id="w-1",
+        host="10.0.0.5",
+        dataplane_url="http://10.0.0.5:9100",
+        queue="worker.w-1",
+        state=state,  # type: ignore[arg-type]
+        device=DeviceState(
+            kind="cuda",
+            index=0,
+            name="H200",
+            uuid="GPU-abc",
+            total_bytes=1000,
+            used_bytes=used,
+            free_bytes=1000 - used,
+            utilisation_pct=40.0,
+        ),
+        sent_at=sent_at,
+    )
+
+
+def test_first_heartbeat_registers_the_worker():
+    now = timezone.now().timestamp()
+    worker = worker_record_heartbeat(heartbeat=_heartbeat(sent_at=now))
+    assert Worker.objects.count() == 1
+    assert worker.device_kind == "cuda" and worker.device_uuid == "GPU-abc"
+    assert worker.capacity_bytes == 1000 and worker.used_bytes == 100
+    assert worker.state == Worker.State.READY
+
+
+def test_later_heartbeat_updates_and_an_older_one_changes_nothing():
+    now = timezone.now().timestamp()
+    worker_record_heartbeat(heartbeat=_heartbeat(sent_at=now - 4, used=100))
+    worker_record_heartbeat(heartbeat=_heartbeat(sent_at=now - 2, used=300, state="draining"))
+    worker_record_heartbeat(heartbeat=_heartbeat(sent_at=now - 3, used=999))  # delivered late
+    worker = Worker.objects.get()
+    assert worker.used_bytes == 300
+    assert worker.state == Worker.State.DRAINING
+
+
+def test_a_heartbeat_from_the_future_is_clamped_to_now():
+    worker = worker_record_heartbeat(heartbeat=_heartbeat(sent_at=timezone.now().timestamp() + 3600))
+    assert worker.last_heartbeat_at <= timezone.now()
+
+
+def test_a_dead_worker_comes_back_ready_with_its_next_heartbeat():
+    WorkerFactory(worker_id="w-1", state=Worker.State.DEAD, last_heartbeat_at=timezone.now() - timedelta(minutes=5))
+    worker_record_heartbeat(heartbeat=_heartbeat(sent_at=timezone.now().timestamp()))
+    assert Worker.objects.get().state == Worker.State.READY
+
+
+def test_workers_silent_for_three_intervals_are_marked_dead():
+    now = timezone.now()
+    WorkerFactory(worker_id="fresh", last_heartbeat_at=now - timedelta(seconds=5))
+    WorkerFactory(worker_id="silent", last_heartbeat_at=now - timedelta(seconds=7))
+    assert worker_mark_missing(now=now, interval_s=2.0, missed=3) == 1
+    assert Worker.objects.get(worker_id="fresh").state == Worker.State.READY
+    assert Worker.objects.get(worker_id="silent").state == Worker.State.DEAD
+    assert worker_mark_missing(now=now, interval_s=2.0, missed=3) == 0  # idempotent
+
+
+def test_heartbeat_task_drops_a_malformed_message_without_writing(caplog):
+    worker_heartbeat({"worker_id": "x"})
+    assert Worker.objects.count() == 0
+    assert "malformed heartbeat" in caplog.text
+
+
+def test_heartbeat_task_records_a_good_message():
+    worker_heartbeat(_heartbeat(sent_at=timezone.now().timestamp()).to_message())
+    assert Worker.objects.filter(worker_id="w-1").exists()

@@ -1,0 +1,56 @@
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
+
+from tests.apps.deployments.factories import WorkerFactory
+
+pytestmark = pytest.mark.django_db
+
+URL = "/api/v1/workers/"
+
+
+def test_staff_see_every_worker_with_heartbeat_age(staff_user):
+    WorkerFactory(worker_id="alpha")
+    WorkerFactory(worker_id="beta")
+    client = APIClient()
+    client.force_authenticate(staff_user)
+    response = client.get(URL)
+    assert response.status_code == 200
+    rows = response.json()
+    assert [row["worker_id"] for row in rows] == ["alpha", "beta"]
+    assert 0.5 < rows[0]["last_heartbeat_age_s"] < 30
+    assert rows[0]["capacity_bytes"] == 4 * 1024**3
+
+
+def test_non_staff_are_refused(plain_user):
+    client = APIClient()
+    client.force_authenticate(plain_user)
+    response = client.get(URL)
+    assert response.status_code == 403
+    assert "permission" in response.json()["error"]
+
+
+def test_anonymous_callers_are_told_to_authenticate():
+    response = APIClient().get(URL)
+    assert response.status_code in (401, 403)
+    assert "authentication" in response.json()["error"]
+
+
+def test_basic_auth_works_for_scripts(staff_user):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Basic b3BlcmF0b3I6cHctb3BlcmF0b3ItMQ==")  # operator:pw-operator-1
+    assert client.get(URL).status_code == 200
+
+
+def test_listing_costs_the_same_queries_for_1_and_20_workers(staff_user):
+    client = APIClient()
+    client.force_authenticate(staff_user)
+    WorkerFactory()
+    with CaptureQueriesContext(connection) as one:
+        client.get(URL)
+    WorkerFactory.create_batch(19)
+    with CaptureQueriesContext(connection) as twenty:
+        response = client.get(URL)
+    assert len(response.json()) == 20
+    assert len(twenty) == len(one) <= 3

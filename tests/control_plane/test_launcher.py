@@ -1,0 +1,16 @@
+from control_plane.launcher import process_table
+
+
+def test_cpu_machine_runs_one_cpu_inference_worker():
+    table = dict(process_table(python="/venv/bin/python", host="127.0.0.1", port=8000, gpus=0))
+    assert set(table) == {"web", "control", "beat", "inference"}
+    assert "--device cpu" in table["inference"]
+    assert "--port 8000" in table["web"]
+    assert "--queues control" in table["control"]
+
+
+def test_one_inference_worker_per_gpu_with_distinct_ids():
+    table = dict(process_table(python="python", host="127.0.0.1", port=8000, gpus=2, worker_id="box"))
+    assert "--device cuda:0" in table["inference-cuda0"] and "--worker-id box-cuda0" in table["inference-cuda0"]
+    assert "--device cuda:1" in table["inference-cuda1"] and "--worker-id box-cuda1" in table["inference-cuda1"]
+    assert "inference" not in table

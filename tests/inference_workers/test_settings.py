@@ -1,0 +1,74 @@
+import pytest
+
+from inference_workers.errors import SettingsError
+from inference_workers.settings import WorkerSettings, parse_size
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("4GiB", 4 * 1024**3),
+        ("512MiB", 512 * 1024**2),
+        ("2G", 2 * 1000**3),
+        ("1048576", 1048576),
+        ("1.5GiB", 1610612736),
+    ],
+)
+def test_sizes_parse(text, expected):
+    assert parse_size(text, variable="X") == expected
+
+
+@pytest.mark.parametrize("text", ["", "four", "-1GiB", "0", "12XB"])
+def test_bad_sizes_name_the_variable(text):
+    with pytest.raises(SettingsError, match="BERTH_WORKER_MEMORY_BUDGET"):
+        parse_size(text, variable="BERTH_WORKER_MEMORY_BUDGET")
+
+
+def test_defaults_give_a_cpu_worker_on_the_embedded_broker(tmp_path):
+    settings = WorkerSettings.from_env({"BERTH_DATA_DIR": str(tmp_path)})
+    assert settings.device == "cpu"
+    assert settings.memory_budget_bytes == 4 * 1024**3
+    assert settings.port == 0
+    assert settings.queue == f"worker.{settings.worker_id}"
+    assert settings.broker.embedded
+    assert (tmp_path / "broker" / "queue").is_dir()
+
+
+def test_worker_variables_override_the_shared_ones(tmp_path):
+    settings = WorkerSettings.from_env(
+        {
+            "BERTH_DATA_DIR": str(tmp_path),
+            "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
+            "BERTH_WORKER_BROKER_URL": "redis://127.0.0.1:6379/5",
+            "BERTH_WORKER_ID": "gpu-box-7",
+            "BERTH_WORKER_DEVICE": "cuda:1",
+            "BERTH_WORKER_PORT": "9001",
+        }
+    )
+    assert settings.broker.url == "redis://127.0.0.1:6379/5"
+    assert settings.broker.result_backend == "redis://127.0.0.1:6379/5"
+    assert (settings.worker_id, settings.device, settings.port) == ("gpu-box-7", "cuda:1", 9001)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BERTH_WORKER_DEVICE", "gpu0"),
+        ("BERTH_WORKER_PORT", "eighty"),
+        ("BERTH_WORKER_PORT", "-5"),
+        ("BERTH_WORKER_HEARTBEAT_S", "0"),
+        ("BERTH_WORKER_ID", "has space"),
+        ("BERTH_WORKER_MEMORY_BUDGET", "lots"),
+    ],
+)
+def test_each_bad_value_is_refused_naming_its_variable(tmp_path, variable, value):
+    with pytest.raises(SettingsError, match=variable):
+        WorkerSettings.from_env({"BERTH_DATA_DIR": str(tmp_path), variable: value})
+
+
+def test_embedded_broker_keeps_every_folder_under_the_data_dir(tmp_path):
+    settings = WorkerSettings.from_env({"BERTH_DATA_DIR": str(tmp_path)})
+    options = settings.broker.transport_options
+    for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
+        assert options[key].startswith(str(tmp_path)), key
+    assert settings.broker.result_backend.startswith(f"file://{tmp_path}")
