@@ -1,24 +1,19 @@
-"""One application error type and one DRF exception handler for the whole API.
+"""The application's errors: services raise these; one handler turns them into responses.
 
 Every 4xx body has the shape ``{"error": "<what is wrong and how to fix it>"}``, with
-``field_errors`` when particular fields are at fault.
+``field_errors`` when particular fields are at fault (see ``exception_handler.py``).
+This module imports nothing from DRF, so any layer may raise these errors.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
-from django.http import Http404
-from rest_framework import exceptions, status
-from rest_framework.response import Response
-from rest_framework.views import exception_handler
-
 
 class ApplicationError(Exception):
     """A refusal a service raises on purpose, with the status and message to return."""
 
-    status_code: int = status.HTTP_400_BAD_REQUEST
+    status_code: int = 400
 
     def __init__(self, message: str, *, status_code: int | None = None, field_errors: dict[str, Any] | None = None):
         super().__init__(message)
@@ -31,56 +26,16 @@ class ApplicationError(Exception):
 class NotFoundError(ApplicationError):
     """The object does not exist, or the caller may not know that it exists."""
 
-    status_code: int = status.HTTP_404_NOT_FOUND
+    status_code: int = 404
+
+
+class PermissionDeniedError(ApplicationError):
+    """The caller is known but its role, scope or tenant state does not allow this."""
+
+    status_code: int = 403
 
 
 class ConflictError(ApplicationError):
     """The request contradicts the current state (a quota, a deployment in the way)."""
 
-    status_code: int = status.HTTP_409_CONFLICT
-
-
-def _flatten(detail: Any) -> Any:
-    if isinstance(detail, dict):
-        return {key: _flatten(value) for key, value in detail.items()}
-    if isinstance(detail, list):
-        return [_flatten(value) for value in detail]
-    return str(detail)
-
-
-_MESSAGES = {
-    exceptions.NotAuthenticated: "authentication required: sign in, or send 'Authorization: Bearer <API key>'",
-    exceptions.AuthenticationFailed: "authentication failed: check the credentials or API key you sent",
-    exceptions.PermissionDenied: "permission denied: your role does not allow this action",
-    exceptions.NotFound: "not found: check the URL and the names in it",
-    exceptions.MethodNotAllowed: "method not allowed on this URL",
-}
-
-
-def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """Turns any API exception into ``{"error": ..., "field_errors"?: ...}``."""
-    if isinstance(exc, ApplicationError):
-        body: dict[str, Any] = {"error": exc.message}
-        if exc.field_errors:
-            body["field_errors"] = exc.field_errors
-        return Response(body, status=exc.status_code)
-    if isinstance(exc, Http404):
-        exc = exceptions.NotFound()
-    elif isinstance(exc, PermissionDenied):
-        exc = exceptions.PermissionDenied()
-    response = exception_handler(exc, context)
-    if response is None:
-        return None
-    if isinstance(exc, exceptions.ValidationError):
-        fields = _flatten(exc.detail)
-        if isinstance(fields, dict):
-            names = ", ".join(sorted(fields))
-            response.data = {"error": f"invalid input in: {names}; see field_errors", "field_errors": fields}
-        else:
-            response.data = {"error": f"invalid input: {'; '.join(map(str, fields))}"}
-        return response
-    message = next((text for kind, text in _MESSAGES.items() if type(exc) is kind), None)
-    if message is None or (isinstance(exc, exceptions.APIException) and exc.detail != exc.default_detail):
-        message = str(getattr(exc, "detail", exc))
-    response.data = {"error": message}
-    return response
+    status_code: int = 409

@@ -10,45 +10,85 @@ from pathlib import Path
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
+from apps.tenants.access import Actor
+from apps.tenants.models import ApiKey, Membership, Role, Scope, Tenant
+from apps.tenants.services import api_key_create, membership_add, tenant_create
+
 ADMIN_USERNAME = "admin"
+DEMO_TENANT = "demo"
+DEMO_OWNER = "demo-owner"
 
 
 @dataclass(frozen=True)
 class DemoLogin:
-    """The console login the seed made or kept; ``password`` is empty when unknown."""
+    """What the seed made or kept, to print. Empty secrets mean "unknown"."""
 
     username: str
     password: str
     created: bool
+    owner_username: str = DEMO_OWNER
+    owner_password: str = ""
+    tenant: str = DEMO_TENANT
+    api_key: str = ""
+
+
+def _remember(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
+
+
+def _recall(path: Path) -> str:
+    return path.read_text().strip() if path.exists() else ""
+
+
+def _user_with_password(*, username: str, password_file: Path, password: str, staff: bool) -> tuple[str, bool]:
+    """Creates the user with a generated (remembered) or given password; returns (password, created)."""
+    user_model = get_user_model()
+    user = user_model.objects.filter(username=username).first()
+    created = user is None
+    if user is None:
+        user = user_model(username=username, email=f"{username}@berth.local", is_staff=staff, is_superuser=staff)
+    if not password and not created:
+        return _recall(password_file), False
+    if not password:
+        password = secrets.token_urlsafe(12)
+        _remember(password_file, password)
+    user.set_password(password)
+    user.save()
+    return password, created
 
 
 @transaction.atomic
 def demo_seed(*, data_dir: Path, admin_password: str = "") -> DemoLogin:
-    """Creates the demo platform's admin user; a second call changes nothing.
+    """Creates the demo platform; a second call changes nothing.
 
-    Args:
-        data_dir: Where a generated password is kept (0600) so later starts can print it.
-        admin_password: ``BERTH_ADMIN_PASSWORD``; when given it is (re)applied.
-
-    Returns:
-        The login to print.
+    The admin (staff) user, a tenant ``demo`` owned by ``demo-owner``, and an API key for
+    it with every scope. Generated secrets are kept in the data dir (0600) so each start
+    can print them again; ``admin_password`` (``BERTH_ADMIN_PASSWORD``) is re-applied to
+    both users when given.
     """
-    user_model = get_user_model()
-    password_file = data_dir / "admin-password"
-    user = user_model.objects.filter(username=ADMIN_USERNAME).first()
-    created = user is None
-    if user is None:
-        user = user_model(username=ADMIN_USERNAME, email="admin@berth.local", is_staff=True, is_superuser=True)
-    if admin_password:
-        password = admin_password
-    elif created:
-        password = secrets.token_urlsafe(12)
-        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(password)
-    else:
-        password = password_file.read_text().strip() if password_file.exists() else ""
-        return DemoLogin(username=ADMIN_USERNAME, password=password, created=False)
-    user.set_password(password)
-    user.save()
-    return DemoLogin(username=ADMIN_USERNAME, password=password, created=created)
+    password, created = _user_with_password(
+        username=ADMIN_USERNAME, password_file=data_dir / "admin-password", password=admin_password, staff=True
+    )
+    owner_password, _ = _user_with_password(
+        username=DEMO_OWNER, password_file=data_dir / "demo-owner-password", password=admin_password, staff=False
+    )
+    admin = Actor(user=get_user_model().objects.get(username=ADMIN_USERNAME))
+    tenant = Tenant.objects.filter(slug=DEMO_TENANT).first()
+    if tenant is None:
+        tenant = tenant_create(actor=admin, slug=DEMO_TENANT, name="Demo tenant", owner_username=DEMO_OWNER)
+    elif not Membership.objects.filter(tenant=tenant, user__username=DEMO_OWNER).exists():
+        membership_add(actor=admin, tenant=tenant, username=DEMO_OWNER, role=Role.OWNER)
+    key_file = data_dir / "demo-api-key"
+    api_key = _recall(key_file)
+    if not api_key or not ApiKey.objects.filter(tenant=tenant, prefix=api_key.split("_")[1], revoked_at=None).exists():
+        _, api_key = api_key_create(actor=admin, tenant=tenant, name="demo", scopes=list(Scope.values))
+        _remember(key_file, api_key)
+    return DemoLogin(
+        username=ADMIN_USERNAME,
+        password=password,
+        created=created,
+        owner_password=owner_password,
+        api_key=api_key,
+    )

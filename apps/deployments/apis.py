@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
@@ -40,9 +41,11 @@ class WorkerListApi(APIView):
                 "last_heartbeat_age_s",
             ]
 
+        @extend_schema_field(float)
         def get_last_heartbeat_age_s(self, worker: Worker) -> float:
             return round((timezone.now() - worker.last_heartbeat_at).total_seconds(), 3)
 
+    @extend_schema(responses=OutputSerializer(many=True))
     def get(self, request: Request) -> Response:
         serializer = self.OutputSerializer(worker_list(), many=True)
         return Response(serializer.data)

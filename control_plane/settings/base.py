@@ -86,13 +86,15 @@ STATICFILES_DIRS = [BASE_DIR / "frontend" / "static"]
 WHITENOISE_USE_FINDERS = True
 
 REST_FRAMEWORK = {
+    # The first class's scheme goes in WWW-Authenticate, so anonymous calls get 401.
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "apps.tenants.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.BasicAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "control_plane.errors.api_exception_handler",
+    "EXCEPTION_HANDLER": "control_plane.exception_handler.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
@@ -126,6 +128,9 @@ CELERY_TASK_DEFAULT_QUEUE = env.str("BERTH_CONTROL_QUEUE", default="control")
 CELERY_BEAT_SCHEDULE = {
     "workers-mark-missing": {"task": "berth.workers_mark_missing", "schedule": 2.0},
 }
+
+# How long a checked API key (or a refusal) is cached: bounds how long a revoked key works.
+BERTH_API_KEY_CACHE_S = min(env.float("BERTH_API_KEY_CACHE_S", default=2.0), 2.0)
 
 # A worker that has missed this many heartbeats is taken for dead.
 BERTH_HEARTBEAT_INTERVAL_S = env.float("BERTH_HEARTBEAT_INTERVAL_S", default=2.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 
@@ -57,6 +58,11 @@ def test_boot_register_worker_serve_and_stop_cleanly(platform: Platform):
     # The console is served with its stylesheet.
     assert httpx.get(f"{platform.base_url}/static/berth/berth.css").status_code == 200
     assert "Berth console" in platform.log()
+    # The demo seed printed a working API key for the demo tenant.
+    match = re.search(r"API key (brt_\S+)", platform.log())
+    assert match, platform.log()[-2000:]
+    demo = httpx.get(f"{platform.base_url}/api/v1/tenants/demo/", headers={"Authorization": f"Bearer {match[1]}"})
+    assert demo.status_code == 200 and demo.json()["slug"] == "demo"
 
     children = platform.descendants()
     assert len(children) >= 4, [c.cmdline() for c in children]

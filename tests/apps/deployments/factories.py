@@ -6,7 +6,7 @@ from django.utils import timezone
 from apps.deployments.models import Worker
 
 
-class WorkerFactory(factory.django.DjangoModelFactory):
+class WorkerFactory(factory.django.DjangoModelFactory[Worker]):
     class Meta:
         model = Worker
 

@@ -1,0 +1,115 @@
+"""API keys: minting, and checking a presented key in constant time with a short cache.
+
+A key looks like ``brt_<prefix>_<secret>``. Only SHA-256 of the whole key is stored, and
+a presented key is looked up by that digest: the work done for a right key, a wrong
+secret, or an unknown prefix is the same hash and the same indexed query, so timing tells
+nothing about which part was wrong. Results (including "no such key") are cached for at
+most ``BERTH_API_KEY_CACHE_S`` seconds (default 2), which bounds how long a revoked key
+can keep working in any process; revoking also deletes the entry from the shared cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.core.cache import cache
+from django.utils import timezone
+
+from apps.tenants.access import ApiKeyPrincipal
+from apps.tenants.models import ApiKey
+from control_plane.errors import ApplicationError, PermissionDeniedError
+
+KEY_PREFIX = "brt_"
+MAX_KEY_LENGTH = 200
+_CACHE_PREFIX = "berth:apikey:"
+_USED_PREFIX = "berth:apikey-used:"
+_NO_SUCH_KEY = "missing"
+# How often last_used_at is written for one key (per cache): "current to the minute".
+LAST_USED_RESOLUTION_S = 60
+
+
+class ApiKeyRefused(ApplicationError):
+    """The presented key is unknown, malformed, revoked or expired (401)."""
+
+    status_code: int = 401
+
+
+@dataclass(frozen=True)
+class MintedKey:
+    """A new key: the full secret (shown once) and what is stored of it."""
+
+    raw: str
+    prefix: str
+    key_hash: str
+
+
+def key_digest(raw: str) -> str:
+    """The stored form of a key: SHA-256 hex of the whole key string."""
+    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def key_mint() -> MintedKey:
+    """Makes a new random key (8 hex characters of prefix, 256 bits of secret)."""
+    prefix = secrets.token_hex(4)
+    raw = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    return MintedKey(raw=raw, prefix=prefix, key_hash=key_digest(raw))
+
+
+def _cache_key(digest: str) -> str:
+    return f"{_CACHE_PREFIX}{digest}"
+
+
+def key_cache_forget(*, key_hash: str) -> None:
+    """Drops a key's cached verdict (on revoke), so the next request re-reads the row."""
+    cache.delete(_cache_key(key_hash))
+
+
+def _principal(row: ApiKey) -> ApiKeyPrincipal:
+    return ApiKeyPrincipal(
+        key_id=row.pk,
+        prefix=row.prefix,
+        tenant_id=row.tenant_id,
+        tenant_slug=row.tenant.slug,
+        tenant_active=row.tenant.active,
+        scopes=frozenset(row.scopes),
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+def api_key_authenticate(*, raw: str, now: datetime | None = None) -> ApiKeyPrincipal:
+    """Checks a presented API key and returns who it is.
+
+    Raises:
+        ApiKeyRefused: Unknown, malformed, revoked or expired key (401).
+        PermissionDeniedError: The key's tenant is deactivated (403).
+    """
+    now = now or timezone.now()
+    if len(raw) > MAX_KEY_LENGTH:
+        raise ApiKeyRefused("invalid API key: it is longer than any key Berth issues")
+    digest = key_digest(raw)
+    cache_key = _cache_key(digest)
+    cached = cache.get(cache_key)
+    if cached is None:
+        row = ApiKey.objects.select_related("tenant").filter(key_hash=digest).first()
+        cached = _principal(row) if row is not None else _NO_SUCH_KEY
+        cache.set(cache_key, cached, timeout=settings.BERTH_API_KEY_CACHE_S)
+    if not isinstance(cached, ApiKeyPrincipal):
+        raise ApiKeyRefused("invalid API key: check that you copied the whole key (brt_…)")
+    principal = cached
+    if principal.revoked_at is not None:
+        raise ApiKeyRefused(f"API key brt_{principal.prefix} was revoked; create a new key")
+    if principal.expires_at is not None and principal.expires_at <= now:
+        raise ApiKeyRefused(f"API key brt_{principal.prefix} expired at {principal.expires_at.isoformat()}")
+    if not principal.tenant_active:
+        raise PermissionDeniedError(
+            f"tenant '{principal.tenant_slug}' is deactivated; its API keys are refused until platform staff "
+            "reactivate it"
+        )
+    if cache.add(f"{_USED_PREFIX}{principal.key_id}", 1, timeout=LAST_USED_RESOLUTION_S):
+        ApiKey.objects.filter(pk=principal.key_id).update(last_used_at=now)
+    return principal
