@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.defaults import page_not_found
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -52,8 +53,22 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         else:
             response.data = {"error": f"invalid input: {'; '.join(map(str, fields))}"}
         return response
+    if isinstance(exc, exceptions.MethodNotAllowed):
+        view = context.get("view")
+        allowed = ", ".join(m for m in getattr(view, "allowed_methods", ()) if m != "OPTIONS")
+        response.data = {"error": f"method {context['request'].method} is not allowed here; use {allowed}"}
+        return response
     message = next((text for kind, text in _MESSAGES.items() if type(exc) is kind), None)
     if message is None or (isinstance(exc, exceptions.APIException) and exc.detail != exc.default_detail):
         message = str(getattr(exc, "detail", exc))
     response.data = {"error": message}
     return response
+
+
+def api_not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Django's 404 handler: JSON under ``/api/``, the plain page elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(
+            {"error": f"no API endpoint at {request.path}; see /api/v1/docs/ for the endpoints"}, status=404
+        )
+    return page_not_found(request, exception or Http404())

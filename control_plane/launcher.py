@@ -9,14 +9,30 @@ when one dies (its exit code becomes ours) and stops everything on Ctrl-C / SIGT
 from __future__ import annotations
 
 import os
+import queue
 import shlex
+import signal
 import sys
+import time
 from pathlib import Path
+from typing import Any
+
+from honcho.manager import Manager
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def process_table(*, python: str, host: str, port: int, gpus: int, worker_id: str = "") -> list[tuple[str, str]]:
+def process_table(
+    *,
+    python: str,
+    host: str,
+    port: int,
+    gpus: int,
+    worker_id: str = "",
+    control_queue: str = "control",
+    log_level: str = "INFO",
+    beat_schedule: str = "celerybeat-schedule",
+) -> list[tuple[str, str]]:
     """The platform's processes as (name, shell command) pairs.
 
     Args:
@@ -25,20 +41,26 @@ def process_table(*, python: str, host: str, port: int, gpus: int, worker_id: st
         port: The ASGI server's port.
         gpus: How many GPUs NVML sees; 0 runs one CPU inference worker.
         worker_id: ``BERTH_WORKER_ID`` when set; suffixed with the device for several GPUs.
+        control_queue: The Celery queue of control tasks (``BERTH_CONTROL_QUEUE``).
+        log_level: ``BERTH_LOG_LEVEL`` for every process.
+        beat_schedule: Where beat keeps its schedule state.
     """
     py = shlex.quote(python)
+    level = shlex.quote(log_level.upper())
+    queue = shlex.quote(control_queue)
     table = [
         (
             "web",
             f"{py} -m uvicorn control_plane.asgi:application --host {shlex.quote(host)} --port {port}"
-            " --no-access-log --lifespan off --timeout-graceful-shutdown 10",
+            # Under honcho's 5 s grace before SIGKILL.
+            f" --no-access-log --lifespan off --timeout-graceful-shutdown 4 --log-level {level.lower()}",
         ),
         (
             "control",
-            f"{py} -m celery -A control_plane worker --queues control --hostname control@%h"
-            " --pool threads --concurrency 4 --without-gossip --without-mingle --without-heartbeat --loglevel INFO",
+            f"{py} -m celery -A control_plane worker --queues {queue} --hostname control@%h"
+            f" --pool threads --concurrency 4 --without-gossip --without-mingle --without-heartbeat --loglevel {level}",
         ),
-        ("beat", f"{py} -m celery -A control_plane beat --loglevel INFO --schedule {_beat_schedule()}"),
+        ("beat", f"{py} -m celery -A control_plane beat --loglevel {level} --schedule {shlex.quote(beat_schedule)}"),
     ]
     devices = [f"cuda:{index}" for index in range(gpus)] or ["cpu"]
     for device in devices:
@@ -50,10 +72,48 @@ def process_table(*, python: str, host: str, port: int, gpus: int, worker_id: st
     return table
 
 
-def _beat_schedule() -> str:
-    from django.conf import settings
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    return shlex.quote(str(Path(settings.BERTH_DATA_DIR) / "celerybeat-schedule"))
+
+class PlatformManager(Manager):
+    """honcho's ``Manager``, safe against a signal that arrives while processes start.
+
+    honcho's own signal handler fails (``KeyError: 'pid'``) for a process that has not
+    reported its pid yet, and then never stops the others. We defer SIGINT/SIGTERM until
+    every process has reported its pid, then hand the first one to honcho.
+    """
+
+    def _start(self) -> None:
+        deferred: list[int] = []
+        previous: dict[int, Any] = {sig: signal.signal(sig, lambda s, f: deferred.append(s)) for sig in STOP_SIGNALS}
+        try:
+            super()._start()
+            self._await_pids()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        for signum in deferred[:1]:
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)
+
+    def _await_pids(self) -> None:
+        deadline = time.monotonic() + 60
+        while not self._all_started() and time.monotonic() < deadline:
+            try:
+                message = self.events.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if message.type == "start":
+                self._processes[message.name]["pid"] = message.data["pid"]
+                self._system_print(f"{message.name} started (pid={message.data['pid']})\n")
+            elif message.type == "line":
+                self._printer.write(message)
+            elif message.type == "stop":
+                self._processes[message.name]["returncode"] = message.data["returncode"]
+                self._system_print(f"{message.name} stopped (rc={message.data['returncode']})\n")
+                if self.returncode is None:
+                    self.returncode: int | None = message.data["returncode"]
 
 
 def main() -> int:
@@ -69,7 +129,7 @@ def main() -> int:
     from django.db import connections
 
     django.setup()
-    from honcho.manager import Manager
+    from django.conf import settings
     from honcho.printer import Printer
 
     from control_plane.settings.env import env
@@ -82,9 +142,16 @@ def main() -> int:
     host = env.str("BERTH_HOST", default="127.0.0.1")
     port = env.int("BERTH_PORT", default=8000)
     gpus = gpu_count()
-    manager = Manager(Printer(sys.stdout, colour=sys.stdout.isatty()))
+    manager: Any = PlatformManager(Printer(sys.stdout, colour=sys.stdout.isatty()))
     for name, command in process_table(
-        python=sys.executable, host=host, port=port, gpus=gpus, worker_id=env.str("BERTH_WORKER_ID", default="")
+        python=sys.executable,
+        host=host,
+        port=port,
+        gpus=gpus,
+        worker_id=env.str("BERTH_WORKER_ID", default=""),
+        control_queue=settings.CELERY_TASK_DEFAULT_QUEUE,
+        log_level=env.str("BERTH_LOG_LEVEL", default="INFO"),
+        beat_schedule=str(Path(settings.BERTH_DATA_DIR) / "celerybeat-schedule"),
     ):
         # exec: the shell honcho starts becomes the process, so no shell sits between
         # honcho and the program (a signal or a death is the program's own).
@@ -92,7 +159,12 @@ def main() -> int:
     shown_host = f"[{host}]" if ":" in host else host
     print(f"Berth console: http://{shown_host}:{port}/   (GPUs found: {gpus}; Ctrl-C stops everything)", flush=True)
     manager.loop()
-    return int(manager.returncode or 0)
+    code = int(manager.returncode or 0)
+    if code == 0:
+        # Nothing in the platform is meant to exit on its own: a clean exit is a failure too.
+        print("a platform process exited on its own; everything was stopped", file=sys.stderr)
+        return 1
+    return code
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             "--without-mingle",
             "--without-heartbeat",
             "--loglevel",
-            os.environ.get("BERTH_LOG_LEVEL", "INFO"),
+            settings.log_level,
         ]
     )
     return 0

@@ -99,6 +99,8 @@ class WorkerRuntime:
                 if not broker_down:
                     log.warning("heartbeat not sent, broker unreachable: %s", exc)
                 broker_down = True
+            except Exception:  # a bug must not silently end heartbeats (the worker would look dead)
+                log.exception("heartbeat failed; trying again next interval")
             self._stop.wait(interval)
 
 

@@ -104,6 +104,7 @@ class WorkerSettings:
     control_queue: str
     data_dir: Path
     broker: BrokerConfig
+    log_level: str = "INFO"
 
     @property
     def queue(self) -> str:
@@ -121,7 +122,8 @@ class WorkerSettings:
         ``BERTH_WORKER_PORT`` (data-plane port, ``0`` picks a free one),
         ``BERTH_WORKER_ADVERTISE_HOST`` (host put in the data-plane URL),
         ``BERTH_WORKER_HEARTBEAT_S`` (default 2), ``BERTH_WORKER_CONTROL_QUEUE``
-        (default ``control``), ``BERTH_WORKER_DATA_DIR`` (default ``BERTH_DATA_DIR``),
+        (default ``BERTH_CONTROL_QUEUE``, else ``control``), ``BERTH_WORKER_LOG_LEVEL`` (default
+        ``BERTH_LOG_LEVEL``, else ``INFO``), ``BERTH_WORKER_DATA_DIR`` (default ``BERTH_DATA_DIR``),
         ``BERTH_WORKER_BROKER_URL`` (default ``CELERY_BROKER_URL``, else embedded).
 
         Raises:
@@ -157,7 +159,12 @@ class WorkerSettings:
             port=_int(environ, "BERTH_WORKER_PORT", 0),
             advertise_host=advertise_host,
             heartbeat_interval_s=_float(environ, "BERTH_WORKER_HEARTBEAT_S", 2.0, minimum=0.1),
-            control_queue=environ.get("BERTH_WORKER_CONTROL_QUEUE", "") or "control",
+            control_queue=environ.get("BERTH_WORKER_CONTROL_QUEUE", "")
+            or environ.get("BERTH_CONTROL_QUEUE", "")
+            or "control",
+            log_level=(
+                environ.get("BERTH_WORKER_LOG_LEVEL", "") or environ.get("BERTH_LOG_LEVEL", "") or "INFO"
+            ).upper(),
             data_dir=data_dir,
             broker=broker_config(
                 url=broker_url,

@@ -13,6 +13,13 @@ DeviceKind = Literal["cpu", "cuda"]
 WorkerState = Literal["ready", "draining"]
 
 HEARTBEAT_TASK = "berth.worker_heartbeat"
+LOAD_TASK = "berth.worker.load"
+UNLOAD_TASK = "berth.worker.unload"
+DRAIN_TASK = "berth.worker.drain"
+STATUS_TASK = "berth.worker.status"
+
+ModelFormat = Literal["onnx", "torchscript", "torch_export"]
+HostedState = Literal["loading", "ready", "failed", "unloading"]
 
 
 class MessageError(ValueError):
@@ -63,6 +70,191 @@ class DeviceState:
 
 
 @dataclass(frozen=True)
+class ModelKey:
+    """One hosted model version: tenant slug, model name, version number."""
+
+    tenant: str
+    model: str
+    version: int
+
+    @property
+    def dataplane_name(self) -> str:
+        """The model's name on the worker's v2 surface: ``<tenant>.<model>``.
+
+        Tenant slugs and model names are DNS labels (no dots), so this is unambiguous.
+        """
+        return f"{self.tenant}.{self.model}"
+
+    def __str__(self) -> str:
+        return f"{self.tenant}/{self.model}/{self.version}"
+
+    @classmethod
+    def from_message(cls, message: Any) -> ModelKey:
+        """Decodes a model key sent as JSON; raises ``MessageError`` when malformed."""
+        if not isinstance(message, dict):
+            raise MessageError("a model key must be a JSON object")
+        return cls(
+            tenant=_require(message, "tenant", str),
+            model=_require(message, "model", str),
+            version=_require(message, "version", int),
+        )
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """Triton's dynamic batcher knobs, one set per hosted model version.
+
+    ``max_batch_size`` 0 means the model takes no batch dimension (no batching).
+    ``max_queue_delay_us`` 0 sends whatever has queued as soon as an instance is free.
+    ``max_queue_size`` 0 means unbounded. ``default_timeout_us`` 0 means no timeout;
+    a request's own ``timeout`` parameter may only lower it.
+    """
+
+    max_batch_size: int = 8
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 0
+    default_timeout_us: int = 0
+    instance_count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 0 or self.max_queue_delay_us < 0 or self.max_queue_size < 0:
+            raise MessageError("batching sizes and delays must not be negative")
+        if self.default_timeout_us < 0:
+            raise MessageError("default_timeout_us must not be negative")
+        if self.instance_count < 1:
+            raise MessageError("instance_count must be at least 1")
+        for size in self.preferred_batch_sizes:
+            if size < 1 or (self.max_batch_size and size > self.max_batch_size):
+                raise MessageError(f"preferred batch size {size} is outside 1..max_batch_size")
+
+    @classmethod
+    def from_message(cls, message: Any) -> BatchingConfig:
+        """Decodes a batching config sent as JSON; missing fields take defaults."""
+        if not isinstance(message, dict):
+            raise MessageError("a batching config must be a JSON object")
+        fields: dict[str, Any] = {}
+        for name in ("max_batch_size", "max_queue_delay_us", "max_queue_size", "default_timeout_us", "instance_count"):
+            if name in message:
+                fields[name] = _require(message, name, int)
+        if "preferred_batch_sizes" in message:
+            sizes = _require(message, "preferred_batch_sizes", list)
+            if not all(isinstance(size, int) for size in sizes):
+                raise MessageError("preferred_batch_sizes must be whole numbers")
+            fields["preferred_batch_sizes"] = tuple(sorted(set(sizes)))
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output: its name, Open Inference Protocol datatype and shape (-1 = any)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    @classmethod
+    def from_message(cls, message: Any) -> TensorSpec:
+        """Decodes a tensor spec sent as JSON."""
+        if not isinstance(message, dict):
+            raise MessageError("a tensor spec must be a JSON object")
+        shape = _require(message, "shape", list)
+        if not all(isinstance(dim, int) and dim >= -1 for dim in shape):
+            raise MessageError("a tensor shape holds whole numbers, -1 for a variable dimension")
+        return cls(name=_require(message, "name", str), datatype=_require(message, "datatype", str), shape=tuple(shape))
+
+
+@dataclass(frozen=True)
+class LoadCommand:
+    """Load one model version: where its artifact is, how to check it, how to serve it.
+
+    ``inputs`` (and ``outputs``) are required for TorchScript, whose files carry no
+    signature; for ONNX and torch.export the artifact's own signature is used.
+    """
+
+    key: ModelKey
+    artifact_uri: str
+    sha256: str
+    format: ModelFormat
+    batching: BatchingConfig
+    reservation_bytes: int
+    allow_evict: bool = False
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+
+    def to_message(self) -> dict[str, Any]:
+        """Encodes the command as a JSON-safe dict for Celery."""
+        return asdict(self)
+
+    @classmethod
+    def from_message(cls, message: Any) -> LoadCommand:
+        """Decodes a load command; raises ``MessageError`` when malformed."""
+        if not isinstance(message, dict):
+            raise MessageError("a load command must be a JSON object")
+        model_format = _require(message, "format", str)
+        if model_format not in ("onnx", "torchscript", "torch_export"):
+            raise MessageError(f"unknown model format {model_format!r}")
+        sha256 = _require(message, "sha256", str)
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise MessageError("sha256 must be 64 lowercase hex digits")
+        reservation = _require(message, "reservation_bytes", int)
+        if reservation < 0:
+            raise MessageError("reservation_bytes must not be negative")
+        return cls(
+            key=ModelKey.from_message(_require(message, "key", dict)),
+            artifact_uri=_require(message, "artifact_uri", str),
+            sha256=sha256,
+            format=model_format,
+            batching=BatchingConfig.from_message(message.get("batching") or {}),
+            reservation_bytes=reservation,
+            allow_evict=bool(message.get("allow_evict", False)),
+            inputs=tuple(TensorSpec.from_message(spec) for spec in message.get("inputs") or ()),
+            outputs=tuple(TensorSpec.from_message(spec) for spec in message.get("outputs") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class HostedModel:
+    """What a worker reports about one model it hosts, in its heartbeat."""
+
+    key: ModelKey
+    state: HostedState
+    reserved_bytes: int
+    measured_bytes: int
+    reason: str = ""
+    inflight: int = 0
+    queue_depth: int = 0
+    requests: int = 0
+    errors: int = 0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    last_used_at: float = 0.0
+
+    @classmethod
+    def from_message(cls, message: Any) -> HostedModel:
+        """Decodes a hosted-model report."""
+        if not isinstance(message, dict):
+            raise MessageError("a hosted model must be a JSON object")
+        state = _require(message, "state", str)
+        if state not in ("loading", "ready", "failed", "unloading"):
+            raise MessageError(f"unknown hosted state {state!r}")
+        return cls(
+            key=ModelKey.from_message(_require(message, "key", dict)),
+            state=state,
+            reserved_bytes=_require(message, "reserved_bytes", int),
+            measured_bytes=_require(message, "measured_bytes", int),
+            reason=str(message.get("reason", "")),
+            inflight=int(message.get("inflight", 0)),
+            queue_depth=int(message.get("queue_depth", 0)),
+            requests=int(message.get("requests", 0)),
+            errors=int(message.get("errors", 0)),
+            p50_ms=float(message.get("p50_ms", 0.0)),
+            p99_ms=float(message.get("p99_ms", 0.0)),
+            last_used_at=float(message.get("last_used_at", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
 class WorkerHeartbeat:
     """A worker's periodic report: who it is, where to reach it, and its device."""
 
@@ -73,6 +265,7 @@ class WorkerHeartbeat:
     state: WorkerState
     device: DeviceState
     sent_at: float
+    models: tuple[HostedModel, ...] = ()
 
     def to_message(self) -> dict[str, Any]:
         """Encodes the heartbeat as a JSON-safe dict for Celery."""
@@ -94,4 +287,5 @@ class WorkerHeartbeat:
             state=state,
             device=DeviceState.from_message(_require(message, "device", dict)),
             sent_at=float(_require(message, "sent_at", (int, float))),
+            models=tuple(HostedModel.from_message(model) for model in message.get("models") or ()),
         )

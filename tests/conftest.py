@@ -37,3 +37,13 @@ def staff_user(django_user_model):
 @pytest.fixture
 def plain_user(django_user_model):
     return django_user_model.objects.create_user(username="someone", password="pw-someone-1")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Removes the throwaway data dir the test settings made (see settings/test.py)."""
+    import shutil
+    import tempfile
+
+    data_dir = os.environ.get("BERTH_DATA_DIR", "")
+    if data_dir and Path(data_dir).name.startswith("berth-test-") and data_dir.startswith(tempfile.gettempdir()):
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.deployments.models import Worker
@@ -40,7 +40,14 @@ def worker_record_heartbeat(*, heartbeat: WorkerHeartbeat) -> Worker:
         "last_heartbeat_at": seen_at,
     }
     if worker is None:
-        return Worker.objects.create(worker_id=heartbeat.worker_id, **fields)
+        try:
+            with transaction.atomic():
+                return Worker.objects.create(worker_id=heartbeat.worker_id, **fields)
+        except IntegrityError:
+            # Two first heartbeats raced; the other one registered the worker.
+            worker = Worker.objects.select_for_update().get(worker_id=heartbeat.worker_id)
+            if worker.last_heartbeat_at >= seen_at:
+                return worker
     for name, value in fields.items():
         setattr(worker, name, value)
     worker.save(update_fields=list(fields))

@@ -8,6 +8,7 @@ from typing import Any
 
 from django.db import DatabaseError, connections
 from kombu import Connection
+from kombu.exceptions import OperationalError
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,10 @@ def broker_health(*, url: str, transport_options: dict[str, Any]) -> HealthCheck
         except OSError as exc:
             return HealthCheck(part="broker", ok=False, detail=f"broker folder not writable: {exc.strerror}")
         return HealthCheck(part="broker", ok=True, detail="ok")
-    try:
-        with Connection(url, transport_options=transport_options, connect_timeout=2) as connection:
+    with Connection(url, transport_options=transport_options, connect_timeout=2) as connection:
+        unreachable: tuple[type[BaseException], ...] = (OperationalError, OSError, *connection.connection_errors)
+        try:
             connection.ensure_connection(max_retries=1, timeout=3)
-    except Exception as exc:  # noqa: BLE001 — kombu raises transport-specific types; all mean "unreachable"
-        return HealthCheck(part="broker", ok=False, detail=f"broker unreachable: {exc}")
+        except unreachable as exc:
+            return HealthCheck(part="broker", ok=False, detail=f"broker unreachable: {exc}")
     return HealthCheck(part="broker", ok=True, detail="ok")

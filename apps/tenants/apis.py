@@ -5,6 +5,7 @@ Views only parse input, call ``access``/``services``/``selectors``, and serializ
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
@@ -56,8 +57,8 @@ def _page(request: Request, *, default: int = 100, most: int = 500) -> tuple[int
         raw = request.query_params.get(name, "")
         if raw == "":
             return fallback
-        if not raw.isdigit():
-            raise serializers.ValidationError({name: ["give a whole number"]})
+        if not re.fullmatch(r"[0-9]{1,9}", raw):
+            raise serializers.ValidationError({name: ["give a whole number from 0 to 999999999"]})
         return int(raw)
 
     return min(number("limit", default), most), number("offset", 0)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from rest_framework.authentication import BaseAuthentication, get_authorization_header
-from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.authentication import BaseAuthentication, BasicAuthentication, get_authorization_header
+from rest_framework.exceptions import AuthenticationFailed, PermissionDenied
 from rest_framework.request import Request
 
 from apps.tenants.access import Actor, ApiKeyPrincipal
 from apps.tenants.keys import ApiKeyRefused, api_key_authenticate
+from control_plane.errors import PermissionDeniedError
 
 
 class ApiKeyUser:
@@ -43,10 +44,23 @@ class ApiKeyAuthentication(BaseAuthentication):
             principal = api_key_authenticate(raw=raw)
         except ApiKeyRefused as exc:
             raise AuthenticationFailed(exc.message) from exc
+        except PermissionDeniedError as exc:
+            # As a DRF exception, so DRF marks the request unauthenticated and answers 403.
+            raise PermissionDenied(exc.message) from exc
         return ApiKeyUser(principal), principal
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="berth"'
+
+
+class StaffBasicAuthentication(BasicAuthentication):
+    """HTTP Basic for platform staff's scripts only; tenant users use sessions or API keys."""
+
+    def authenticate_credentials(self, userid: str, password: str, request: Any = None) -> tuple[Any, None]:
+        user, auth = super().authenticate_credentials(userid, password, request)
+        if not user.is_staff:
+            raise AuthenticationFailed("HTTP Basic is for platform staff; use an API key (Bearer) instead")
+        return user, auth
 
 
 def actor_from_request(request: Any) -> Actor:

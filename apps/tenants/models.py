@@ -101,7 +101,8 @@ class Quota(models.Model):
 class AuditEvent(models.Model):
     """One state change: who did what to which thing, when, with details."""
 
-    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.CASCADE, related_name="audit_events")
+    # Tenants are deactivated, never deleted, while they have an audit trail.
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="audit_events")
     actor_user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     actor_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL)
     actor_label = models.CharField(max_length=200)

@@ -18,3 +18,11 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
             "bearerFormat": "brt_<prefix>_<secret>",
             "description": "A tenant API key: Authorization: Bearer brt_…",
         }
+
+
+class StaffBasicAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "apps.tenants.authentication.StaffBasicAuthentication"
+    name = "staffBasic"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {"type": "http", "scheme": "basic", "description": "HTTP Basic, for platform staff only"}

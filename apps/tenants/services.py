@@ -108,7 +108,9 @@ def tenant_update(*, actor: Actor, tenant: Tenant, name: str | None = None, acti
 
 
 def _owners_left(tenant: Tenant, *, without: Membership) -> int:
-    return Membership.objects.filter(tenant=tenant, role=Role.OWNER).exclude(pk=without.pk).count()
+    # Lock the owners' rows: two owners demoting each other at once must not leave none.
+    owners = Membership.objects.select_for_update().filter(tenant=tenant, role=Role.OWNER)
+    return sum(1 for membership in owners if membership.pk != without.pk)
 
 
 @transaction.atomic

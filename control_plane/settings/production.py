@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from django.core.exceptions import ImproperlyConfigured
 
-from control_plane.settings.base import *  # noqa: F403
 from control_plane.settings.env import env
 
 if not env.str("SECRET_KEY", default=""):
@@ -23,6 +22,10 @@ if env.bool("DEBUG", default=False):
     raise ImproperlyConfigured("DEBUG is on: unset DEBUG (or set DEBUG=false) in production")
 if "*" in env.list("ALLOWED_HOSTS"):
     raise ImproperlyConfigured("ALLOWED_HOSTS contains '*': name the real host names instead")
+
+# Only now, with the environment known to be safe, do the base settings run (they create
+# the data dir and would otherwise generate a secret key file).
+from control_plane.settings.base import *  # noqa: F403
 
 DEBUG = False
 SESSION_COOKIE_SECURE = env.bool("BERTH_SECURE_COOKIES", default=True)

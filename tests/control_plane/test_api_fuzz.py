@@ -21,6 +21,7 @@ from tests.apps.tenants.conftest import build_world
 from tests.apps.tenants.factories import UserFactory
 
 FUZZED_KEY_PREFIX = ""
+FUZZED_KEYS: dict[str, str] = {}
 
 
 @pytest.fixture
@@ -28,6 +29,7 @@ def api_schema(db):
     global FUZZED_KEY_PREFIX
     world = build_world("fuzzed")
     FUZZED_KEY_PREFIX = world.key_rows["read"].prefix
+    FUZZED_KEYS.update(world.keys)
     UserFactory.create(username="fuzz-staff", is_staff=True)
     # As Django's test client does: a request must not close the connection that holds
     # the test's transaction.
@@ -42,6 +44,7 @@ def api_schema(db):
 
 schema = schemathesis.pytest.from_fixture("api_schema")
 
+
 STAFF_AUTH = "Basic " + base64.b64encode(b"fuzz-staff:pw-test-123").decode()
 
 
@@ -55,8 +58,14 @@ def test_no_request_makes_the_api_fail(case):
     for name in list(case.path_parameters or {}):
         if name in real:
             case.path_parameters[name] = real[name]
-    response = case.call(headers={"Authorization": STAFF_AUTH})
-    case.validate_response(response, checks=[not_a_server_error])
+    callers = [
+        {"Authorization": STAFF_AUTH},  # staff over Basic: the widest surface
+        {"Authorization": f"Bearer {FUZZED_KEYS['manage']}"},  # a tenant's manage key
+        {"Authorization": f"Bearer {FUZZED_KEYS['read']}", "Accept": "text/html"},  # a read key asking for HTML
+    ]
+    for headers in callers:
+        response = case.call(headers=headers)
+        case.validate_response(response, checks=[not_a_server_error])
 
 
 def test_the_schema_is_valid_and_generates_without_warnings(tmp_path):

@@ -85,3 +85,19 @@ def test_a_dying_process_stops_the_others_and_the_exit_code_says_so(platform: Pl
     assert "inference stopped" in platform.log()
     time.sleep(0.5)
     assert _alive(children) == []
+
+
+def test_sigterm_while_the_processes_start_stops_everything(platform: Platform):
+    deadline = time.monotonic() + 90
+    while "Berth console" not in platform.log():
+        assert time.monotonic() < deadline, platform.log()[-3000:]
+        assert platform.process.poll() is None, platform.log()[-3000:]
+        time.sleep(0.01)
+    # honcho is forking the processes right now.
+    platform.process.send_signal(signal.SIGTERM)
+    children = platform.descendants()
+    code = platform.process.wait(timeout=30)
+    assert code == 143, platform.log()[-3000:]
+    assert "KeyError" not in platform.log()
+    time.sleep(0.5)
+    assert _alive(children) == []

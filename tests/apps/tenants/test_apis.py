@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -194,3 +196,45 @@ def test_tenant_list_costs_constant_queries(staff_client):
     before = _queries(staff_client, "/api/v1/tenants/")
     TenantFactory.create_batch(10)
     assert _queries(staff_client, "/api/v1/tenants/") == before
+
+
+def test_renaming_a_tenant_is_audited(staff_client, world_a):
+    url = f"/api/v1/tenants/{world_a.tenant.slug}/"
+    assert staff_client.patch(url, {"name": "Alpha Corp"}, format="json").json()["name"] == "Alpha Corp"
+    event = AuditEvent.objects.get(action="tenant.update")
+    assert event.details == {"name": "Alpha Corp"}
+
+
+def test_unknown_api_paths_and_methods_answer_json(world_a):
+    client = world_a.session("owner")
+    missing = client.get("/api/v1/no-such-endpoint/")
+    assert missing.status_code == 404 and "/api/v1/docs/" in missing.json()["error"]
+    wrong = client.put(f"/api/v1/tenants/{world_a.tenant.slug}/members/", {}, format="json")
+    assert wrong.status_code == 405
+    assert "use GET, POST" in wrong.json()["error"]
+
+
+@pytest.mark.parametrize("query", ["limit=%C2%B2", "offset=99999999999999999999999", "limit=-1", "limit=1e3"])
+def test_odd_pagination_values_are_400_not_500(world_a, query):
+    response = world_a.session("admin").get(f"/api/v1/tenants/{world_a.tenant.slug}/audit/?{query}")
+    assert response.status_code == 400
+
+
+def test_deactivated_tenant_key_asking_for_html_gets_a_json_403(world_a, staff_client):
+    staff_client.patch(f"/api/v1/tenants/{world_a.tenant.slug}/", {"active": False}, format="json")
+    from django.core.cache import cache
+
+    cache.clear()
+    client = world_a.bearer("read")
+    response = client.get(f"/api/v1/tenants/{world_a.tenant.slug}/", HTTP_ACCEPT="text/html")
+    assert response.status_code in (403, 406)
+    assert response.status_code != 500
+
+
+def test_http_basic_is_for_staff_only(world_a):
+    client = APIClient()
+    credentials = base64.b64encode(b"alpha-owner:pw-test-123").decode()
+    client.credentials(HTTP_AUTHORIZATION=f"Basic {credentials}")
+    response = client.get("/api/v1/tenants/")
+    assert response.status_code == 401
+    assert "staff" in response.json()["error"]

@@ -187,3 +187,42 @@ def test_a_wrong_key_costs_the_same_as_a_right_one(world_a):
         ratio = _median_seconds(wrong) / baseline
         # The same hash and the same indexed query either way: equal within noise.
         assert 0.6 < ratio < 1.6, f"wrong key took {ratio:.2f}x the right key's time"
+
+
+def _lookup_sql(raw: str) -> list[str]:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    key_cache_forget(key_hash=key_digest(raw))
+    with CaptureQueriesContext(connection) as captured, contextlib.suppress(ApiKeyRefused):
+        api_key_authenticate(raw=raw)
+    return [q["sql"] for q in captured if "tenants_apikey" in q["sql"] and q["sql"].lstrip().startswith("SELECT")]
+
+
+def test_the_lookup_is_one_query_by_digest_whatever_the_key(world_a):
+    right = world_a.keys["read"]
+    prefix = world_a.key_rows["read"].prefix
+    variants = [right, f"brt_{prefix}_" + "A" * 43, "brt_00000000_" + "A" * 43, "garbage"]
+    shapes = set()
+    for raw in variants:
+        selects = _lookup_sql(raw)
+        assert len(selects) == 1, selects
+        sql = selects[0]
+        assert key_digest(raw) in sql or "%s" in sql or "?" in sql
+        where = sql.split("WHERE", 1)[1]
+        # Only the digest decides: no prefix comparison, no second query on a near miss.
+        assert "key_hash" in where and "prefix" not in where, sql
+        shapes.add(sql.replace(key_digest(raw), "<digest>"))
+    assert len(shapes) == 1, shapes
+
+
+def test_last_used_is_written_again_once_the_minute_mark_expires(world_a):
+    raw = world_a.keys["read"]
+    row = world_a.key_rows["read"]
+    api_key_authenticate(raw=raw)
+    first = ApiKey.objects.get(pk=row.pk).last_used_at
+    assert first is not None
+    later = first + timedelta(minutes=2)
+    cache.delete(f"berth:apikey-used:{row.pk}")  # what 60 s would do
+    api_key_authenticate(raw=raw, now=later)
+    assert ApiKey.objects.get(pk=row.pk).last_used_at == later

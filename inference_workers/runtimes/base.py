@@ -1,0 +1,212 @@
+"""The runtime interface, sample inputs, and footprint measurement."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import resource
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import psutil
+
+from inference_workers.datatypes import NUMPY_DTYPES
+from inference_workers.errors import WorkerError
+from inference_workers.types import ModelFormat, TensorSpec
+
+
+class RuntimeLoadError(WorkerError):
+    """The artifact cannot be loaded or run as the format it claims to be."""
+
+
+class ModelExecutionError(WorkerError):
+    """The model raised, or returned something that does not match its signature."""
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A model's inputs and outputs; ``batched`` when dimension 0 of each is the batch."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    batched: bool
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Where and how to run: ``cpu`` or ``cuda:N``, thread counts, a GPU memory cap."""
+
+    device: str = "cpu"
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    gpu_mem_limit_bytes: int = 0
+
+    @property
+    def cuda_index(self) -> int | None:
+        """The GPU index, or None on the CPU."""
+        return int(self.device.split(":", 1)[1]) if self.device.startswith("cuda:") else None
+
+
+class Runner(Protocol):
+    """A loaded model: its signature, and ``run`` on numpy arrays keyed by input name."""
+
+    signature: Signature
+    platform: str
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs one (possibly batched) inference."""
+        ...
+
+    def close(self) -> None:
+        """Releases the model's memory."""
+        ...
+
+
+def batched_signature(inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> Signature:
+    """A signature whose ``batched`` flag says whether every tensor's dim 0 is variable."""
+    tensors = inputs + outputs
+    batched = bool(inputs) and all(spec.shape and spec.shape[0] == -1 for spec in tensors)
+    return Signature(inputs=inputs, outputs=outputs, batched=batched)
+
+
+def open_runner(
+    path: Path,
+    model_format: ModelFormat,
+    options: RuntimeOptions,
+    *,
+    inputs: tuple[TensorSpec, ...] = (),
+    outputs: tuple[TensorSpec, ...] = (),
+) -> Runner:
+    """Opens an artifact with the runtime for its format.
+
+    Args:
+        path: The artifact file.
+        model_format: ``onnx``, ``torchscript`` or ``torch_export``.
+        options: Device and threads.
+        inputs: The signature's inputs; required for TorchScript, whose files lack one.
+        outputs: The signature's outputs (TorchScript).
+
+    Raises:
+        RuntimeLoadError: With a reason a person can act on.
+    """
+    if model_format == "onnx":
+        from inference_workers.runtimes.onnx import OnnxRunner
+
+        return OnnxRunner(path, options)
+    from inference_workers.runtimes.pytorch import TorchRunner
+
+    return TorchRunner(path, model_format, options, inputs=inputs, outputs=outputs)
+
+
+def sample_inputs(signature: Signature, *, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Generated inputs matching the signature; variable dims are ``batch`` (dim 0) or 1."""
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {}
+    for spec in signature.inputs:
+        shape = tuple(
+            (batch if (position == 0 and signature.batched) else 1) if dim == -1 else dim
+            for position, dim in enumerate(spec.shape)
+        )
+        dtype = NUMPY_DTYPES[spec.datatype]
+        if spec.datatype == "BYTES":
+            arrays[spec.name] = np.full(shape, b"x", dtype=object)
+        elif spec.datatype == "BOOL":
+            arrays[spec.name] = rng.integers(0, 2, size=shape).astype(np.bool_)
+        elif dtype.kind in "iu":
+            arrays[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
+        else:
+            arrays[spec.name] = rng.standard_normal(size=shape).astype(dtype)
+    return arrays
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """A model's measured memory: what loading it and running its largest batch took."""
+
+    bytes: int
+    device_kind: str
+    load_seconds: float
+    max_batch: int
+
+
+def release_freed_memory() -> None:
+    """Returns freed heap pages to the OS (glibc keeps them otherwise), so RSS tells the truth."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+@contextlib.contextmanager
+def _cpu_meter() -> Iterator[list[int]]:
+    release_freed_memory()
+    process = psutil.Process()
+    before_rss = process.memory_info().rss
+    before_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result: list[int] = []
+    yield result
+    after_rss = process.memory_info().rss
+    after_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # The peak covers activations freed after the run; the RSS delta covers a process whose
+    # earlier peak was higher than anything this load reached.
+    result.append(max(after_rss - before_rss, after_peak - before_peak, 0))
+
+
+def measure_footprint(
+    path: Path,
+    model_format: ModelFormat,
+    options: RuntimeOptions,
+    *,
+    max_batch: int,
+    inputs: tuple[TensorSpec, ...] = (),
+    outputs: tuple[TensorSpec, ...] = (),
+) -> tuple[Runner, Footprint]:
+    """Loads the model, runs it at batch 1 and at ``max_batch``, and measures its memory.
+
+    On the CPU the footprint is the resident-memory growth (peak and current, the larger);
+    on a GPU it is the device memory the load and the largest batch took (torch's peak
+    allocation, or NVML's used-memory growth for ONNX Runtime's CUDA provider).
+
+    Returns:
+        The open runner (warm) and its footprint.
+    """
+    started = time.perf_counter()
+    if options.cuda_index is None:
+        with _cpu_meter() as measured:
+            runner = open_runner(path, model_format, options, inputs=inputs, outputs=outputs)
+            _warm_up(runner, max_batch)
+        return runner, Footprint(measured[0], "cpu", time.perf_counter() - started, max_batch)
+    from inference_workers.runtimes.gpu import gpu_meter
+
+    with gpu_meter(options.cuda_index) as measured:
+        runner = open_runner(path, model_format, options, inputs=inputs, outputs=outputs)
+        _warm_up(runner, max_batch)
+    return runner, Footprint(measured[0], "cuda", time.perf_counter() - started, max_batch)
+
+
+def _warm_up(runner: Runner, max_batch: int) -> None:
+    batches = [1, max_batch] if runner.signature.batched and max_batch > 1 else [1]
+    for batch in batches:
+        outputs = runner.run(sample_inputs(runner.signature, batch=batch))
+        check_outputs(runner.signature, outputs, rows=batch if runner.signature.batched else None)
+
+
+def check_outputs(signature: Signature, outputs: Mapping[str, np.ndarray], *, rows: int | None) -> None:
+    """Checks a run's outputs against the signature (names, and batch rows when batched).
+
+    Raises:
+        ModelExecutionError: Naming the output that is missing or has the wrong rows.
+    """
+    for spec in signature.outputs:
+        if spec.name not in outputs:
+            raise ModelExecutionError(f"the model did not return its output '{spec.name}'")
+        array = outputs[spec.name]
+        if rows is not None and (array.ndim == 0 or array.shape[0] != rows):
+            got = array.shape[0] if array.ndim else "a scalar"
+            raise ModelExecutionError(
+                f"output '{spec.name}' has {got} rows for a batch of {rows}; the model must keep dimension 0"
+            )

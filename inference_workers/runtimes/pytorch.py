@@ -1,0 +1,114 @@
+"""PyTorch: TorchScript (``torch.jit``) and ``torch.export`` programs, on CUDA or the CPU.
+
+Nothing here unpickles arbitrary objects: TorchScript archives and exported programs are
+loaded by their own loaders, and pickled ``torch.save`` files are refused by the registry
+before they ever reach a worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from inference_workers.datatypes import TORCH_TYPES
+from inference_workers.runtimes.base import (
+    ModelExecutionError,
+    RuntimeLoadError,
+    RuntimeOptions,
+    Signature,
+    batched_signature,
+)
+from inference_workers.types import ModelFormat, TensorSpec
+
+
+def _spec_from_meta(name: str, value: Any) -> TensorSpec:
+    if not isinstance(value, torch.Tensor):
+        raise RuntimeLoadError(f"'{name}' is not a tensor; Berth serves tensor inputs and outputs only")
+    datatype = TORCH_TYPES.get(str(value.dtype))
+    if datatype is None:
+        raise RuntimeLoadError(f"'{name}' has dtype {value.dtype}, which Berth cannot serve")
+    shape = tuple(dim if isinstance(dim, int) else -1 for dim in value.shape)
+    return TensorSpec(name=name, datatype=datatype, shape=shape)
+
+
+def _export_signature(program: Any) -> Signature:
+    placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+    inputs = []
+    for spec in program.graph_signature.input_specs:
+        if spec.kind.name == "USER_INPUT":
+            name = spec.arg.name
+            inputs.append(_spec_from_meta(name, placeholders[name].meta.get("val")))
+    output_node = next(node for node in program.graph.nodes if node.op == "output")
+    values = output_node.args[0]
+    values = values if isinstance(values, list | tuple) else [values]
+    outputs = [_spec_from_meta(f"output_{i}", node.meta.get("val")) for i, node in enumerate(values)]
+    return batched_signature(tuple(inputs), tuple(outputs))
+
+
+class TorchRunner:
+    """A TorchScript module or an exported program, run under ``torch.inference_mode``."""
+
+    def __init__(
+        self,
+        path: Path,
+        model_format: ModelFormat,
+        options: RuntimeOptions,
+        *,
+        inputs: tuple[TensorSpec, ...] = (),
+        outputs: tuple[TensorSpec, ...] = (),
+    ) -> None:
+        self._device = torch.device(options.device)
+        if options.intra_op_threads:
+            torch.set_num_threads(options.intra_op_threads)
+        try:
+            if model_format == "torchscript":
+                if not inputs or not outputs:
+                    raise RuntimeLoadError(
+                        "a TorchScript file carries no signature: give its inputs and outputs (name, datatype, shape)"
+                    )
+                self._module = torch.jit.load(str(path), map_location=self._device)
+                self._module.eval()
+                self.signature: Signature = batched_signature(inputs, outputs)
+                self.platform = "pytorch_libtorch"
+            else:
+                program = torch.export.load(str(path))
+                self.signature = _export_signature(program)
+                if inputs:
+                    self.signature = batched_signature(inputs, outputs or self.signature.outputs)
+                self._module = program.module().to(self._device)
+                self.platform = "pytorch_export"
+        except RuntimeLoadError:
+            raise
+        except (RuntimeError, ValueError, KeyError, OSError, AttributeError) as exc:
+            raise RuntimeLoadError(f"PyTorch cannot load this {model_format} artifact: {exc}") from exc
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs the module; torch errors become ``ModelExecutionError``."""
+        try:
+            tensors = [
+                torch.from_numpy(np.ascontiguousarray(inputs[spec.name])).to(self._device)
+                for spec in self.signature.inputs
+            ]
+            with torch.inference_mode():
+                result = self._module(*tensors)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise ModelExecutionError(f"PyTorch failed: {exc}") from exc
+        values = result if isinstance(result, list | tuple) else (result,)
+        if len(values) != len(self.signature.outputs):
+            raise ModelExecutionError(
+                f"the model returned {len(values)} outputs; its signature has {len(self.signature.outputs)}"
+            )
+        return {
+            spec.name: value.detach().to("cpu").numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            for spec, value in zip(self.signature.outputs, values, strict=True)
+        }
+
+    def close(self) -> None:
+        """Drops the module; on a GPU its cached blocks go back to the driver."""
+        self.__dict__.pop("_module", None)
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
