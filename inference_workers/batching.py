@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]
 Execute = Callable[[Arrays], Arrays]
 
+# A batch that takes less than this runs on the event loop itself: handing it to a thread
+# and back costs more than the model (the reference MLP runs in ~0.08 ms).
+INLINE_BELOW_S = 0.0005
+
 
 class BatchObserver:
     """Receives the batcher's measurements (see ``metrics.ModelStats``); does nothing here."""
@@ -64,7 +68,13 @@ def _shape_key(inputs: Mapping[str, np.ndarray]) -> tuple[object, ...]:
 
 
 class DynamicBatcher:
-    """Batches requests for one model and runs them on ``instance_count`` threads."""
+    """Batches requests for one model and runs them on ``instance_count`` executions.
+
+    Slow models run on a thread pool of ``instance_count`` threads, fed by a scheduler
+    task. Fast models (batches under ``INLINE_BELOW_S``, one instance, no queue delay) run
+    on the event loop: a dispatch callback, queued behind the request handlers that are
+    ready in the same loop iteration, forms the batch from everything they queued.
+    """
 
     def __init__(
         self,
@@ -83,11 +93,14 @@ class DynamicBatcher:
         self._queue: deque[_Pending] = deque()
         self._preferred = sorted(config.preferred_batch_sizes)
         self._executor = ThreadPoolExecutor(max_workers=config.instance_count, thread_name_prefix=f"berth-{name}")
-        self._slots = asyncio.Semaphore(config.instance_count)
+        self._free = config.instance_count
+        self._slot_freed = asyncio.Event()
         self._wake = asyncio.Event()
         self._closing = False
+        self._dispatch_scheduled = False
         self._scheduler: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._compute_ewma: float | None = None
         self.inflight = 0
 
     @property
@@ -137,15 +150,20 @@ class DynamicBatcher:
         )
         self._queue.append(pending)
         self.inflight += 1
-        self._wake.set()
+        if self._runs_inline() and self.config.max_queue_delay_us == 0:
+            if not self._dispatch_scheduled:
+                self._dispatch_scheduled = True
+                loop.call_soon(self._dispatch_inline)
+        else:
+            self._wake.set()
         try:
-            # Cancelling this await cancels the future, and the scheduler drops it.
+            # Cancelling this await cancels the future, and dispatch drops it.
             return await pending.future
         finally:
             self.inflight -= 1
+            future = pending.future
             self._observer.request_finished(
-                seconds=loop.time() - now,
-                ok=pending.future.done() and not pending.future.cancelled() and pending.future.exception() is None,
+                seconds=loop.time() - now, ok=future.done() and not future.cancelled() and future.exception() is None
             )
 
     def _timeout_s(self, timeout_us: int | None) -> float:
@@ -162,7 +180,9 @@ class DynamicBatcher:
         self._closing = True
         self._wake.set()
         deadline = time.monotonic() + drain_seconds
-        while (self._queue or self._running) and time.monotonic() < deadline:
+        while (self._queue or self._running or self._free < self.config.instance_count) and (
+            time.monotonic() < deadline
+        ):
             await asyncio.sleep(0.01)
         for pending in self._queue:
             if not pending.future.done():
@@ -172,18 +192,13 @@ class DynamicBatcher:
             self._scheduler.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    # The scheduler -------------------------------------------------------------------
+    def _runs_inline(self) -> bool:
+        """Fast single-instance models run on the loop once their speed is known."""
+        return (
+            self.config.instance_count == 1 and self._compute_ewma is not None and self._compute_ewma < INLINE_BELOW_S
+        )
 
-    async def _schedule(self) -> None:
-        while True:
-            await self._slots.acquire()
-            batch = await self._next_batch()
-            if batch is None:
-                self._slots.release()
-                return
-            task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+    # Forming batches ---------------------------------------------------------------
 
     def _drop_dead(self, now: float) -> None:
         """Drops cancelled requests and fails expired ones, anywhere in the queue."""
@@ -226,17 +241,74 @@ class DynamicBatcher:
                 best = index + 1
         return batch[:best] if best else None
 
+    def _take(self, batch: list[_Pending], now: float) -> list[_Pending]:
+        for pending in batch:
+            self._queue.popleft()
+            pending.queue_seconds = now - pending.enqueued
+        return batch
+
+    # Fast models: on the loop --------------------------------------------------------
+
+    def _dispatch_inline(self) -> None:
+        self._dispatch_scheduled = False
+        loop = asyncio.get_event_loop()
+        while self._queue and self._free > 0:
+            now = loop.time()
+            self._drop_dead(now)
+            if not self._queue:
+                return
+            batch, can_grow = self._candidate()
+            preferred = self._preferred_prefix(batch) if can_grow else None
+            self._free -= 1
+            try:
+                self._execute_batch(self._take(preferred or batch, now))
+            finally:
+                self._release()
+        if self._queue:
+            self._wake.set()  # what is left (an instance was busy) goes to the scheduler
+
+    # Slow models: the scheduler and the thread pool ----------------------------------
+
+    def _release(self) -> None:
+        self._free += 1
+        self._slot_freed.set()
+
+    async def _acquire(self) -> None:
+        while self._free == 0:
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+        self._free -= 1
+
+    async def _schedule(self) -> None:
+        while True:
+            # Wait for work without holding an instance.
+            while not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+            await self._acquire()
+            batch = await self._next_batch()
+            if batch is None:
+                self._release()
+                continue
+            if self._runs_inline():
+                try:
+                    self._execute_batch(batch)
+                finally:
+                    self._release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._run_in_thread(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
     async def _next_batch(self) -> list[_Pending] | None:
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
             self._drop_dead(now)
             if not self._queue:
-                if self._closing:
-                    return None
-                self._wake.clear()
-                await self._wake.wait()
-                continue
+                return None
             batch, can_grow = self._candidate()
             preferred = self._preferred_prefix(batch) if can_grow else None
             waited = now - batch[0].enqueued
@@ -252,52 +324,73 @@ class DynamicBatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=wait_for)
                 continue
-            for _ in batch:
-                self._queue.popleft()
-            for pending in batch:
-                pending.queue_seconds = now - pending.enqueued
-            return batch
+            return self._take(batch, now)
 
-    async def _run(self, batch: list[_Pending]) -> None:
+    async def _run_in_thread(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
-        rows = sum(p.rows for p in batch)
-        started = loop.time()
-        ok = False
         try:
-            if len(batch) == 1:
-                merged = batch[0].inputs
-            else:
-                merged = {name: np.concatenate([p.inputs[name] for p in batch], axis=0) for name in batch[0].inputs}
-            outputs = await loop.run_in_executor(self._executor, self._execute, merged)
-            if self.batched:
-                for name, array in outputs.items():
-                    if array.ndim == 0 or array.shape[0] != rows:
-                        got = array.shape[0] if array.ndim else "a scalar"
-                        raise ExecutionFailedError(
-                            f"model {self.name} returned {got} rows of '{name}' for a batch of {rows}"
-                        )
-            offset = 0
-            for pending in batch:
-                if not pending.future.done():
-                    if self.batched:
-                        pending.future.set_result(
-                            {name: array[offset : offset + pending.rows] for name, array in outputs.items()}
-                        )
-                    else:
-                        pending.future.set_result(outputs)
-                offset += pending.rows
-            ok = True
+            merged = self._merge(batch)
+            outputs, took = await loop.run_in_executor(self._executor, self._timed, merged)
+            self._finish(batch, outputs, took)
         except Exception as exc:  # noqa: BLE001 — the isolation boundary: a model's failure fails only its batch
-            error = exc if isinstance(exc, ExecutionFailedError) else ExecutionFailedError(f"model {self.name}: {exc}")
-            log.warning("batch of %d rows failed in %s: %s", rows, self.name, exc)
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(error)
+            self._fail(batch, exc)
         finally:
-            self._slots.release()
-            self._observer.batch_executed(
-                size=rows,
-                queue_seconds=[p.queue_seconds for p in batch],
-                compute_seconds=loop.time() - started,
-                ok=ok,
-            )
+            self._release()
+
+    # Running one batch -------------------------------------------------------------
+
+    def _timed(self, merged: Arrays) -> tuple[Arrays, float]:
+        """Runs the model and times the run itself (not the hand-off to the thread)."""
+        started = time.perf_counter()
+        outputs = self._execute(merged)
+        return outputs, time.perf_counter() - started
+
+    def _merge(self, batch: list[_Pending]) -> Arrays:
+        if len(batch) == 1:
+            return batch[0].inputs
+        return {name: np.concatenate([p.inputs[name] for p in batch], axis=0) for name in batch[0].inputs}
+
+    def _execute_batch(self, batch: list[_Pending]) -> None:
+        """Runs a batch on the calling (event-loop) thread."""
+        try:
+            merged = self._merge(batch)
+            started = time.perf_counter()
+            outputs = self._execute(merged)
+            self._finish(batch, outputs, time.perf_counter() - started)
+        except Exception as exc:  # noqa: BLE001 — the isolation boundary: a model's failure fails only its batch
+            self._fail(batch, exc)
+
+    def _finish(self, batch: list[_Pending], outputs: Arrays, took: float) -> None:
+        self._compute_ewma = took if self._compute_ewma is None else 0.8 * self._compute_ewma + 0.2 * took
+        rows = sum(p.rows for p in batch)
+        if self.batched:
+            for name, array in outputs.items():
+                if array.ndim == 0 or array.shape[0] != rows:
+                    got = array.shape[0] if array.ndim else "a scalar"
+                    raise ExecutionFailedError(
+                        f"model {self.name} returned {got} rows of '{name}' for a batch of {rows}"
+                    )
+        offset = 0
+        for pending in batch:
+            if not pending.future.done():
+                if self.batched:
+                    pending.future.set_result(
+                        {name: array[offset : offset + pending.rows] for name, array in outputs.items()}
+                    )
+                else:
+                    pending.future.set_result(outputs)
+            offset += pending.rows
+        self._observer.batch_executed(
+            size=rows, queue_seconds=[p.queue_seconds for p in batch], compute_seconds=took, ok=True
+        )
+
+    def _fail(self, batch: list[_Pending], exc: Exception) -> None:
+        rows = sum(p.rows for p in batch)
+        error = exc if isinstance(exc, ExecutionFailedError) else ExecutionFailedError(f"model {self.name}: {exc}")
+        log.warning("batch of %d rows failed in %s: %s", rows, self.name, exc)
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(error)
+        self._observer.batch_executed(
+            size=rows, queue_seconds=[p.queue_seconds for p in batch], compute_seconds=0.0, ok=False
+        )

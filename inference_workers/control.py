@@ -1,8 +1,10 @@
-"""The worker's control channel: its Celery app, the bootstep, and the heartbeat.
+"""The worker's control channel: its Celery app, the bootstep, commands and heartbeats.
 
-The inference worker is a Celery worker consuming its own queue (``worker.<id>``).
-A bootstep starts, in the same process, the device handle and the data-plane server,
-and a thread that sends a heartbeat to the control plane's queue every few seconds.
+The inference worker is a Celery worker consuming its own queue (``worker.<id>``). A
+bootstep starts, in the same process, the device handle, the model host, the data-plane
+HTTP server on its own event-loop thread, and a thread that sends a heartbeat to the
+control plane every few seconds. Commands (load, unload, drain, status) are idempotent
+tasks, acknowledged late so a worker killed mid-command gets it again.
 """
 
 from __future__ import annotations
@@ -13,12 +15,31 @@ import time
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.signals import worker_shutting_down
 from kombu.exceptions import OperationalError
 
+from inference_workers.artifacts import ArtifactCache
+from inference_workers.dataplane import DataPlane
 from inference_workers.devices import Device, open_device
-from inference_workers.server import DataPlaneServer
+from inference_workers.errors import LoadError
+from inference_workers.host import ModelHost
+from inference_workers.loop import EventLoopThread
+from inference_workers.metrics import WorkerMetrics
+from inference_workers.runtimes import RuntimeOptions
+from inference_workers.server import DataPlaneServer, build_app
 from inference_workers.settings import WorkerSettings
-from inference_workers.types import HEARTBEAT_TASK, WorkerHeartbeat, WorkerState
+from inference_workers.types import (
+    DRAIN_TASK,
+    HEARTBEAT_TASK,
+    LOAD_TASK,
+    STATUS_TASK,
+    UNLOAD_TASK,
+    LoadCommand,
+    MessageError,
+    ModelKey,
+    WorkerHeartbeat,
+    WorkerState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +50,15 @@ class WorkerRuntime:
     def __init__(self, settings: WorkerSettings, app: Celery) -> None:
         self.settings = settings
         self._app = app
-        self._device: Device | None = None
+        self.device: Device | None = None
+        self.host: ModelHost | None = None
+        self.metrics = WorkerMetrics()
+        self._loop: EventLoopThread | None = None
         self._server: DataPlaneServer | None = None
         self._stop = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
         self.state: WorkerState = "ready"
+        self.draining_for_exit = False
 
     @property
     def dataplane_url(self) -> str:
@@ -44,52 +69,82 @@ class WorkerRuntime:
         return f"http://{host}:{port}"
 
     def start(self) -> None:
-        """Opens the device, starts the data plane, and begins heartbeats."""
-        self._device = open_device(self.settings.device, memory_budget_bytes=self.settings.memory_budget_bytes)
-        self._server = DataPlaneServer(
-            host=self.settings.bind_host, port=self.settings.port, is_ready=lambda: self.state == "ready"
+        """Opens the device, starts the host and the data plane, and begins heartbeats."""
+        settings = self.settings
+        self.device = open_device(settings.device, memory_budget_bytes=settings.memory_budget_bytes)
+        self._loop = EventLoopThread().start()
+        self.host = ModelHost(
+            device=self.device,
+            options=RuntimeOptions(device=settings.device, intra_op_threads=settings.intra_op_threads),
+            cache=ArtifactCache(settings.data_dir / "artifact-cache", max_bytes=settings.max_artifact_bytes),
+            loop=self._loop,
+            metrics=self.metrics,
+            headroom_bytes=settings.headroom_bytes,
         )
+        dataplane = DataPlane(self.host, is_draining=lambda: self.draining_for_exit)
+        app = build_app(dataplane, token=settings.token, max_body_bytes=settings.max_body_bytes, metrics=self.metrics)
+        self._server = DataPlaneServer(app, host=settings.bind_host, port=settings.port, loop=self._loop)
         self._server.start()
-        log.info("worker %s serving on %s", self.settings.worker_id, self.dataplane_url)
+        log.info("worker %s serving on %s", settings.worker_id, self.dataplane_url)
         self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="berth-heartbeat", daemon=True)
         self._heartbeat_thread.start()
 
+    def begin_drain(self) -> None:
+        """From now on new inference gets 503; what is in flight carries on."""
+        self.draining_for_exit = True
+        self.state = "draining"
+
     def stop(self) -> None:
-        """Stops heartbeats and the data plane, and releases the device."""
+        """Drains (in-flight requests finish, new ones get 503), then stops everything."""
+        self.begin_drain()
+        if self.host is not None:
+            self._send_heartbeat()
+            if not self.host.wait_idle(self.settings.drain_seconds):
+                log.warning("drain timed out with %d requests in flight", self.host.inflight)
         self._stop.set()
         if self._heartbeat_thread is not None:
             self._heartbeat_thread.join(timeout=5)
         if self._server is not None:
             self._server.stop()
-        if self._device is not None:
-            self._device.close()
+        if self.host is not None:
+            self.host.close()
+        if self._loop is not None:
+            self._loop.stop()
+        if self.device is not None:
+            self.device.close()
 
     def heartbeat(self) -> WorkerHeartbeat:
         """Builds the heartbeat describing this worker now."""
-        assert self._device is not None, "the runtime is not started"
+        assert self.device is not None and self.host is not None, "the runtime is not started"
+        device = self.device.state()
+        self.metrics.device_used_bytes.set(device.used_bytes)
+        self.metrics.device_total_bytes.set(device.total_bytes)
         return WorkerHeartbeat(
             worker_id=self.settings.worker_id,
             host=self.settings.advertise_host,
             dataplane_url=self.dataplane_url,
             queue=self.settings.queue,
             state=self.state,
-            device=self._device.state(),
+            device=device,
             sent_at=time.time(),
+            models=tuple(self.host.states()),
+        )
+
+    def _send_heartbeat(self) -> None:
+        self._app.send_task(
+            HEARTBEAT_TASK,
+            args=[self.heartbeat().to_message()],
+            queue=self.settings.control_queue,
+            retry=False,
+            # A heartbeat older than a few intervals says nothing true any more.
+            expires=self.settings.heartbeat_interval_s * 5,
         )
 
     def _heartbeat_loop(self) -> None:
-        interval = self.settings.heartbeat_interval_s
         broker_down = False
         while not self._stop.is_set():
             try:
-                self._app.send_task(
-                    HEARTBEAT_TASK,
-                    args=[self.heartbeat().to_message()],
-                    queue=self.settings.control_queue,
-                    retry=False,
-                    # A heartbeat older than a few intervals says nothing true any more.
-                    expires=interval * 5,
-                )
+                self._send_heartbeat()
                 if broker_down:
                     log.info("broker reachable again; heartbeats resumed")
                 broker_down = False
@@ -101,11 +156,11 @@ class WorkerRuntime:
                 broker_down = True
             except Exception:  # a bug must not silently end heartbeats (the worker would look dead)
                 log.exception("heartbeat failed; trying again next interval")
-            self._stop.wait(interval)
+            self._stop.wait(self.settings.heartbeat_interval_s)
 
 
 def make_celery_app(settings: WorkerSettings) -> Celery:
-    """Builds the worker's Celery app, with the bootstep that runs ``WorkerRuntime``."""
+    """Builds the worker's Celery app, its command tasks, and the bootstep."""
     # fixups=[]: Celery would otherwise set up Django whenever DJANGO_SETTINGS_MODULE is in
     # the environment (as it is under `make run`); the data plane never runs Django.
     app = Celery("berth-worker", fixups=[])
@@ -122,8 +177,10 @@ def make_celery_app(settings: WorkerSettings) -> Celery:
         task_default_queue=settings.queue,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=True,
+        result_expires=3600,
     )
     runtime = WorkerRuntime(settings, app)
+    app.berth_runtime = runtime  # type: ignore[attr-defined]
 
     class RuntimeStep(bootsteps.StartStopStep):
         requires = ("celery.worker.components:Pool",)
@@ -136,7 +193,41 @@ def make_celery_app(settings: WorkerSettings) -> Celery:
 
     app.steps["worker"].add(RuntimeStep)
 
-    @app.task(name="berth.worker.status")
+    @worker_shutting_down.connect(weak=False)
+    def drain_on_shutdown(**kwargs: Any) -> None:
+        # Sent as SIGTERM arrives, well before the bootstep is stopped: refuse new work now.
+        runtime.begin_drain()
+
+    def host() -> ModelHost:
+        assert runtime.host is not None, "the worker runtime is not started"
+        return runtime.host
+
+    @app.task(name=LOAD_TASK)
+    def load(message: dict[str, Any]) -> dict[str, Any]:
+        """Loads a model version; the result (and later heartbeats) say ready or why not."""
+        try:
+            command = LoadCommand.from_message(message)
+        except MessageError as exc:
+            return {"state": "failed", "reason": f"malformed load command: {exc}"}
+        try:
+            return host().load(command).__dict__ | {"key": command.key.__dict__}
+        except LoadError as exc:
+            log.warning("load of %s failed: %s", command.key, exc)
+            return {"key": command.key.__dict__, "state": "failed", "reason": str(exc)}
+
+    @app.task(name=UNLOAD_TASK)
+    def unload(message: dict[str, Any]) -> dict[str, Any]:
+        """Unloads a model version; unloading one that is not hosted succeeds too."""
+        key = ModelKey.from_message(message)
+        return {"key": key.__dict__, "unloaded": host().unload(key)}
+
+    @app.task(name=DRAIN_TASK)
+    def drain() -> dict[str, Any]:
+        """Marks the worker draining: the control plane moves its replicas, it keeps serving."""
+        runtime.state = "draining"
+        return {"worker_id": settings.worker_id, "state": runtime.state}
+
+    @app.task(name=STATUS_TASK)
     def status() -> dict[str, Any]:
         """Answers with the heartbeat the worker would send now."""
         return runtime.heartbeat().to_message()

@@ -1,58 +1,114 @@
-"""The worker's data-plane HTTP server (Open Inference Protocol v2 surface).
+"""The worker's HTTP adapter: aiohttp routes over the transport-agnostic ``DataPlane``.
 
-It runs on its own event loop in a thread of the worker process, beside the Celery
-consumer, so control commands and inference never wait on each other.
+Health (``/v2/health/*``), server metadata (``/v2``) and Prometheus ``/metrics`` are open;
+everything under ``/v2/models/`` needs the worker token (``Authorization: Bearer …``),
+which only the gateway has.
 """
 
 from __future__ import annotations
 
-import asyncio
+import hmac
 import logging
 import socket
-import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
+import orjson
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from inference_workers.codec import HEADER_LENGTH, error_body
+from inference_workers.dataplane import DataPlane
+from inference_workers.errors import DataPlaneError, PayloadTooLargeError, UnauthorizedError
+from inference_workers.loop import EventLoopThread
+from inference_workers.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
-SERVER_NAME = "berth-worker"
-SERVER_VERSION = "0.1.0"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def build_app(*, is_ready: Callable[[], bool]) -> web.Application:
-    """Builds the aiohttp application with the server-level v2 routes."""
+def _json(body: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _error(error: DataPlaneError) -> web.Response:
+    return web.Response(body=error_body(error.message), status=error.status, content_type="application/json")
+
+
+def build_app(dataplane: DataPlane, *, token: str, max_body_bytes: int, metrics: WorkerMetrics) -> web.Application:
+    """The aiohttp application serving ``dataplane``."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if request.path.startswith("/v2/models"):
+                presented = request.headers.get("Authorization", "").encode()
+                if not token or not hmac.compare_digest(presented, expected):
+                    raise UnauthorizedError("missing or wrong worker token; only the gateway may call a worker")
+            return await handler(request)
+        except DataPlaneError as error:
+            return _error(error)
 
     async def server_metadata(request: web.Request) -> web.Response:
-        return web.json_response({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []})
+        return _json(dataplane.server_metadata())
 
     async def live(request: web.Request) -> web.Response:
-        return web.json_response({"live": True})
+        return _json({"live": dataplane.live()})
 
     async def ready(request: web.Request) -> web.Response:
-        if is_ready():
-            return web.json_response({"ready": True})
-        return web.json_response({"error": "the worker is draining; send requests to another replica"}, status=503)
+        if dataplane.ready():
+            return _json({"ready": True})
+        return _json({"error": "the worker is draining; send requests to another replica"}, status=503)
 
-    app = web.Application()
+    async def prometheus(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def model_metadata(request: web.Request) -> web.Response:
+        info = request.match_info
+        return _json(dataplane.model_metadata(info["name"], info.get("version")))
+
+    async def model_ready(request: web.Request) -> web.Response:
+        info = request.match_info
+        if dataplane.model_ready(info["name"], info.get("version")):
+            return _json({"ready": True})
+        return _json({"error": "the model is not ready here"}, status=503)
+
+    async def infer(request: web.Request) -> web.Response:
+        length = request.content_length
+        if length is not None and length > max_body_bytes:
+            raise PayloadTooLargeError(f"the body has {length} bytes; this worker takes at most {max_body_bytes}")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLargeError(f"the body is over this worker's limit of {max_body_bytes} bytes") from None
+        info = request.match_info
+        payload, headers = await dataplane.infer(
+            info["name"], info.get("version"), body, header_length=request.headers.get(HEADER_LENGTH)
+        )
+        return web.Response(body=payload, headers=headers)
+
+    app = web.Application(middlewares=[guard], client_max_size=max_body_bytes)
     app.router.add_get("/v2", server_metadata)
     app.router.add_get("/v2/health/live", live)
     app.router.add_get("/v2/health/ready", ready)
+    app.router.add_get("/metrics", prometheus)
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        app.router.add_get(prefix, model_metadata)
+        app.router.add_get(f"{prefix}/ready", model_ready)
+        app.router.add_post(f"{prefix}/infer", infer)
     return app
 
 
 class DataPlaneServer:
-    """Serves the data-plane app on a background thread; ``start`` returns the bound port."""
+    """Serves the app on the data plane's event-loop thread; ``start`` returns the port."""
 
-    def __init__(self, *, host: str, port: int, is_ready: Callable[[], bool]) -> None:
+    def __init__(self, app: web.Application, *, host: str, port: int, loop: EventLoopThread) -> None:
+        self._app = app
         self._host = host
         self._port = port
-        self._is_ready = is_ready
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stopped: asyncio.Event | None = None
-        self._started = threading.Event()
-        self._failure: BaseException | None = None
+        self._loop = loop
+        self._runner: web.AppRunner | None = None
         self.port = 0
 
     def start(self) -> int:
@@ -64,40 +120,18 @@ class DataPlaneServer:
         sock.listen(1024)
         sock.setblocking(False)
         self.port = int(sock.getsockname()[1])
-        self._thread = threading.Thread(target=self._run, args=(sock,), name="berth-dataplane", daemon=True)
-        self._thread.start()
-        self._started.wait(timeout=30)
-        if self._failure is not None:
-            raise RuntimeError(f"the data-plane server failed to start: {self._failure}") from self._failure
+
+        async def serve() -> None:
+            self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+            await self._runner.setup()
+            await web.SockSite(self._runner, sock).start()
+
+        self._loop.run(serve(), timeout=30)
+        log.info("data plane listening on %s:%d", self._host, self.port)
         return self.port
 
-    def _run(self, sock: socket.socket) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._serve(sock))
-        except Exception as exc:  # logged, and re-raised by start() while starting
-            log.exception("the data-plane server stopped with an error")
-            self._failure = exc
-            self._started.set()
-        finally:
-            loop.close()
-
-    async def _serve(self, sock: socket.socket) -> None:
-        self._stopped = asyncio.Event()
-        runner = web.AppRunner(build_app(is_ready=self._is_ready), access_log=None)
-        await runner.setup()
-        site = web.SockSite(runner, sock)
-        await site.start()
-        log.info("data plane listening on %s:%d", self._host, self.port)
-        self._started.set()
-        await self._stopped.wait()
-        await runner.cleanup()
-
     def stop(self) -> None:
-        """Stops serving and waits for the thread to end."""
-        if self._loop is not None and self._stopped is not None:
-            self._loop.call_soon_threadsafe(self._stopped.set)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        """Stops serving (open connections are closed)."""
+        if self._runner is not None:
+            self._loop.run(self._runner.cleanup(), timeout=30)
+            self._runner = None

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from inference_workers.broker import BrokerConfig, broker_config
 from inference_workers.errors import SettingsError
+from inference_workers.tokens import worker_token
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,6 +91,15 @@ def _float(environ: Mapping[str, str], variable: str, default: float, *, minimum
     return value
 
 
+def _size(environ: Mapping[str, str], variable: str, default: int) -> int:
+    raw = environ.get(variable, "")
+    if raw == "":
+        return default
+    if raw.strip() == "0":
+        return 0
+    return parse_size(raw, variable=variable)
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     """The inference worker's whole configuration."""
@@ -105,6 +115,12 @@ class WorkerSettings:
     data_dir: Path
     broker: BrokerConfig
     log_level: str = "INFO"
+    token: str = ""
+    headroom_bytes: int = 0
+    max_body_bytes: int = 64 * 1024**2
+    drain_seconds: float = 30.0
+    intra_op_threads: int = 0
+    max_artifact_bytes: int = 16 * 1024**3
 
     @property
     def queue(self) -> str:
@@ -124,7 +140,12 @@ class WorkerSettings:
         ``BERTH_WORKER_HEARTBEAT_S`` (default 2), ``BERTH_WORKER_CONTROL_QUEUE``
         (default ``BERTH_CONTROL_QUEUE``, else ``control``), ``BERTH_WORKER_LOG_LEVEL`` (default
         ``BERTH_LOG_LEVEL``, else ``INFO``), ``BERTH_WORKER_DATA_DIR`` (default ``BERTH_DATA_DIR``),
-        ``BERTH_WORKER_BROKER_URL`` (default ``CELERY_BROKER_URL``, else embedded).
+        ``BERTH_WORKER_BROKER_URL`` (default ``CELERY_BROKER_URL``, else embedded),
+        ``BERTH_WORKER_TOKEN`` (the gateway's shared secret; default generated into the
+        data dir), ``BERTH_WORKER_HEADROOM`` (memory never reserved, default 0),
+        ``BERTH_WORKER_MAX_BODY`` (default 64MiB), ``BERTH_WORKER_DRAIN_S`` (default 30),
+        ``BERTH_WORKER_THREADS`` (intra-op threads per model, 0 = the runtime's choice),
+        ``BERTH_WORKER_MAX_ARTIFACT`` (default 16GiB).
 
         Raises:
             SettingsError: Naming the variable whose value is wrong.
@@ -165,6 +186,12 @@ class WorkerSettings:
             log_level=(
                 environ.get("BERTH_WORKER_LOG_LEVEL", "") or environ.get("BERTH_LOG_LEVEL", "") or "INFO"
             ).upper(),
+            token=worker_token(configured=environ.get("BERTH_WORKER_TOKEN", ""), data_dir=data_dir),
+            headroom_bytes=_size(environ, "BERTH_WORKER_HEADROOM", 0),
+            max_body_bytes=_size(environ, "BERTH_WORKER_MAX_BODY", 64 * 1024**2),
+            drain_seconds=_float(environ, "BERTH_WORKER_DRAIN_S", 30.0, minimum=0.0),
+            intra_op_threads=_int(environ, "BERTH_WORKER_THREADS", 0),
+            max_artifact_bytes=_size(environ, "BERTH_WORKER_MAX_ARTIFACT", 16 * 1024**3),
             data_dir=data_dir,
             broker=broker_config(
                 url=broker_url,

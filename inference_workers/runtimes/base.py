@@ -7,7 +7,7 @@ import ctypes
 import gc
 import resource
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -193,6 +193,25 @@ def _warm_up(runner: Runner, max_batch: int) -> None:
     for batch in batches:
         outputs = runner.run(sample_inputs(runner.signature, batch=batch))
         check_outputs(runner.signature, outputs, rows=batch if runner.signature.batched else None)
+
+
+def checked(runner: Runner) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+    """``runner.run`` that refuses outputs whose rank or fixed dimensions break the signature."""
+    specs = [(spec.name, spec.shape) for spec in runner.signature.outputs]
+
+    def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = runner.run(inputs)
+        for name, shape in specs:
+            array = outputs.get(name)
+            if array is None:
+                raise ModelExecutionError(f"the model did not return its output '{name}'")
+            if array.ndim != len(shape) or any(w != -1 and g != w for g, w in zip(array.shape, shape, strict=True)):
+                raise ModelExecutionError(
+                    f"output '{name}' has shape {list(array.shape)}; the model's signature says {list(shape)}"
+                )
+        return outputs
+
+    return run
 
 
 def check_outputs(signature: Signature, outputs: Mapping[str, np.ndarray], *, rows: int | None) -> None:

@@ -95,3 +95,55 @@ def sha256_of(path: Path) -> str:
 
 def doubler_specs(features: int = 4) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     return (TensorSpec("input", "FP32", (-1, features)),), (TensorSpec("output", "FP32", (-1, features)),)
+
+
+class Raiser(nn.Module):
+    """y = x + 1, but raises for any input whose sum is over 1000 (a misbehaving model)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x.sum() > 1000.0):
+            raise RuntimeError("the model refuses inputs that sum over 1000")
+        return x + 1.0
+
+
+class RowCollapser(nn.Module):
+    """Returns one row for inputs that sum over 1000: the wrong shape, but only sometimes
+    (so it passes the warm-up at load and misbehaves while serving)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x.sum() > 1000.0):
+            return x.sum(dim=0, keepdim=True)
+        return x
+
+
+def raiser_torchscript(path: Path, *, features: int = 4) -> Path:
+    torch.jit.script(Raiser()).save(str(path))
+    return path
+
+
+def collapser_torchscript(path: Path) -> Path:
+    torch.jit.script(RowCollapser()).save(str(path))
+    return path
+
+
+class Slow(nn.Module):
+    """A model that takes a noticeable time per call (about a second on this machine class)."""
+
+    def __init__(self, features: int = 4, width: int = 1024, rounds: int = 600) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp = nn.Linear(features, width)
+        self.w = nn.Parameter(torch.randn(width, width) / width**0.5)
+        self.out = nn.Linear(width, features)
+        self.rounds = rounds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inp(x).repeat(64, 1)
+        for _ in range(self.rounds):
+            y = torch.tanh(y @ self.w)
+        return self.out(y[: x.shape[0]])
+
+
+def slow_torchscript(path: Path) -> Path:
+    torch.jit.script(Slow()).save(str(path))
+    return path

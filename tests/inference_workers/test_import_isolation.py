@@ -12,15 +12,14 @@ import subprocess
 from tests.conftest import PYTHON, REPO_ROOT, subprocess_env
 
 MODULES = [
+    *sorted(
+        "inference_workers."
+        + path.relative_to(REPO_ROOT / "inference_workers").with_suffix("").as_posix().replace("/", ".")
+        for path in (REPO_ROOT / "inference_workers").rglob("*.py")
+        if path.name != "__init__.py"
+    ),
     "inference_workers",
-    "inference_workers.__main__",
-    "inference_workers.broker",
-    "inference_workers.control",
-    "inference_workers.devices",
-    "inference_workers.errors",
-    "inference_workers.server",
-    "inference_workers.settings",
-    "inference_workers.types",
+    "inference_workers.runtimes",
 ]
 
 BLOCK_DJANGO = """

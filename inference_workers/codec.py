@@ -1,0 +1,274 @@
+"""Open Inference Protocol (v2) bodies ↔ numpy arrays: JSON and the binary tensor extension.
+
+Decoding checks every input against the model's signature (name, datatype, rank, fixed
+dimensions, element count) and names the input at fault in a 400.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from inference_workers.datatypes import BINARY_ONLY, NUMPY_DTYPES
+from inference_workers.errors import InvalidInputError
+from inference_workers.types import TensorSpec
+
+HEADER_LENGTH = "inference-header-content-length"
+JSON_TYPE = "application/json"
+BINARY_TYPE = "application/octet-stream"
+
+
+@dataclass
+class InferRequest:
+    """A decoded infer request: arrays by input name, and how to answer."""
+
+    id: str | None
+    parameters: dict[str, Any]
+    inputs: dict[str, np.ndarray]
+    requested: list[tuple[str, bool]] | None  # (output name, binary?) or None for all
+    binary_default: bool = False
+    timeout_us: int | None = field(default=None)
+
+
+def _loads(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInputError(f"the request body is not valid JSON: {exc}") from None
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
+    if header_length is None:
+        return _loads(body), memoryview(b"")
+    try:
+        length = int(header_length)
+    except ValueError:
+        raise InvalidInputError("Inference-Header-Content-Length must be a whole number") from None
+    if length < 0 or length > len(body):
+        raise InvalidInputError(f"Inference-Header-Content-Length is {length} but the body has only {len(body)} bytes")
+    return _loads(body[:length]), memoryview(body)[length:]
+
+
+def _bytes_elements(raw: memoryview, count: int, name: str) -> list[bytes]:
+    elements = []
+    offset = 0
+    for _ in range(count):
+        if offset + 4 > len(raw):
+            raise InvalidInputError(f"input '{name}': BYTES data ends inside an element's length prefix")
+        (size,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + size > len(raw):
+            raise InvalidInputError(f"input '{name}': a BYTES element runs past the end of its data")
+        elements.append(bytes(raw[offset : offset + size]))
+        offset += size
+    if offset != len(raw):
+        raise InvalidInputError(f"input '{name}': {len(raw) - offset} bytes left after {count} BYTES elements")
+    return elements
+
+
+def _check_shape(name: str, shape: Any, spec: TensorSpec) -> tuple[int, ...]:
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise InvalidInputError(f"input '{name}': shape must be a list of non-negative whole numbers")
+    if len(shape) != len(spec.shape):
+        raise InvalidInputError(
+            f"input '{name}': shape {shape} has {len(shape)} dimensions; the model expects {len(spec.shape)} "
+            f"({list(spec.shape)}, -1 = any)"
+        )
+    for position, (got, want) in enumerate(zip(shape, spec.shape, strict=True)):
+        if want != -1 and got != want:
+            raise InvalidInputError(
+                f"input '{name}': dimension {position} is {got}; the model expects {want} (shape {list(spec.shape)})"
+            )
+    return tuple(shape)
+
+
+def _json_array(name: str, data: Any, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    if datatype in BINARY_ONLY:
+        raise InvalidInputError(f"input '{name}': {datatype} cannot travel as JSON numbers; send it as binary data")
+    if not isinstance(data, list):
+        raise InvalidInputError(f"input '{name}': 'data' must be a list (flat or nested, row-major)")
+    try:
+        if datatype == "BYTES":
+            flat = np.array(
+                [item.encode() if isinstance(item, str) else bytes(item) for item in _flatten(data)], dtype=object
+            )
+        else:
+            flat = np.asarray(data, dtype=NUMPY_DTYPES[datatype]).reshape(-1)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInputError(f"input '{name}': data does not fit datatype {datatype}: {exc}") from None
+    expected = math.prod(shape)
+    if flat.size != expected:
+        raise InvalidInputError(f"input '{name}': {flat.size} elements given for shape {list(shape)} ({expected})")
+    return flat.reshape(shape)
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        else:
+            out.append(item)
+    return out
+
+
+def decode_request(body: bytes, *, header_length: str | None, signature_inputs: Sequence[TensorSpec]) -> InferRequest:
+    """Decodes and validates an infer request body against the model's inputs.
+
+    Raises:
+        InvalidInputError: Malformed JSON, unknown or missing input, wrong datatype or
+            shape, or binary data whose length does not match.
+    """
+    header, binary = _split_body(body, header_length)
+    if not isinstance(header, dict):
+        raise InvalidInputError("the request body must be a JSON object with an 'inputs' list")
+    raw_inputs = header.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInputError("the request needs a non-empty 'inputs' list")
+    specs = {spec.name: spec for spec in signature_inputs}
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for item in raw_inputs:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidInputError("each input needs a 'name', 'shape', 'datatype' and 'data'")
+        name = item["name"]
+        spec = specs.get(name)
+        if spec is None:
+            raise InvalidInputError(f"input '{name}' is not an input of this model; it takes {sorted(specs)}")
+        if name in arrays:
+            raise InvalidInputError(f"input '{name}' is given twice")
+        datatype = item.get("datatype")
+        if datatype != spec.datatype:
+            raise InvalidInputError(f"input '{name}' has datatype {datatype}; the model expects {spec.datatype}")
+        shape = _check_shape(name, item.get("shape"), spec)
+        parameters = item.get("parameters") or {}
+        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        if size is not None:
+            if not isinstance(size, int) or size < 0:
+                raise InvalidInputError(f"input '{name}': binary_data_size must be a non-negative whole number")
+            if offset + size > len(binary):
+                raise InvalidInputError(
+                    f"input '{name}': binary_data_size {size} runs past the end of the body "
+                    f"({len(binary) - offset} bytes left)"
+                )
+            raw = binary[offset : offset + size]
+            offset += size
+            count = math.prod(shape)
+            if datatype == "BYTES":
+                arrays[name] = np.array(_bytes_elements(raw, count, name), dtype=object).reshape(shape)
+            else:
+                dtype = NUMPY_DTYPES[datatype].newbyteorder("<")
+                if size != count * dtype.itemsize:
+                    raise InvalidInputError(
+                        f"input '{name}': {size} bytes of binary data, but shape {list(shape)} of {datatype} "
+                        f"needs {count * dtype.itemsize}"
+                    )
+                arrays[name] = np.frombuffer(raw, dtype=dtype).reshape(shape)
+        else:
+            if "data" not in item:
+                raise InvalidInputError(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
+            arrays[name] = _json_array(name, item["data"], datatype, shape)
+    if offset != len(binary):
+        raise InvalidInputError(f"{len(binary) - offset} bytes of binary data follow the inputs and belong to none")
+    missing = sorted(set(specs) - set(arrays))
+    if missing:
+        raise InvalidInputError(f"missing input(s) {missing}; the model takes {sorted(specs)}")
+    parameters = header.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInputError("'parameters' must be a JSON object")
+    requested = None
+    if header.get("outputs") is not None:
+        if not isinstance(header["outputs"], list):
+            raise InvalidInputError("'outputs' must be a list of {\"name\": …}")
+        requested = []
+        for output in header["outputs"]:
+            if not isinstance(output, dict) or not isinstance(output.get("name"), str):
+                raise InvalidInputError("each requested output needs a 'name'")
+            output_parameters = output.get("parameters") or {}
+            requested.append((output["name"], bool(output_parameters.get("binary_data", False))))
+    timeout = parameters.get("timeout")
+    request_id = header.get("id")
+    return InferRequest(
+        id=str(request_id) if request_id is not None else None,
+        parameters=parameters,
+        inputs=arrays,
+        requested=requested,
+        binary_default=bool(parameters.get("binary_data_output", False)),
+        timeout_us=int(timeout) if isinstance(timeout, int) and not isinstance(timeout, bool) else None,
+    )
+
+
+def encode_response(
+    *,
+    model_name: str,
+    model_version: str,
+    request: InferRequest,
+    outputs: Mapping[str, np.ndarray],
+    output_specs: Sequence[TensorSpec],
+) -> tuple[bytes, dict[str, str]]:
+    """Encodes outputs as v2 JSON, or JSON header + binary tensors when asked for.
+
+    Returns:
+        The body and the response headers (content type, and the header length when binary).
+    """
+    datatypes = {spec.name: spec.datatype for spec in output_specs}
+    if request.requested is None:
+        wanted = [(spec.name, request.binary_default) for spec in output_specs]
+    else:
+        unknown = sorted(name for name, _ in request.requested if name not in outputs)
+        if unknown:
+            raise InvalidInputError(f"requested output(s) {unknown} do not exist; the model has {sorted(outputs)}")
+        wanted = [(name, binary or request.binary_default) for name, binary in request.requested]
+    tensors: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, binary in wanted:
+        array = outputs[name]
+        datatype = datatypes.get(name) or _datatype_of(array)
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if binary or datatype in BINARY_ONLY:
+            blob = _to_bytes(array, datatype)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        elif datatype == "BYTES":
+            entry["data"] = [
+                item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in array.reshape(-1)
+            ]
+        else:
+            entry["data"] = np.ascontiguousarray(array).reshape(-1)
+        tensors.append(entry)
+    body: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": tensors}
+    if request.id is not None:
+        body["id"] = request.id
+    header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return header, {"content-type": JSON_TYPE}
+    return b"".join([header, *blobs]), {"content-type": BINARY_TYPE, HEADER_LENGTH: str(len(header))}
+
+
+def _datatype_of(array: np.ndarray) -> str:
+    from inference_workers.datatypes import DATATYPES_BY_NUMPY
+
+    return DATATYPES_BY_NUMPY.get(array.dtype, "BYTES")
+
+
+def _to_bytes(array: np.ndarray, datatype: str) -> bytes:
+    if datatype == "BYTES":
+        parts = []
+        for item in array.reshape(-1):
+            data = item if isinstance(item, bytes) else str(item).encode()
+            parts.append(struct.pack("<I", len(data)) + data)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def error_body(message: str) -> bytes:
+    """``{"error": message}`` as bytes."""
+    return orjson.dumps({"error": message})

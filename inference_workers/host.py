@@ -1,0 +1,291 @@
+"""The model host: many model versions on one device, accounted by measured memory.
+
+Each hosted version reserves memory: the reservation its load command carries (the
+registry's measured footprint), raised to what loading it here actually took. A load
+that does not fit in the device's capacity (minus headroom) is refused with the bytes
+needed and free, or, when the command allows it, makes room by unloading the
+least-recently-used idle models first. One lock per model key: a model is never loaded
+twice, and a second identical load is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from inference_workers.artifacts import ArtifactCache
+from inference_workers.batching import DynamicBatcher
+from inference_workers.devices import Device
+from inference_workers.errors import InsufficientMemoryError, LoadError, ModelNotFoundError, UnavailableError
+from inference_workers.loop import EventLoopThread
+from inference_workers.metrics import ModelStats, WorkerMetrics
+from inference_workers.runtimes import Runner, RuntimeLoadError, RuntimeOptions, measure_footprint
+from inference_workers.runtimes.base import ModelExecutionError, checked, release_freed_memory
+from inference_workers.types import HostedModel, HostedState, LoadCommand, ModelKey
+
+log = logging.getLogger(__name__)
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1024**2:.1f} MiB"
+
+
+@dataclass
+class HostedEntry:
+    """One hosted model version and everything that serves it."""
+
+    command: LoadCommand
+    state: HostedState
+    reserved_bytes: int
+    measured_bytes: int = 0
+    reason: str = ""
+    runner: Runner | None = None
+    batcher: DynamicBatcher | None = None
+    stats: ModelStats | None = None
+    loaded_at: float = 0.0
+
+    @property
+    def key(self) -> ModelKey:
+        return self.command.key
+
+    @property
+    def last_used(self) -> float:
+        """When it last served a request (or was loaded), for LRU eviction."""
+        used = self.stats.last_used if self.stats else 0.0
+        return max(used, self.loaded_at)
+
+    @property
+    def idle(self) -> bool:
+        """Ready with nothing queued or running: safe to evict."""
+        return self.state == "ready" and self.batcher is not None and self.batcher.inflight == 0
+
+    def report(self) -> HostedModel:
+        """The heartbeat's view of this model."""
+        p50, p99 = self.stats.percentiles_ms() if self.stats else (0.0, 0.0)
+        return HostedModel(
+            key=self.key,
+            state=self.state,
+            reserved_bytes=self.reserved_bytes,
+            measured_bytes=self.measured_bytes,
+            reason=self.reason,
+            inflight=self.batcher.inflight if self.batcher else 0,
+            queue_depth=self.batcher.queue_depth if self.batcher else 0,
+            requests=self.stats.requests if self.stats else 0,
+            errors=self.stats.errors if self.stats else 0,
+            p50_ms=round(p50, 3),
+            p99_ms=round(p99, 3),
+            last_used_at=self.last_used,
+        )
+
+
+class ModelHost:
+    """Loads, serves and unloads model versions on one device."""
+
+    def __init__(
+        self,
+        *,
+        device: Device,
+        options: RuntimeOptions,
+        cache: ArtifactCache,
+        loop: EventLoopThread,
+        metrics: WorkerMetrics | None = None,
+        headroom_bytes: int = 0,
+    ) -> None:
+        self.device = device
+        self.options = options
+        self.cache = cache
+        self.metrics = metrics or WorkerMetrics()
+        self.headroom_bytes = headroom_bytes
+        self._loop = loop
+        self._entries: dict[ModelKey, HostedEntry] = {}
+        self._lock = threading.Lock()
+        self._key_locks: dict[ModelKey, threading.Lock] = {}
+        self.capacity_bytes = device.state().total_bytes
+        self.metrics.hosted = self.states
+
+    # Accounting --------------------------------------------------------------------
+
+    @property
+    def allocatable_bytes(self) -> int:
+        """Capacity less the headroom never handed to models."""
+        return max(self.capacity_bytes - self.headroom_bytes, 0)
+
+    @property
+    def reserved_bytes(self) -> int:
+        """What hosted (and loading) models reserve now."""
+        with self._lock:
+            return self._reserved_locked()
+
+    def _reserved_locked(self) -> int:
+        return sum(entry.reserved_bytes for entry in self._entries.values() if entry.state != "failed")
+
+    def _key_lock(self, key: ModelKey) -> threading.Lock:
+        with self._lock:
+            return self._key_locks.setdefault(key, threading.Lock())
+
+    def _victims(self, shortfall: int, *, sparing: ModelKey) -> list[ModelKey] | None:
+        """Least-recently-used idle models whose memory covers ``shortfall``, or None."""
+        candidates = sorted(
+            (entry for entry in self._entries.values() if entry.idle and entry.key != sparing),
+            key=lambda entry: entry.last_used,
+        )
+        chosen: list[ModelKey] = []
+        freed = 0
+        for entry in candidates:
+            if freed >= shortfall:
+                break
+            chosen.append(entry.key)
+            freed += entry.reserved_bytes
+        return chosen if freed >= shortfall else None
+
+    # Commands ----------------------------------------------------------------------
+
+    def load(self, command: LoadCommand) -> HostedModel:
+        """Loads a model version (idempotent: an identical ready load returns at once).
+
+        Raises:
+            InsufficientMemoryError: It does not fit, naming bytes needed and free.
+            LoadError: The artifact could not be fetched, verified, loaded or run.
+        """
+        key = command.key
+        with self._key_lock(key):
+            existing = self._entries.get(key)
+            if existing is not None and existing.state == "ready" and existing.command.sha256 == command.sha256:
+                return existing.report()
+            if existing is not None:
+                self._unload_locked(key)
+            with self._lock:
+                need = command.reservation_bytes
+                free = self.allocatable_bytes - self._reserved_locked()
+                victims: list[ModelKey] = []
+                if need > free:
+                    found = self._victims(need - free, sparing=key) if command.allow_evict else None
+                    if found is None:
+                        raise InsufficientMemoryError(
+                            f"model {key} needs {need} bytes ({_mib(need)}) but only {max(free, 0)} bytes "
+                            f"({_mib(max(free, 0))}) of {self.allocatable_bytes} are free on {self.options.device}"
+                            + ("" if command.allow_evict else "; allow eviction or free memory")
+                        )
+                    victims = found
+                entry = HostedEntry(command=command, state="loading", reserved_bytes=need)
+                self._entries[key] = entry
+            for victim in victims:
+                log.info("evicting %s (least recently used) to make room for %s", victim, key)
+                self.unload(victim)
+            try:
+                self._open(entry)
+            except (LoadError, RuntimeLoadError, ModelExecutionError, MemoryError) as exc:
+                reason = "out of memory while loading the model" if isinstance(exc, MemoryError) else str(exc)
+                with self._lock:
+                    entry.state, entry.reason, entry.reserved_bytes = "failed", reason, 0
+                if entry.runner is not None:
+                    entry.runner.close()
+                    entry.runner = None
+                release_freed_memory()
+                if isinstance(exc, LoadError):
+                    raise
+                raise LoadError(reason) from exc
+            return entry.report()
+
+    def _open(self, entry: HostedEntry) -> None:
+        command = entry.command
+        path = self.cache.fetch(command.artifact_uri, command.sha256)
+        max_batch = max(command.batching.max_batch_size, 1)
+        runner, footprint = measure_footprint(
+            path, command.format, self.options, max_batch=max_batch, inputs=command.inputs, outputs=command.outputs
+        )
+        entry.runner = runner
+        entry.measured_bytes = footprint.bytes
+        with self._lock:
+            if footprint.bytes > entry.reserved_bytes:
+                others = self._reserved_locked() - entry.reserved_bytes
+                if others + footprint.bytes > self.allocatable_bytes:
+                    raise InsufficientMemoryError(
+                        f"model {command.key} took {footprint.bytes} bytes when loaded here, more than its reservation "
+                        f"of {entry.reserved_bytes}, and the device has no room for the difference"
+                    )
+                entry.reserved_bytes = footprint.bytes
+        stats = ModelStats(command.key, self.metrics)
+        batcher = DynamicBatcher(
+            execute=checked(runner),
+            config=command.batching,
+            batched=runner.signature.batched,
+            name=str(command.key),
+            observer=stats,
+        )
+
+        async def start() -> None:
+            batcher.start()
+
+        self._loop.run(start())
+        with self._lock:
+            entry.batcher, entry.stats, entry.loaded_at = batcher, stats, time.time()
+            entry.state = "ready"
+        log.info("loaded %s: reserved %s, measured %s", command.key, _mib(entry.reserved_bytes), _mib(footprint.bytes))
+
+    def unload(self, key: ModelKey, *, drain_seconds: float = 30.0) -> bool:
+        """Unloads a model version (queued and running requests finish first); False if absent."""
+        with self._key_lock(key):
+            return self._unload_locked(key, drain_seconds=drain_seconds)
+
+    def _unload_locked(self, key: ModelKey, *, drain_seconds: float = 30.0) -> bool:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return False
+            entry.state = "unloading"
+        if entry.batcher is not None:
+            self._loop.run(entry.batcher.close(drain_seconds=drain_seconds))
+        if entry.runner is not None:
+            entry.runner.close()
+        with self._lock:
+            self._entries.pop(key, None)
+        self.metrics.forget(key)
+        entry.runner = entry.batcher = None
+        release_freed_memory()
+        log.info("unloaded %s", key)
+        return True
+
+    # Serving -----------------------------------------------------------------------
+
+    def resolve(self, name: str, version: int | None) -> HostedEntry:
+        """The hosted entry for a data-plane model name (``tenant.model``) and version.
+
+        Without a version, the highest ready version. Raises ``ModelNotFoundError`` or,
+        for a model that is loading or unloading, ``UnavailableError``.
+        """
+        entries = [entry for entry in list(self._entries.values()) if entry.key.dataplane_name == name]
+        if version is not None:
+            entries = [entry for entry in entries if entry.key.version == version]
+        if not entries:
+            shown = name.split(".", 1)[-1]
+            raise ModelNotFoundError(
+                f"model '{shown}'" + (f" version {version}" if version else "") + " is not hosted here"
+            )
+        ready = [entry for entry in entries if entry.state == "ready"]
+        if not ready:
+            raise UnavailableError(f"model {entries[0].key} is {entries[0].state}; retry shortly")
+        return max(ready, key=lambda entry: entry.key.version)
+
+    def states(self) -> list[HostedModel]:
+        """Every hosted model's report, for heartbeats and ``status``."""
+        return [entry.report() for entry in list(self._entries.values())]
+
+    @property
+    def inflight(self) -> int:
+        """Requests queued or running across all models."""
+        return sum(entry.batcher.inflight for entry in list(self._entries.values()) if entry.batcher)
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Waits until no request is in flight; False when ``timeout_s`` ran out first."""
+        deadline = time.monotonic() + timeout_s
+        while self.inflight and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.inflight == 0
+
+    def close(self) -> None:
+        """Unloads everything."""
+        for key in list(self._entries):
+            self.unload(key, drain_seconds=0)

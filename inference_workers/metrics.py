@@ -1,0 +1,139 @@
+"""Per-model measurements: Prometheus series for /metrics and rolling figures for heartbeats."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from inference_workers.batching import BatchObserver
+from inference_workers.types import HostedModel, ModelKey
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+LABELS = ("tenant", "model", "version")
+
+
+class WorkerMetrics:
+    """The worker's Prometheus registry and metric families."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "berth_worker_requests", "Inference requests", (*LABELS, "outcome"), registry=self.registry
+        )
+        self.request_seconds = Histogram(
+            "berth_worker_request_seconds",
+            "Time a request spent in the batcher",
+            LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_seconds = Histogram(
+            "berth_worker_queue_seconds",
+            "Time a request waited for its batch",
+            LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.compute_seconds = Histogram(
+            "berth_worker_compute_seconds",
+            "Time a batch took to run",
+            LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "berth_worker_batch_size", "Rows per executed batch", LABELS, buckets=BATCH_BUCKETS, registry=self.registry
+        )
+        self.device_used_bytes = Gauge("berth_worker_device_used_bytes", "Device memory in use", registry=self.registry)
+        self.device_total_bytes = Gauge("berth_worker_device_total_bytes", "Device memory", registry=self.registry)
+        # Set by the model host: what it hosts now, read at scrape time.
+        self.hosted: Callable[[], list[HostedModel]] = list
+        self.registry.register(_HostCollector(self))
+
+    def forget(self, key: ModelKey) -> None:
+        """Drops an unloaded model's series."""
+        labels = (key.tenant, key.model, str(key.version))
+        for family in (self.request_seconds, self.queue_seconds, self.compute_seconds, self.batch_size):
+            with contextlib.suppress(KeyError):
+                family.remove(*labels)
+        for outcome in ("ok", "error"):
+            with contextlib.suppress(KeyError):
+                self.requests.remove(*labels, outcome)
+
+
+class _HostCollector(Collector):
+    """In-flight, queued and reserved figures per model, read from the host at scrape time."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families = {
+            "inflight": GaugeMetricFamily("berth_worker_inflight", "Requests queued or running", labels=LABELS),
+            "queue_depth": GaugeMetricFamily("berth_worker_queue_depth", "Requests waiting for a batch", labels=LABELS),
+            "reserved_bytes": GaugeMetricFamily(
+                "berth_worker_reserved_bytes", "Memory reserved per model", labels=LABELS
+            ),
+        }
+        for model in self._metrics.hosted():
+            labels = [model.key.tenant, model.key.model, str(model.key.version)]
+            for name, family in families.items():
+                family.add_metric(labels, float(getattr(model, name)))
+        yield from families.values()
+
+
+class ModelStats(BatchObserver):
+    """One hosted model's figures: Prometheus series plus a rolling window for heartbeats."""
+
+    WINDOW_S = 30.0
+
+    def __init__(self, key: ModelKey, metrics: WorkerMetrics) -> None:
+        labels = (key.tenant, key.model, str(key.version))
+        self._ok = metrics.requests.labels(*labels, "ok")
+        self._error = metrics.requests.labels(*labels, "error")
+        self._request_seconds = metrics.request_seconds.labels(*labels)
+        self._queue_seconds = metrics.queue_seconds.labels(*labels)
+        self._compute_seconds = metrics.compute_seconds.labels(*labels)
+        self._batch_size = metrics.batch_size.labels(*labels)
+        self._recent: deque[tuple[float, float]] = deque()
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.errors = 0
+        self.last_used = 0.0
+
+    def batch_executed(self, *, size: int, queue_seconds: list[float], compute_seconds: float, ok: bool) -> None:
+        self._batch_size.observe(size)
+        self._compute_seconds.observe(compute_seconds)
+        for waited in queue_seconds:
+            self._queue_seconds.observe(waited)
+
+    def request_finished(self, *, seconds: float, ok: bool) -> None:
+        (self._ok if ok else self._error).inc()
+        self._request_seconds.observe(seconds)
+        now = time.time()
+        with self._lock:
+            self.requests += 1
+            self.errors += 0 if ok else 1
+            self.last_used = now
+            self._recent.append((now, seconds))
+            while self._recent and self._recent[0][0] < now - self.WINDOW_S:
+                self._recent.popleft()
+
+    def percentiles_ms(self) -> tuple[float, float]:
+        """p50 and p99 request time over the last ``WINDOW_S`` seconds, in ms."""
+        now = time.time()
+        with self._lock:
+            values = [seconds for at, seconds in self._recent if at >= now - self.WINDOW_S]
+        if not values:
+            return 0.0, 0.0
+        p50, p99 = np.percentile(np.asarray(values), [50, 99])
+        return float(p50 * 1000), float(p99 * 1000)

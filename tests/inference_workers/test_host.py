@@ -1,0 +1,164 @@
+"""The model host: accounting by measured memory, LRU eviction, unload frees, isolation."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import psutil
+import pytest
+
+from inference_workers.artifacts import ArtifactError
+from inference_workers.errors import ExecutionFailedError, InsufficientMemoryError, LoadError, ModelNotFoundError
+from inference_workers.types import BatchingConfig, ModelKey
+from tests.inference_workers.conftest import load_command
+from tests.inference_workers.models import doubler_specs
+
+MiB = 1024**2
+
+
+def infer(host, loop_thread, name: str, array: np.ndarray, version: int | None = None):
+    entry = host.resolve(name, version)
+    return loop_thread.run(entry.batcher.submit({entry.runner.signature.inputs[0].name: array}))
+
+
+def test_load_serves_and_reports_a_measured_reservation(make_host, loop_thread, model_files):
+    host = make_host()
+    report = host.load(load_command(model_files["mlp"], model="mlp", reservation=1 * MiB))
+    assert report.state == "ready"
+    assert report.measured_bytes > 4 * MiB  # the MLP's weights alone are ~5 MiB
+    assert report.reserved_bytes == max(report.measured_bytes, 1 * MiB)
+    assert host.reserved_bytes == report.reserved_bytes
+    out = infer(host, loop_thread, "acme.mlp", np.ones((2, 256), dtype=np.float32))
+    assert out["output"].shape == (2, 10)
+
+
+def test_each_format_loads_with_its_signature(make_host, loop_thread, model_files):
+    host = make_host()
+    inputs, outputs = doubler_specs()
+    host.load(
+        load_command(model_files["doubler_ts"], model="ts", model_format="torchscript", inputs=inputs, outputs=outputs)
+    )
+    host.load(load_command(model_files["mlp_export"], model="ex", model_format="torch_export"))
+    assert infer(host, loop_thread, "acme.ts", np.ones((3, 4), np.float32))["output"][0, 0] == 2.0
+    exported = host.resolve("acme.ex", None).runner.signature
+    assert exported.batched and exported.inputs[0].shape == (-1, 256)
+    assert infer(host, loop_thread, "acme.ex", np.ones((3, 256), np.float32))["output_0"].shape == (3, 10)
+
+
+def test_a_load_that_does_not_fit_is_refused_naming_needed_and_free(make_host, model_files):
+    host = make_host(budget=100 * MiB)
+    host.load(load_command(model_files["doubler"], model="a", reservation=60 * MiB))
+    with pytest.raises(InsufficientMemoryError) as refused:
+        host.load(load_command(model_files["doubler"], model="b", reservation=50 * MiB))
+    message = str(refused.value)
+    assert str(50 * MiB) in message and str(40 * MiB) in message
+    assert [s.key.model for s in host.states()] == ["a"]
+
+
+def test_headroom_is_never_reserved(make_host, model_files):
+    host = make_host(budget=100 * MiB, headroom=50 * MiB)
+    with pytest.raises(InsufficientMemoryError):
+        host.load(load_command(model_files["doubler"], reservation=60 * MiB))
+
+
+def test_eviction_when_allowed_takes_the_least_recently_used_idle_model(make_host, loop_thread, model_files):
+    host = make_host(budget=200 * MiB)
+    host.load(load_command(model_files["doubler"], model="old", reservation=80 * MiB))
+    host.load(load_command(model_files["doubler"], model="recent", reservation=80 * MiB))
+    infer(host, loop_thread, "acme.recent", np.ones((1, 4), np.float32))  # "old" is now the LRU
+    with pytest.raises(InsufficientMemoryError):
+        host.load(load_command(model_files["doubler"], model="new", reservation=80 * MiB))
+    host.load(load_command(model_files["doubler"], model="new", reservation=80 * MiB, allow_evict=True))
+    assert sorted(s.key.model for s in host.states()) == ["new", "recent"]
+
+
+def test_unload_really_frees_memory(make_host, model_files):
+    host = make_host()
+    process = psutil.Process()
+    host.load(load_command(model_files["doubler"], model="warm"))  # the runtime's one-time cost
+    before = process.memory_info().rss
+    report = host.load(load_command(model_files["big"], model="big", reservation=1 * MiB))
+    loaded = process.memory_info().rss
+    assert report.measured_bytes > 60 * MiB  # ~72 MiB of weights
+    assert loaded - before > 60 * MiB
+    assert host.unload(ModelKey("acme", "big", 1)) is True
+    after = process.memory_info().rss
+    assert loaded - after > 0.8 * (loaded - before), f"RSS {before} -> {loaded} -> {after}"
+    assert host.unload(ModelKey("acme", "big", 1)) is False  # idempotent
+
+
+def test_a_model_is_never_loaded_twice(make_host, model_files):
+    host = make_host()
+    command = load_command(model_files["mlp"], model="mlp")
+    reports = []
+    threads = [threading.Thread(target=lambda: reports.append(host.load(command))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(host.states()) == 1
+    assert len({r.reserved_bytes for r in reports}) == 1  # later loads saw the first one's result
+    assert host.load(command).state == "ready"
+
+
+def test_a_checksum_mismatch_fails_the_load_and_reserves_nothing(make_host, model_files):
+    host = make_host()
+    with pytest.raises(ArtifactError, match="sha256"):
+        host.load(load_command(model_files["doubler"], sha256="0" * 64))
+    assert host.reserved_bytes == 0
+    assert host.states()[0].state == "failed"
+
+
+def test_a_missing_artifact_fails_clearly(make_host, tmp_path):
+    host = make_host()
+    with pytest.raises(LoadError, match="cannot fetch"):
+        host.load(load_command(tmp_path / "nope.onnx", sha256="1" * 64))
+
+
+def test_an_artifact_that_is_not_a_model_fails_clearly(make_host, tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"this is not an onnx model")
+    host = make_host()
+    with pytest.raises(LoadError, match="ONNX Runtime cannot load"):
+        host.load(load_command(junk))
+    assert host.reserved_bytes == 0
+
+
+def test_a_misbehaving_model_fails_only_its_own_requests(make_host, loop_thread, model_files):
+    host = make_host()
+    inputs, outputs = doubler_specs()
+    host.load(
+        load_command(model_files["raiser"], model="raiser", model_format="torchscript", inputs=inputs, outputs=outputs)
+    )
+    # Declares a batched output but returns one row whatever the batch.
+    host.load(
+        load_command(
+            model_files["collapser"],
+            model="collapser",
+            model_format="torchscript",
+            inputs=inputs,
+            outputs=outputs,
+            batching=BatchingConfig(max_batch_size=8),
+        )
+    )
+    host.load(load_command(model_files["doubler"], model="good"))
+    with pytest.raises(ExecutionFailedError, match="sum over 1000"):
+        infer(host, loop_thread, "acme.raiser", np.full((1, 4), 500.0, np.float32))
+    with pytest.raises(ExecutionFailedError, match="rows"):
+        infer(host, loop_thread, "acme.collapser", np.full((3, 4), 500.0, np.float32))
+    assert infer(host, loop_thread, "acme.collapser", np.ones((3, 4), np.float32))["output"].shape == (3, 4)
+    assert infer(host, loop_thread, "acme.raiser", np.ones((1, 4), np.float32))["output"][0, 0] == 2.0
+    assert infer(host, loop_thread, "acme.good", np.ones((1, 4), np.float32))["output"][0, 0] == 2.0
+
+
+def test_resolve_by_name_and_version(make_host, model_files):
+    host = make_host()
+    host.load(load_command(model_files["doubler"], version=1))
+    host.load(load_command(model_files["doubler"], version=3))
+    assert host.resolve("acme.doubler", None).key.version == 3
+    assert host.resolve("acme.doubler", 1).key.version == 1
+    with pytest.raises(ModelNotFoundError):
+        host.resolve("acme.doubler", 2)
+    with pytest.raises(ModelNotFoundError):
+        host.resolve("other.doubler", None)

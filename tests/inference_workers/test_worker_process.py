@@ -1,0 +1,211 @@
+"""A real inference worker process: commands over Celery, drain on SIGTERM, broker restarts."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from celery import Celery
+
+from inference_workers.settings import WorkerSettings
+from tests.conftest import PYTHON, REPO_ROOT, free_port, subprocess_env
+from tests.inference_workers import models
+
+pytestmark = pytest.mark.e2e
+
+
+class Worker:
+    def __init__(self, tmp_path: Path, **env: str) -> None:
+        self.worker_id = f"w-{uuid.uuid4().hex[:8]}"
+        self.env = subprocess_env(
+            BERTH_DATA_DIR=str(tmp_path / "var"), BERTH_WORKER_ID=self.worker_id, BERTH_WORKER_HEARTBEAT_S="0.5", **env
+        )
+        self.env.pop("DJANGO_SETTINGS_MODULE", None)
+        self.settings = WorkerSettings.from_env(self.env)
+        self.log = tmp_path / f"{self.worker_id}.log"
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "inference_workers", "--device", "cpu"],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        broker = self.settings.broker
+        self.app = Celery("test-commands", fixups=[])
+        self.app.conf.update(
+            broker_url=broker.url,
+            broker_transport_options=broker.transport_options,
+            result_backend=broker.result_backend,
+            broker_connection_retry_on_startup=True,
+        )
+        self.headers = {"Authorization": f"Bearer {self.settings.token}"}
+
+    def command(self, name: str, *args: object, timeout: float = 120) -> dict:
+        return self.app.send_task(f"berth.worker.{name}", args=list(args), queue=self.settings.queue).get(
+            timeout=timeout, interval=0.05
+        )
+
+    def url(self) -> str:
+        return self.command("status")["dataplane_url"]
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def load_message(path: Path, *, model: str, model_format: str = "onnx", **extra: object) -> dict:
+    message = {
+        "key": {"tenant": "acme", "model": model, "version": 1},
+        "artifact_uri": path.as_uri(),
+        "sha256": models.sha256_of(path),
+        "format": model_format,
+        "batching": {"max_batch_size": 8},
+        "reservation_bytes": 1 << 20,
+    }
+    message.update(extra)
+    return message
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[Worker]:
+    running = Worker(tmp_path)
+    yield running
+    running.stop()
+
+
+def infer(url: str, headers: dict[str, str], model: str = "acme.doubler", value: float = 1.0) -> httpx.Response:
+    body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [value] * 4}]}
+    return httpx.post(f"{url}/v2/models/{model}/infer", json=body, headers=headers, timeout=30)
+
+
+def test_commands_load_serve_report_and_unload(worker: Worker, model_files):
+    result = worker.command("load", load_message(model_files["doubler"], model="doubler"))
+    assert result["state"] == "ready" and result["reserved_bytes"] > 0
+    again = worker.command("load", load_message(model_files["doubler"], model="doubler"))
+    assert again["state"] == "ready"  # idempotent
+    url = worker.url()
+    assert infer(url, worker.headers).json()["outputs"][0]["data"] == [2.0] * 4
+    status = worker.command("status")
+    assert [m["key"]["model"] for m in status["models"]] == ["doubler"]
+    assert status["models"][0]["requests"] == 1
+    bad = worker.command("load", load_message(model_files["doubler"], model="broken", sha256="0" * 64))
+    assert bad["state"] == "failed" and "sha256" in bad["reason"]
+    assert worker.command("unload", {"tenant": "acme", "model": "doubler", "version": 1})["unloaded"] is True
+    assert worker.command("unload", {"tenant": "acme", "model": "doubler", "version": 1})["unloaded"] is False
+    assert infer(url, worker.headers).status_code == 404
+    assert worker.command("drain")["state"] == "draining"
+    assert worker.command("status")["state"] == "draining"
+
+
+def test_sigterm_drains_in_flight_then_exits(worker: Worker, tmp_path):
+    slow = models.slow_torchscript(tmp_path / "slow.pt")
+    specs = {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 4]}],
+    }
+    assert (
+        worker.command("load", load_message(slow, model="slow", model_format="torchscript", **specs), timeout=300)[
+            "state"
+        ]
+        == "ready"
+    )
+    url = worker.url()
+    assert infer(url, worker.headers, "acme.slow").status_code == 200
+    results: list[int] = []
+
+    def call() -> None:
+        results.append(infer(url, worker.headers, "acme.slow").status_code)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    gauge = 'berth_worker_inflight{model="slow",tenant="acme",version="1"} 3.0'
+    while gauge not in httpx.get(f"{url}/metrics").text:  # all three reached the worker
+        assert time.monotonic() < deadline, "the requests never reached the worker"
+        time.sleep(0.01)
+    worker.process.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    refused = infer(url, worker.headers, "acme.slow")
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results == [200, 200, 200], f"in-flight requests were lost: {results}"
+    assert refused.status_code == 503, refused.text
+    assert "draining" in refused.json()["error"]
+    assert worker.process.wait(timeout=60) == 0
+    with pytest.raises(httpx.ConnectError):
+        infer(url, worker.headers, "acme.slow")
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+def test_the_worker_keeps_serving_through_a_broker_restart(tmp_path, model_files):
+    port = free_port()
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    command = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(folder),
+    ]
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        import redis
+
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis(port=port).ping()
+                return process
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    server = start_redis()
+    broker = f"redis://127.0.0.1:{port}/0"
+    worker = Worker(tmp_path, BERTH_WORKER_BROKER_URL=broker, CELERY_RESULT_BACKEND=broker)
+    try:
+        assert worker.command("load", load_message(model_files["doubler"], model="doubler"))["state"] == "ready"
+        url = worker.url()
+        server.terminate()
+        server.wait(timeout=10)
+        time.sleep(1.0)  # heartbeats fail now; the worker must keep serving
+        for _ in range(5):
+            assert infer(url, worker.headers).status_code == 200
+        assert worker.process.poll() is None
+        server = start_redis()
+        import redis
+
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 30
+        while client.llen("control") == 0:
+            assert time.monotonic() < deadline, "heartbeats did not resume after the broker came back"
+            time.sleep(0.2)
+        # Commands get through again on the reconnected consumer.
+        assert worker.command("status", timeout=60)["models"][0]["state"] == "ready"
+    finally:
+        worker.stop()
+        server.terminate()
+        server.wait(timeout=10)
