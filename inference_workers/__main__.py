@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"berth worker: {exc}", file=sys.stderr)
         return 2
 
+    # The settings have read these; Celery would otherwise let them override its explicit
+    # configuration (BERTH_WORKER_BROKER_URL would lose to CELERY_BROKER_URL).
+    for variable in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+        os.environ.pop(variable, None)
     app = make_celery_app(settings)
     app.worker_main(
         [

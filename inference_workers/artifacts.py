@@ -61,7 +61,7 @@ class ArtifactCache:
                     digest = self._copy(uri, out)
                 if digest != sha256:
                     raise ArtifactError(
-                        f"artifact {uri} has sha256 {digest}, expected {sha256}; it was changed or corrupted"
+                        f"artifact {_redact(uri)} has sha256 {digest}, expected {sha256}; it was changed or corrupted"
                     )
                 os.chmod(temporary, 0o400)
                 os.replace(temporary, target)

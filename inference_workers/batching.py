@@ -61,6 +61,7 @@ class _Pending:
     enqueued: float
     deadline: float | None = None
     queue_seconds: float = field(default=0.0)
+    dispatched: bool = False
 
 
 def _shape_key(inputs: Mapping[str, np.ndarray]) -> tuple[object, ...]:
@@ -100,7 +101,7 @@ class DynamicBatcher:
         self._dispatch_scheduled = False
         self._scheduler: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
-        self._compute_ewma: float | None = None
+        self._recent_compute: deque[float] = deque(maxlen=32)
         self.inflight = 0
 
     @property
@@ -111,6 +112,17 @@ class DynamicBatcher:
     def start(self) -> None:
         """Starts the scheduler on the running event loop."""
         self._scheduler = asyncio.get_running_loop().create_task(self._schedule(), name=f"batcher-{self.name}")
+        self._scheduler.add_done_callback(self._scheduler_ended)
+
+    def _scheduler_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("the batcher of %s stopped: %s", self.name, task.exception())
+        self._closing = True
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(UnavailableError(f"model {self.name}'s batcher failed; retry elsewhere"))
+        self._queue.clear()
 
     async def submit(self, inputs: Arrays, *, timeout_us: int | None = None) -> Arrays:
         """Queues one request and waits for its outputs.
@@ -132,7 +144,12 @@ class DynamicBatcher:
             raise QueueFullError(f"model {self.name} has {len(self._queue)} requests queued (its max_queue_size)")
         rows = 1
         if self.batched:
-            rows = int(next(iter(inputs.values())).shape[0]) if inputs else 1
+            counts = {int(array.shape[0]) if array.ndim else 0 for array in inputs.values()}
+            if len(counts) != 1 or 0 in counts:
+                raise InvalidInputError(
+                    f"model {self.name} is batched: every input needs the same, non-zero dimension 0 (got {counts})"
+                )
+            rows = counts.pop()
             if rows > self.config.max_batch_size:
                 raise InvalidInputError(
                     f"the request has {rows} rows; model {self.name} takes at most {self.config.max_batch_size}"
@@ -150,6 +167,10 @@ class DynamicBatcher:
         )
         self._queue.append(pending)
         self.inflight += 1
+        if pending.deadline is not None:
+            # Expire on time, whether or not an instance is free to notice.
+            timer = loop.call_at(pending.deadline, self._expire, pending)
+            pending.future.add_done_callback(lambda _: timer.cancel())
         if self._runs_inline() and self.config.max_queue_delay_us == 0:
             if not self._dispatch_scheduled:
                 self._dispatch_scheduled = True
@@ -164,6 +185,14 @@ class DynamicBatcher:
             future = pending.future
             self._observer.request_finished(
                 seconds=loop.time() - now, ok=future.done() and not future.cancelled() and future.exception() is None
+            )
+
+    def _expire(self, pending: _Pending) -> None:
+        # A timeout bounds the wait in the queue; once its batch runs, the request finishes.
+        if not pending.future.done() and not pending.dispatched:
+            waited = asyncio.get_running_loop().time() - pending.enqueued
+            pending.future.set_exception(
+                RequestTimeoutError(f"the request waited {waited:.3f} s in {self.name}'s queue, past its timeout")
             )
 
     def _timeout_s(self, timeout_us: int | None) -> float:
@@ -193,9 +222,16 @@ class DynamicBatcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _runs_inline(self) -> bool:
-        """Fast single-instance models run on the loop once their speed is known."""
+        """Fast single-instance models run on the loop once their speed is known.
+
+        Every one of the last 32 batches must have been fast: one slow batch sends the
+        model back to the thread pool at once, so the loop (and other models) stall at
+        most once per 32 batches, for that batch.
+        """
         return (
-            self.config.instance_count == 1 and self._compute_ewma is not None and self._compute_ewma < INLINE_BELOW_S
+            self.config.instance_count == 1
+            and len(self._recent_compute) >= 3
+            and max(self._recent_compute) < INLINE_BELOW_S
         )
 
     # Forming batches ---------------------------------------------------------------
@@ -245,6 +281,7 @@ class DynamicBatcher:
         for pending in batch:
             self._queue.popleft()
             pending.queue_seconds = now - pending.enqueued
+            pending.dispatched = True
         return batch
 
     # Fast models: on the loop --------------------------------------------------------
@@ -257,8 +294,8 @@ class DynamicBatcher:
             self._drop_dead(now)
             if not self._queue:
                 return
-            batch, can_grow = self._candidate()
-            preferred = self._preferred_prefix(batch) if can_grow else None
+            batch, _ = self._candidate()
+            preferred = self._preferred_prefix(batch)
             self._free -= 1
             try:
                 self._execute_batch(self._take(preferred or batch, now))
@@ -310,7 +347,7 @@ class DynamicBatcher:
             if not self._queue:
                 return None
             batch, can_grow = self._candidate()
-            preferred = self._preferred_prefix(batch) if can_grow else None
+            preferred = self._preferred_prefix(batch)
             waited = now - batch[0].enqueued
             delay = self.config.max_queue_delay_us / 1e6
             if preferred is not None:
@@ -361,7 +398,7 @@ class DynamicBatcher:
             self._fail(batch, exc)
 
     def _finish(self, batch: list[_Pending], outputs: Arrays, took: float) -> None:
-        self._compute_ewma = took if self._compute_ewma is None else 0.8 * self._compute_ewma + 0.2 * took
+        self._recent_compute.append(took)
         rows = sum(p.rows for p in batch)
         if self.batched:
             for name, array in outputs.items():

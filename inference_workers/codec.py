@@ -95,17 +95,40 @@ def _json_array(name: str, data: Any, datatype: str, shape: tuple[int, ...]) -> 
         raise InvalidInputError(f"input '{name}': 'data' must be a list (flat or nested, row-major)")
     try:
         if datatype == "BYTES":
-            flat = np.array(
-                [item.encode() if isinstance(item, str) else bytes(item) for item in _flatten(data)], dtype=object
-            )
+            items = _flatten(data)
+            if not all(isinstance(item, str) for item in items):
+                raise InvalidInputError(f"input '{name}': BYTES data in JSON must be strings")
+            flat = np.array([item.encode() for item in items], dtype=object)
         else:
-            flat = np.asarray(data, dtype=NUMPY_DTYPES[datatype]).reshape(-1)
+            flat = _strict_numbers(name, data, datatype)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInputError(f"input '{name}': data does not fit datatype {datatype}: {exc}") from None
     expected = math.prod(shape)
     if flat.size != expected:
         raise InvalidInputError(f"input '{name}': {flat.size} elements given for shape {list(shape)} ({expected})")
     return flat.reshape(shape)
+
+
+_ACCEPTED_KINDS = {"BOOL": "b", "FP16": "iuf", "BF16": "iuf", "FP32": "iuf", "FP64": "iuf"}
+
+
+def _strict_numbers(name: str, data: list[Any], datatype: str) -> np.ndarray:
+    """JSON numbers as ``datatype``, refusing what would convert silently and wrongly:
+    strings, nulls, booleans for numbers, fractions for integers, out-of-range values."""
+    source = np.asarray(data)
+    allowed = _ACCEPTED_KINDS.get(datatype, "iu")
+    if source.size and source.dtype.kind not in allowed:
+        wanted = {"b": "true/false", "iu": "whole numbers", "iuf": "numbers"}[allowed]
+        raise InvalidInputError(f"input '{name}': {datatype} data must be {wanted} (got {source.dtype.kind!r} values)")
+    dtype = NUMPY_DTYPES[datatype]
+    if dtype.kind in "iu" and source.size:
+        info = np.iinfo(dtype)
+        if source.min() < info.min or source.max() > info.max:
+            raise InvalidInputError(f"input '{name}': a value is outside the range of {datatype}")
+    converted = source.astype(dtype).reshape(-1)
+    if dtype.kind == "f" and source.size and np.isinf(converted).any() and np.isfinite(source).all():
+        raise InvalidInputError(f"input '{name}': a value is too large for {datatype}")
+    return converted
 
 
 def _flatten(data: list[Any]) -> list[Any]:
@@ -150,9 +173,11 @@ def decode_request(body: bytes, *, header_length: str | None, signature_inputs: 
             raise InvalidInputError(f"input '{name}' has datatype {datatype}; the model expects {spec.datatype}")
         shape = _check_shape(name, item.get("shape"), spec)
         parameters = item.get("parameters") or {}
-        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        if not isinstance(parameters, dict):
+            raise InvalidInputError(f"input '{name}': 'parameters' must be a JSON object")
+        size = parameters.get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise InvalidInputError(f"input '{name}': binary_data_size must be a non-negative whole number")
             if offset + size > len(binary):
                 raise InvalidInputError(
@@ -193,15 +218,23 @@ def decode_request(body: bytes, *, header_length: str | None, signature_inputs: 
             if not isinstance(output, dict) or not isinstance(output.get("name"), str):
                 raise InvalidInputError("each requested output needs a 'name'")
             output_parameters = output.get("parameters") or {}
-            requested.append((output["name"], bool(output_parameters.get("binary_data", False))))
+            if not isinstance(output_parameters, dict):
+                raise InvalidInputError(f"output '{output['name']}': 'parameters' must be a JSON object")
+            binary = output_parameters.get("binary_data", False)
+            if not isinstance(binary, bool):
+                raise InvalidInputError(f"output '{output['name']}': binary_data must be true or false")
+            requested.append((output["name"], binary))
     timeout = parameters.get("timeout")
+    binary_default = parameters.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise InvalidInputError("binary_data_output must be true or false")
     request_id = header.get("id")
     return InferRequest(
         id=str(request_id) if request_id is not None else None,
         parameters=parameters,
         inputs=arrays,
         requested=requested,
-        binary_default=bool(parameters.get("binary_data_output", False)),
+        binary_default=binary_default,
         timeout_us=int(timeout) if isinstance(timeout, int) and not isinstance(timeout, bool) else None,
     )
 

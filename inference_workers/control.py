@@ -9,6 +9,7 @@ tasks, acknowledged late so a worker killed mid-command gets it again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -98,7 +99,8 @@ class WorkerRuntime:
         """Drains (in-flight requests finish, new ones get 503), then stops everything."""
         self.begin_drain()
         if self.host is not None:
-            self._send_heartbeat()
+            with contextlib.suppress(OperationalError, OSError):  # the broker may be down: drain anyway
+                self._send_heartbeat()
             if not self.host.wait_idle(self.settings.drain_seconds):
                 log.warning("drain timed out with %d requests in flight", self.host.inflight)
         self._stop.set()
@@ -131,14 +133,18 @@ class WorkerRuntime:
         )
 
     def _send_heartbeat(self) -> None:
-        self._app.send_task(
-            HEARTBEAT_TASK,
-            args=[self.heartbeat().to_message()],
-            queue=self.settings.control_queue,
-            retry=False,
-            # A heartbeat older than a few intervals says nothing true any more.
-            expires=self.settings.heartbeat_interval_s * 5,
-        )
+        # A connection per heartbeat (cheap every 2 s): after a broker restart the next one
+        # dials afresh instead of reusing a dead pooled socket.
+        with self._app.connection_for_write() as connection:
+            self._app.send_task(
+                HEARTBEAT_TASK,
+                args=[self.heartbeat().to_message()],
+                queue=self.settings.control_queue,
+                retry=False,
+                connection=connection,
+                # A heartbeat older than a few intervals says nothing true any more.
+                expires=self.settings.heartbeat_interval_s * 5,
+            )
 
     def _heartbeat_loop(self) -> None:
         broker_down = False

@@ -56,10 +56,8 @@ class QueueFullError(UnavailableError):
     """The model's queue is at ``max_queue_size``."""
 
 
-class RequestTimeoutError(DataPlaneError):
-    """The request waited in the queue past its timeout."""
-
-    status = 504
+class RequestTimeoutError(UnavailableError):
+    """The request waited in the queue past its timeout (503, as Triton answers: overloaded)."""
 
 
 class ExecutionFailedError(DataPlaneError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from inference_workers.artifacts import ArtifactCache
 from inference_workers.batching import DynamicBatcher
@@ -21,8 +21,8 @@ from inference_workers.devices import Device
 from inference_workers.errors import InsufficientMemoryError, LoadError, ModelNotFoundError, UnavailableError
 from inference_workers.loop import EventLoopThread
 from inference_workers.metrics import ModelStats, WorkerMetrics
-from inference_workers.runtimes import Runner, RuntimeLoadError, RuntimeOptions, measure_footprint
-from inference_workers.runtimes.base import ModelExecutionError, checked, release_freed_memory
+from inference_workers.runtimes import Runner, RuntimeOptions, measure_footprint
+from inference_workers.runtimes.base import checked, release_freed_memory
 from inference_workers.types import HostedModel, HostedState, LoadCommand, ModelKey
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,8 @@ class ModelHost:
         self._entries: dict[ModelKey, HostedEntry] = {}
         self._lock = threading.Lock()
         self._key_locks: dict[ModelKey, threading.Lock] = {}
+        self._measure_lock = threading.Lock()
+        self.last_device_state = device.state()
         self.capacity_bytes = device.state().total_bytes
         self.metrics.hosted = self.states
 
@@ -125,18 +127,18 @@ class ModelHost:
         with self._lock:
             return self._key_locks.setdefault(key, threading.Lock())
 
-    def _victims(self, shortfall: int, *, sparing: ModelKey) -> list[ModelKey] | None:
+    def _victims(self, shortfall: int, *, sparing: ModelKey) -> list[HostedEntry] | None:
         """Least-recently-used idle models whose memory covers ``shortfall``, or None."""
         candidates = sorted(
             (entry for entry in self._entries.values() if entry.idle and entry.key != sparing),
             key=lambda entry: entry.last_used,
         )
-        chosen: list[ModelKey] = []
+        chosen: list[HostedEntry] = []
         freed = 0
         for entry in candidates:
             if freed >= shortfall:
                 break
-            chosen.append(entry.key)
+            chosen.append(entry)
             freed += entry.reserved_bytes
         return chosen if freed >= shortfall else None
 
@@ -159,7 +161,7 @@ class ModelHost:
             with self._lock:
                 need = command.reservation_bytes
                 free = self.allocatable_bytes - self._reserved_locked()
-                victims: list[ModelKey] = []
+                victims: list[HostedEntry] = []
                 if need > free:
                     found = self._victims(need - free, sparing=key) if command.allow_evict else None
                     if found is None:
@@ -172,11 +174,16 @@ class ModelHost:
                 entry = HostedEntry(command=command, state="loading", reserved_bytes=need)
                 self._entries[key] = entry
             for victim in victims:
-                log.info("evicting %s (least recently used) to make room for %s", victim, key)
-                self.unload(victim)
+                self._evict(victim, for_key=key)
             try:
-                self._open(entry)
-            except (LoadError, RuntimeLoadError, ModelExecutionError, MemoryError) as exc:
+                with self._lock:
+                    if self._reserved_locked() > self.allocatable_bytes:
+                        raise InsufficientMemoryError(
+                            f"model {key} needs {need} bytes and the models chosen for eviction became busy; retry"
+                        )
+                with self._measure_lock:  # loads measured one at a time, so RSS/NVML deltas are theirs
+                    self._open(entry)
+            except Exception as exc:
                 reason = "out of memory while loading the model" if isinstance(exc, MemoryError) else str(exc)
                 with self._lock:
                     entry.state, entry.reason, entry.reserved_bytes = "failed", reason, 0
@@ -187,14 +194,49 @@ class ModelHost:
                 if isinstance(exc, LoadError):
                     raise
                 raise LoadError(reason) from exc
+            self._check_reality(key)
             return entry.report()
+
+    def _evict(self, victim: HostedEntry, *, for_key: ModelKey) -> None:
+        """Unloads a chosen victim only if it is still that very entry, and still idle."""
+        with self._key_lock(victim.key):
+            if self._entries.get(victim.key) is victim and victim.idle:
+                log.info("evicting %s (least recently used) to make room for %s", victim.key, for_key)
+                self._unload_locked(victim.key)
+
+    def _check_reality(self, key: ModelKey) -> None:
+        """Compares the device's measured use with the accounting after a load."""
+        state = self.device.state()
+        reserved = self.reserved_bytes
+        if state.kind == "cuda" and state.used_bytes > state.total_bytes - self.headroom_bytes:
+            log.warning(
+                "after loading %s, NVML shows %d bytes used of %d (reserved %d): the device is over-committed",
+                key,
+                state.used_bytes,
+                state.total_bytes,
+                reserved,
+            )
+        elif state.kind == "cpu" and state.used_bytes > self.capacity_bytes:
+            log.warning(
+                "after loading %s, the worker's RSS is %d bytes, over its budget of %d (reserved %d)",
+                key,
+                state.used_bytes,
+                self.capacity_bytes,
+                reserved,
+            )
+        self.last_device_state = state
 
     def _open(self, entry: HostedEntry) -> None:
         command = entry.command
         path = self.cache.fetch(command.artifact_uri, command.sha256)
         max_batch = max(command.batching.max_batch_size, 1)
+        options = self.options
+        if options.cuda_index is not None and command.reservation_bytes:
+            # The reservation is the footprint measured at the largest batch: ONNX Runtime's
+            # CUDA arena may not grow past it, so one model cannot eat its neighbours' memory.
+            options = replace(options, gpu_mem_limit_bytes=command.reservation_bytes)
         runner, footprint = measure_footprint(
-            path, command.format, self.options, max_batch=max_batch, inputs=command.inputs, outputs=command.outputs
+            path, command.format, options, max_batch=max_batch, inputs=command.inputs, outputs=command.outputs
         )
         entry.runner = runner
         entry.measured_bytes = footprint.bytes

@@ -1,8 +1,9 @@
 """The worker's HTTP adapter: aiohttp routes over the transport-agnostic ``DataPlane``.
 
-Health (``/v2/health/*``), server metadata (``/v2``) and Prometheus ``/metrics`` are open;
-everything under ``/v2/models/`` needs the worker token (``Authorization: Bearer …``),
-which only the gateway has.
+Only health (``/v2/health/live|ready``, for probes) is open; everything else, including
+``/v2``, the model routes and Prometheus ``/metrics`` (which names tenants and models),
+needs the worker token (``Authorization: Bearer …``), which only the gateway and the
+platform's Prometheus have.
 """
 
 from __future__ import annotations
@@ -42,13 +43,18 @@ def build_app(dataplane: DataPlane, *, token: str, max_body_bytes: int, metrics:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            if request.path.startswith("/v2/models"):
+            if not request.path.startswith("/v2/health/"):
                 presented = request.headers.get("Authorization", "").encode()
                 if not token or not hmac.compare_digest(presented, expected):
                     raise UnauthorizedError("missing or wrong worker token; only the gateway may call a worker")
             return await handler(request)
         except DataPlaneError as error:
             return _error(error)
+        except web.HTTPException:
+            raise
+        except Exception:  # a bug must still answer in the protocol's shape, and be logged
+            log.exception("unexpected error on %s %s", request.method, request.path)
+            return _json({"error": "internal error in the worker; see its log"}, status=500)
 
     async def server_metadata(request: web.Request) -> web.Response:
         return _json(dataplane.server_metadata())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 
@@ -17,11 +18,19 @@ def worker_token(*, configured: str, data_dir: Path) -> str:
     if configured:
         return configured
     path = data_dir / "worker-token"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if path.exists():
         return path.read_text().strip()
+    # Written whole to a private file, then linked into place: a reader never sees it empty,
+    # and of two processes racing, the first link wins and the other reads that token.
     token = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token)
+    fd, draft = tempfile.mkstemp(dir=data_dir, prefix=".worker-token-")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token)
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            return path.read_text().strip()
+    finally:
+        os.unlink(draft)
     return token

@@ -255,11 +255,44 @@ async def test_fast_models_run_on_the_loop_and_still_batch_under_load():
     model = Model()
     recorder = Recorder()
     batcher = await make(model, recorder, max_batch_size=16)
-    await batcher.submit(row(1.0))  # measured once on a thread
+    for _ in range(3):  # measured on a thread first
+        await batcher.submit(row(1.0))
     assert batcher._runs_inline()
     results = await asyncio.gather(*(batcher.submit(row(float(i))) for i in range(16)))
     assert [r["y"][0, 0] for r in results] == [2.0 * i for i in range(16)]
     assert max(recorder.sizes) > 1  # requests queued in one loop turn went as one batch
+    await batcher.close()
+
+
+async def test_a_requests_own_timeout_expires_on_time_while_the_instance_is_busy():
+    batcher = await make(Model(delay=1.0), max_batch_size=1)
+    running = asyncio.ensure_future(batcher.submit(row(0.0)))
+    await asyncio.sleep(0.02)
+    started = time.perf_counter()
+    with pytest.raises(RequestTimeoutError):
+        await batcher.submit(row(1.0), timeout_us=50_000)
+    assert time.perf_counter() - started < 0.3  # not when the busy instance frees up (1 s)
+    await running
+    await batcher.close()
+
+
+async def test_a_preferred_size_is_sent_even_when_the_queue_could_fill_the_batch():
+    model = Model(delay=0.1)
+    recorder = Recorder()
+    batcher = await make(model, recorder, max_batch_size=8, preferred_batch_sizes=(4,))
+    running = asyncio.ensure_future(batcher.submit(row(0.0)))
+    await asyncio.sleep(0.02)
+    queued = [asyncio.ensure_future(batcher.submit(row(1.0))) for _ in range(8)]
+    await asyncio.gather(running, *queued)
+    assert recorder.sizes == [1, 4, 4]
+    await batcher.close()
+
+
+async def test_inputs_that_disagree_on_the_batch_dimension_are_refused():
+    batcher = DynamicBatcher(execute=lambda inputs: inputs, config=BatchingConfig(max_batch_size=8), batched=True)
+    batcher.start()
+    with pytest.raises(InvalidInputError, match="dimension 0"):
+        await batcher.submit({"a": np.zeros((1, 4), np.float32), "b": np.zeros((2, 4), np.float32)})
     await batcher.close()
 
 

@@ -61,7 +61,8 @@ def doubler_request(data=(1, 2, 3, 4, 5, 6, 7, 8), shape=(2, 4), **extra):
 def test_server_routes(worker):
     assert httpx.get(worker["url"] + "/v2/health/live").status_code == 200
     assert httpx.get(worker["url"] + "/v2/health/ready").status_code == 200
-    meta = httpx.get(worker["url"] + "/v2").json()
+    assert httpx.get(worker["url"] + "/v2").status_code == 401
+    meta = httpx.get(worker["url"] + "/v2", headers=AUTH).json()
     assert meta["name"] == "berth-worker" and "binary_tensor_data" in meta["extensions"]
     worker["draining"]["value"] = True
     assert httpx.get(worker["url"] + "/v2/health/ready").status_code == 503
@@ -165,7 +166,7 @@ def test_model_routes_need_the_worker_token(worker):
         ({"inputs": [{"name": "nope", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}, "'nope'"),
         (
             {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ["a", "b", "c", "d"]}]},
-            "does not fit datatype FP32",
+            "FP32 data must be numbers",
         ),
         ({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32"}]}, "neither 'data'"),
         (doubler_request(outputs=[{"name": "missing"}]), "missing"),
@@ -237,7 +238,8 @@ def test_draining_refuses_new_inference_with_503(worker):
 
 def test_metrics_count_requests_per_model(worker):
     post(worker, "/v2/models/acme.doubler/versions/1/infer", doubler_request())
-    text = httpx.get(worker["url"] + "/metrics").text
+    assert httpx.get(worker["url"] + "/metrics").status_code == 401  # it names tenants and models
+    text = httpx.get(worker["url"] + "/metrics", headers=AUTH).text
     assert 'berth_worker_requests_total{model="doubler",outcome="ok",tenant="acme",version="1"} 1.0' in text
     assert "berth_worker_batch_size_bucket" in text
 
@@ -249,6 +251,58 @@ def test_bytes_tensors_round_trip_in_binary():
     raw = _to_bytes(array, "BYTES")
     assert raw == struct.pack("<I", 2) + b"ab" + struct.pack("<I", 0) + struct.pack("<I", 3) + b"xyz"
     assert _bytes_elements(memoryview(raw), 3, "t") == [b"ab", b"", b"xyz"]
+
+
+@pytest.mark.parametrize(
+    ("item", "complaint"),
+    [
+        ({"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, None, 3, 4]}, "must be numbers"),
+        ({"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ["1", "2", "3", "4"]}, "must be numbers"),
+        ({"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [True, False, True, False]}, "must be numbers"),
+        ({"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1e39, 1, 2, 3]}, "too large"),
+        (
+            {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4], "parameters": [1]},
+            "'parameters' must be",
+        ),
+        (
+            {"name": "input", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": True}},
+            "binary_data_size",
+        ),
+    ],
+)
+def test_silent_conversions_are_refused(worker, item, complaint):
+    response = post(worker, "/v2/models/acme.doubler/infer", {"inputs": [item]})
+    assert response.status_code == 400
+    assert complaint in response.json()["error"]
+
+
+def test_malformed_output_parameters_are_400_not_500(worker):
+    body = doubler_request(outputs=[{"name": "output", "parameters": 7}])
+    response = post(worker, "/v2/models/acme.doubler/infer", body)
+    assert response.status_code == 400 and "parameters" in response.json()["error"]
+    response = post(worker, "/v2/models/acme.doubler/infer", doubler_request(parameters={"binary_data_output": 1}))
+    assert response.status_code == 400
+
+
+def test_integer_inputs_refuse_fractions_and_out_of_range():
+    from inference_workers.codec import decode_request
+    from inference_workers.errors import InvalidInputError
+
+    spec = TensorSpec("i", "INT32", (-1,))
+    for data, complaint in (([1.5], "whole numbers"), ([2**40], "outside the range"), (["7"], "whole numbers")):
+        body = json.dumps({"inputs": [{"name": "i", "shape": [1], "datatype": "INT32", "data": data}]}).encode()
+        with pytest.raises(InvalidInputError, match=complaint):
+            decode_request(body, header_length=None, signature_inputs=[spec])
+
+
+def test_bytes_from_json_must_be_strings():
+    from inference_workers.codec import decode_request
+    from inference_workers.errors import InvalidInputError
+
+    spec = TensorSpec("s", "BYTES", (-1,))
+    body = json.dumps({"inputs": [{"name": "s", "shape": [1], "datatype": "BYTES", "data": [100000000]}]}).encode()
+    with pytest.raises(InvalidInputError, match="strings"):
+        decode_request(body, header_length=None, signature_inputs=[spec])
 
 
 def test_fp16_cannot_travel_as_json():

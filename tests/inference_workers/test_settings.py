@@ -72,3 +72,26 @@ def test_embedded_broker_keeps_every_folder_under_the_data_dir(tmp_path):
     for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
         assert options[key].startswith(str(tmp_path)), key
     assert settings.broker.result_backend.startswith(f"file://{tmp_path}")
+
+
+def test_serving_knobs_parse_and_the_token_is_generated_once(tmp_path):
+    env = {
+        "BERTH_DATA_DIR": str(tmp_path),
+        "BERTH_WORKER_HEADROOM": "512MiB",
+        "BERTH_WORKER_MAX_BODY": "1MiB",
+        "BERTH_WORKER_DRAIN_S": "5",
+        "BERTH_WORKER_THREADS": "2",
+    }
+    first = WorkerSettings.from_env(env)
+    assert (first.headroom_bytes, first.max_body_bytes, first.drain_seconds, first.intra_op_threads) == (
+        512 * 1024**2,
+        1024**2,
+        5.0,
+        2,
+    )
+    assert len(first.token) >= 32
+    assert WorkerSettings.from_env(env).token == first.token  # the control plane reads the same file
+    assert (tmp_path / "worker-token").stat().st_mode & 0o777 == 0o600
+    assert WorkerSettings.from_env({**env, "BERTH_WORKER_TOKEN": "shared-secret"}).token == "shared-secret"
+    with pytest.raises(SettingsError, match="BERTH_WORKER_HEADROOM"):
+        WorkerSettings.from_env({**env, "BERTH_WORKER_HEADROOM": "a lot"})

@@ -80,6 +80,14 @@ def load_message(path: Path, *, model: str, model_format: str = "onnx", **extra:
     return message
 
 
+@pytest.fixture(autouse=True)
+def _commands_use_the_workers_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Celery lets these variables override an app's explicit broker (the Redis CI run sets
+    # them); the test's command client must talk to the worker's broker.
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
+
+
 @pytest.fixture
 def worker(tmp_path: Path) -> Iterator[Worker]:
     running = Worker(tmp_path)
@@ -135,7 +143,7 @@ def test_sigterm_drains_in_flight_then_exits(worker: Worker, tmp_path):
         thread.start()
     deadline = time.monotonic() + 30
     gauge = 'berth_worker_inflight{model="slow",tenant="acme",version="1"} 3.0'
-    while gauge not in httpx.get(f"{url}/metrics").text:  # all three reached the worker
+    while gauge not in httpx.get(f"{url}/metrics", headers=worker.headers).text:  # all three reached the worker
         assert time.monotonic() < deadline, "the requests never reached the worker"
         time.sleep(0.01)
     worker.process.send_signal(signal.SIGTERM)
