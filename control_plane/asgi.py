@@ -21,6 +21,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from apps.gateway.app import GatewayApp  # noqa: E402
+from apps.registry.upload_guard import UploadLimit  # noqa: E402
 from control_plane.routing import websocket_urlpatterns  # noqa: E402
 
 Scope = dict[str, Any]
@@ -43,7 +44,7 @@ class HttpDispatch:
 
 application = ProtocolTypeRouter(
     {
-        "http": HttpDispatch(gateway=GatewayApp(), django=django_application),
+        "http": HttpDispatch(gateway=GatewayApp(), django=UploadLimit(django_application)),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

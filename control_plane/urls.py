@@ -8,6 +8,7 @@ from apps.monitoring.apis import healthz
 
 api_v1: list[URLPattern | URLResolver] = [
     path("", include("apps.tenants.urls")),
+    path("", include("apps.registry.urls")),
     path("", include("apps.deployments.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),

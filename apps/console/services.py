@@ -10,6 +10,9 @@ from pathlib import Path
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
+from apps.registry.demo import demo_model_bytes, upload_from_bytes
+from apps.registry.models import ModelVersion
+from apps.registry.services import model_version_create
 from apps.tenants.access import Actor
 from apps.tenants.models import ApiKey, Membership, Role, Scope, Tenant
 from apps.tenants.services import api_key_create, membership_add, tenant_create
@@ -17,6 +20,7 @@ from apps.tenants.services import api_key_create, membership_add, tenant_create
 ADMIN_USERNAME = "admin"
 DEMO_TENANT = "demo"
 DEMO_OWNER = "demo-owner"
+DEMO_MODEL = "demo-mlp"
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,9 @@ def _user_with_password(*, username: str, password_file: Path, password: str, st
 def demo_seed(*, data_dir: Path, admin_password: str = "") -> DemoLogin:
     """Creates the demo platform; a second call changes nothing.
 
-    The admin (staff) user, a tenant ``demo`` owned by ``demo-owner``, and an API key for
-    it with every scope. Generated secrets are kept in the data dir (0600) so each start
+    The admin (staff) user, a tenant ``demo`` owned by ``demo-owner``, an API key for it
+    with every scope, and a small ONNX model ``demo-mlp`` uploaded through the registry.
+    Generated secrets are kept in the data dir (0600) so each start
     can print them again; ``admin_password`` (``BERTH_ADMIN_PASSWORD``) is re-applied to
     both users when given.
     """
@@ -80,6 +85,14 @@ def demo_seed(*, data_dir: Path, admin_password: str = "") -> DemoLogin:
         tenant = tenant_create(actor=admin, slug=DEMO_TENANT, name="Demo tenant", owner_username=DEMO_OWNER)
     elif not Membership.objects.filter(tenant=tenant, user__username=DEMO_OWNER).exists():
         membership_add(actor=admin, tenant=tenant, username=DEMO_OWNER, role=Role.OWNER)
+    if not ModelVersion.objects.filter(model__tenant=tenant, model__name=DEMO_MODEL).exists():
+        # Through the same service as the REST upload: stored, then validated by the control worker.
+        model_version_create(
+            actor=admin,
+            tenant=tenant,
+            model_name=DEMO_MODEL,
+            upload=upload_from_bytes("demo.onnx", demo_model_bytes()),
+        )
     key_file = data_dir / "demo-api-key"
     api_key = _recall(key_file)
     if not api_key or not ApiKey.objects.filter(tenant=tenant, prefix=api_key.split("_")[1], revoked_at=None).exists():

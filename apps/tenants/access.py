@@ -161,3 +161,29 @@ def access_api_key_by_prefix(actor: Actor, slug: str, prefix: str, *, action: Ac
     if api_key is None:
         raise NotFoundError(f"no API key with prefix '{prefix}' in tenant '{slug}'")
     return api_key
+
+
+def access_model_by_name(actor: Actor, slug: str, name: str, *, action: Action) -> Any:
+    """A model of tenant ``slug`` by name, if ``actor`` may do ``action`` there."""
+    from apps.registry.models import Model
+
+    tenant = access_tenant_by_slug(actor, slug, action=action)
+    model = Model.objects.select_related("tenant").filter(tenant=tenant, name=name).first()
+    if model is None:
+        raise NotFoundError(f"no model '{name}' in tenant '{slug}'")
+    return model
+
+
+def access_model_version_by_number(actor: Actor, slug: str, name: str, number: int, *, action: Action) -> Any:
+    """A version of a tenant's model by number, if ``actor`` may do ``action`` there."""
+    from apps.registry.models import ModelVersion
+
+    tenant = access_tenant_by_slug(actor, slug, action=action)
+    version = (
+        ModelVersion.objects.select_related("model", "model__tenant")
+        .filter(model__tenant=tenant, model__name=name, number=number)
+        .first()
+    )
+    if version is None:
+        raise NotFoundError(f"no version {number} of model '{name}' in tenant '{slug}'")
+    return version

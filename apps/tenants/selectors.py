@@ -59,11 +59,13 @@ def quota_get(*, tenant: Tenant) -> Quota:
 def tenant_usage(*, tenant: Tenant) -> TenantUsage:
     """Current usage against the quota.
 
-    Models, replicas and reserved memory count what the registry and deployments hold;
-    until those apps have tables, nothing can be in use, so they are zero.
+    Models count the registry's; replicas and reserved memory count what deployments hold
+    (zero until that app has tables).
     """
+    from apps.registry.models import Model
+
     return TenantUsage(
-        models=0,
+        models=Model.objects.filter(tenant=tenant).count(),
         replicas=0,
         gpu_memory_mb=0,
         cpu_memory_mb=0,

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from control_plane.settings.env import BASE_DIR, cache, channel_layers, data_dir, database, env, secret_key
+from control_plane.settings.env import (
+    BASE_DIR,
+    artifact_storage,
+    cache,
+    channel_layers,
+    data_dir,
+    database,
+    env,
+    secret_key,
+)
 from inference_workers.broker import broker_config
 
 BERTH_DATA_DIR = data_dir()
@@ -77,6 +86,25 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
+
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "artifacts": artifact_storage(BERTH_DATA_DIR),
+}
+# Uploads stream to disk here (never into memory), on the same filesystem as the artifacts.
+FILE_UPLOAD_TEMP_DIR = BERTH_DATA_DIR / "uploads"
+FILE_UPLOAD_TEMP_DIR.mkdir(exist_ok=True)
+# Also the size at which Django's ASGI handler spools a request body to disk (0 would mean never).
+FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+
+# The model registry.
+BERTH_PUBLIC_URL = env.str("BERTH_PUBLIC_URL", default="").rstrip("/")
+BERTH_ARTIFACT_URL_TTL_S = env.int("BERTH_ARTIFACT_URL_TTL_S", default=600)
+BERTH_MAX_UPLOAD_MB = env.int("BERTH_MAX_UPLOAD_MB", default=4096)
+BERTH_VALIDATION_TIMEOUT_S = env.float("BERTH_VALIDATION_TIMEOUT_S", default=120.0)
+BERTH_VALIDATION_MEMORY_MB = env.int("BERTH_VALIDATION_MEMORY_MB", default=4096)
+BERTH_VALIDATION_MAX_BATCH = env.int("BERTH_VALIDATION_MAX_BATCH", default=64)
 
 STATIC_URL = "/static/"
 STATIC_ROOT = BERTH_DATA_DIR / "staticfiles"

@@ -80,3 +80,28 @@ def cache() -> dict[str, Any]:
     if redis_url:
         return {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": redis_url}}
     return {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+
+def artifact_storage(folder: Path) -> dict[str, Any]:
+    """``BERTH_ARTIFACT_STORAGE``: ``file`` (default, under the data dir) or ``s3``.
+
+    For ``s3`` (django-storages), set ``BERTH_S3_BUCKET`` and, for an S3-compatible store,
+    ``BERTH_S3_ENDPOINT_URL``; credentials come from the usual ``AWS_*`` variables. Workers
+    then fetch artifacts by presigned URL, never from a shared disk.
+    """
+    kind: str = env.str("BERTH_ARTIFACT_STORAGE", default="file")
+    if kind == "s3":
+        return {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {
+                "bucket_name": env.str("BERTH_S3_BUCKET"),
+                "endpoint_url": env.str("BERTH_S3_ENDPOINT_URL", default=None),
+                "querystring_auth": True,
+                "querystring_expire": env.int("BERTH_ARTIFACT_URL_TTL_S", default=600),
+                "file_overwrite": False,
+            },
+        }
+    return {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(folder / "artifacts")},
+    }

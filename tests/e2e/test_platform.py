@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import socket
+import threading
 import time
 
 import httpx
@@ -101,3 +104,103 @@ def test_sigterm_while_the_processes_start_stops_everything(platform: Platform):
     assert "KeyError" not in platform.log()
     time.sleep(0.5)
     assert _alive(children) == []
+
+
+def _demo_key(platform: Platform) -> str:
+    match = re.search(r"API key (brt_\S+)", platform.log())
+    assert match, platform.log()[-2000:]
+    return match[1]
+
+
+def test_the_seeded_demo_model_is_validated_by_the_control_worker(platform: Platform):
+    platform.wait_healthy()
+    headers = {"Authorization": f"Bearer {_demo_key(platform)}"}
+    deadline = time.monotonic() + 90
+    while True:
+        version = httpx.get(
+            f"{platform.base_url}/api/v1/tenants/demo/models/demo-mlp/versions/1/", headers=headers
+        ).json()
+        if version["status"] != "validating":
+            break
+        assert time.monotonic() < deadline, "validation never finished"
+        time.sleep(0.5)
+    assert version["status"] == "ready", version
+    assert version["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
+    assert version["footprint_bytes"] > 0
+
+
+def _web_process(platform: Platform) -> psutil.Process:
+    for process in platform.descendants():
+        if "uvicorn" in " ".join(process.cmdline()):
+            return process
+    raise AssertionError("no uvicorn process")
+
+
+def test_a_500_mb_upload_streams_without_holding_it_in_memory(platform: Platform):
+    platform.wait_healthy()
+    with platform.admin() as admin:
+        assert admin.patch("/api/v1/tenants/demo/quota/", json={"max_artifact_mb": 600}).status_code == 200
+    web = _web_process(platform)
+    baseline = web.memory_info().rss
+    peak = baseline
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, web.memory_info().rss)
+            time.sleep(0.02)
+
+    boundary = "berthboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    chunk = os.urandom(1024**2)
+    size = 500
+
+    def body():
+        yield head
+        for _ in range(size):
+            yield chunk
+        yield tail
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        response = httpx.post(
+            f"{platform.base_url}/api/v1/tenants/demo/models/big/versions/",
+            content=body(),
+            headers={
+                "Authorization": f"Bearer {_demo_key(platform)}",
+                "Content-Type": f"multipart/form-data; boundary={boundary}",
+                "Content-Length": str(len(head) + size * len(chunk) + len(tail)),
+            },
+            timeout=300,
+        )
+    finally:
+        done.set()
+        watcher.join()
+    assert response.status_code == 202, response.text
+    assert response.json()["size_bytes"] == size * 1024**2
+    growth = peak - baseline
+    assert growth < 64 * 1024**2, f"the server grew by {growth / 1024**2:.0f} MiB during a 500 MiB upload"
+
+
+def test_an_upload_over_the_tenant_limit_is_refused_before_the_body_is_read(platform: Platform):
+    platform.wait_healthy()
+    port = int(platform.base_url.rsplit(":", 1)[1])
+    key = _demo_key(platform)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            (
+                f"POST /api/v1/tenants/demo/models/huge/versions/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Authorization: Bearer {key}\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                f"Content-Length: {2 * 1024**3}\r\n\r\n"
+            ).encode()
+        )
+        sock.sendall(b"--x\r\n" + b"\0" * 1024)  # a first sliver; the other 2 GiB never come
+        reply = sock.recv(65536).decode(errors="replace")
+    assert reply.startswith("HTTP/1.1 413"), reply
+    assert "max_artifact_mb" in reply

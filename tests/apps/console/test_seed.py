@@ -4,6 +4,7 @@ from django.core.management import call_command
 from rest_framework.test import APIClient
 
 from apps.console.services import demo_seed
+from apps.registry.models import ModelVersion
 from apps.tenants.models import ApiKey, Membership, Tenant
 
 pytestmark = pytest.mark.django_db
@@ -23,6 +24,8 @@ def test_first_run_creates_admin_demo_tenant_owner_and_key(tmp_path):
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {login.api_key}")
     assert client.get("/api/v1/tenants/demo/").status_code == 200
     assert (tmp_path / "demo-api-key").stat().st_mode & 0o777 == 0o600
+    version = ModelVersion.objects.get(model__tenant=tenant, model__name="demo-mlp")
+    assert version.status == "validating" and version.number == 1
 
 
 def test_second_run_changes_nothing_and_recalls_the_secrets(tmp_path):
@@ -36,6 +39,7 @@ def test_second_run_changes_nothing_and_recalls_the_secrets(tmp_path):
     )
     assert get_user_model().objects.filter(username="admin").count() == 1
     assert Tenant.objects.count() == 1 and ApiKey.objects.count() == 1
+    assert ModelVersion.objects.count() == 1
 
 
 def test_a_revoked_demo_key_is_replaced_on_the_next_run(tmp_path):

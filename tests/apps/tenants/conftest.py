@@ -7,6 +7,7 @@ import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from apps.registry.models import Model, ModelVersion
 from apps.tenants.models import ApiKey, Role, Tenant
 from tests.apps.tenants.factories import MembershipFactory, TenantFactory, UserFactory, make_api_key
 
@@ -26,6 +27,7 @@ class TenantWorld:
     users: dict[str, Any]
     keys: dict[str, str]
     key_rows: dict[str, ApiKey]
+    model_name: str = ""
 
     def session(self, role: str) -> APIClient:
         client = APIClient()
@@ -50,7 +52,17 @@ def build_world(slug: str) -> TenantWorld:
     for scope in ("infer", "read", "manage"):
         row, raw = make_api_key(tenant, [scope], name=f"{slug}-{scope}")
         keys[scope], rows[scope] = raw, row
-    return TenantWorld(tenant=tenant, users=users, keys=keys, key_rows=rows)
+    model = Model.objects.create(tenant=tenant, name=f"{slug}-model")
+    ModelVersion.objects.create(
+        model=model,
+        number=1,
+        artifact=f"{slug}/none",
+        sha256="0" * 64,
+        size_bytes=1,
+        status=ModelVersion.Status.READY,
+        format="onnx",
+    )
+    return TenantWorld(tenant=tenant, users=users, keys=keys, key_rows=rows, model_name=model.name)
 
 
 @pytest.fixture

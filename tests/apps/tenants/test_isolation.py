@@ -62,6 +62,8 @@ def samples(world: TenantWorld) -> dict[str, str]:
         "slug": world.tenant.slug,
         "username": f"{world.tenant.slug}-viewer",
         "prefix": world.key_rows["read"].prefix,
+        "name": world.model_name,
+        "number": "1",
     }
 
 
@@ -86,7 +88,7 @@ def _other_tenant_requests(world_a: TenantWorld, world_b: TenantWorld):
     """
     b_values = samples(world_b)
     mixed = {**b_values, "slug": world_a.tenant.slug}
-    nowhere = dict.fromkeys(b_values, "zz-missing-object") | {"slug": world_a.tenant.slug}
+    nowhere = dict.fromkeys(b_values, "zz-missing-object") | {"slug": world_a.tenant.slug, "number": "999"}
     for route in tenant_routes():
         for method in route.methods:
             yield route.url(b_values), method, None
