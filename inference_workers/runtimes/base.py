@@ -191,21 +191,25 @@ def measure_footprint(
 
 def _warm_up(runner: Runner, max_batch: int) -> None:
     batches = [1, max_batch] if runner.signature.batched and max_batch > 1 else [1]
+    run = checked(runner)
     for batch in batches:
-        outputs = runner.run(sample_inputs(runner.signature, batch=batch))
+        outputs = run(sample_inputs(runner.signature, batch=batch))
         check_outputs(runner.signature, outputs, rows=batch if runner.signature.batched else None)
 
 
 def checked(runner: Runner) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
     """``runner.run`` that refuses outputs whose rank or fixed dimensions break the signature."""
-    specs = [(spec.name, spec.shape) for spec in runner.signature.outputs]
+    specs = [(spec.name, spec.shape, spec.datatype, NUMPY_DTYPES[spec.datatype]) for spec in runner.signature.outputs]
 
     def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = runner.run(inputs)
-        for name, shape in specs:
+        for name, shape, datatype, dtype in specs:
             array = outputs.get(name)
             if array is None:
                 raise ModelExecutionError(f"the model did not return its output '{name}'")
+            if array.dtype != dtype:
+                # A wrong dtype would be encoded with the wrong byte size in binary replies.
+                raise ModelExecutionError(f"output '{name}' is {array.dtype}; the model's signature says {datatype}")
             if array.ndim != len(shape) or any(w != -1 and g != w for g, w in zip(array.shape, shape, strict=True)):
                 raise ModelExecutionError(
                     f"output '{name}' has shape {list(array.shape)}; the model's signature says {list(shape)}"

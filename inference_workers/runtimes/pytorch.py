@@ -95,17 +95,17 @@ class TorchRunner:
             ]
             with torch.inference_mode():
                 result = self._module(*tensors)
+            values = result if isinstance(result, list | tuple) else (result,)
+            if len(values) != len(self.signature.outputs):
+                raise ModelExecutionError(
+                    f"the model returned {len(values)} outputs; its signature has {len(self.signature.outputs)}"
+                )
+            return {
+                spec.name: value.detach().to("cpu").numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+                for spec, value in zip(self.signature.outputs, values, strict=True)
+            }
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             raise ModelExecutionError(f"PyTorch failed: {exc}") from exc
-        values = result if isinstance(result, list | tuple) else (result,)
-        if len(values) != len(self.signature.outputs):
-            raise ModelExecutionError(
-                f"the model returned {len(values)} outputs; its signature has {len(self.signature.outputs)}"
-            )
-        return {
-            spec.name: value.detach().to("cpu").numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-            for spec, value in zip(self.signature.outputs, values, strict=True)
-        }
 
     def close(self) -> None:
         """Drops the module; on a GPU its cached blocks go back to the driver."""

@@ -147,3 +147,15 @@ class Slow(nn.Module):
 def slow_torchscript(path: Path) -> Path:
     torch.jit.script(Slow()).save(str(path))
     return path
+
+
+class Widener(nn.Module):
+    """Returns float64 where its declared signature says FP32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.double()
+
+
+def widener_torchscript(path: Path) -> Path:
+    torch.jit.script(Widener()).save(str(path))
+    return path

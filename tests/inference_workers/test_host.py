@@ -162,3 +162,21 @@ def test_resolve_by_name_and_version(make_host, model_files):
         host.resolve("acme.doubler", 2)
     with pytest.raises(ModelNotFoundError):
         host.resolve("other.doubler", None)
+
+
+def test_a_model_whose_outputs_break_its_declared_dtype_fails_to_load(make_host, tmp_path):
+    from tests.inference_workers.models import widener_torchscript
+
+    host = make_host()
+    inputs, outputs = doubler_specs()
+    with pytest.raises(LoadError, match="float64"):
+        host.load(
+            load_command(
+                widener_torchscript(tmp_path / "w.pt"),
+                model="wide",
+                model_format="torchscript",
+                inputs=inputs,
+                outputs=outputs,
+            )
+        )
+    assert host.reserved_bytes == 0

@@ -1,0 +1,245 @@
+"""Memory-aware placement: a pure function from the fleet and the wanted replicas to a plan.
+
+Best-fit decreasing by **measured** footprint: each new replica (largest first) goes to
+the device already in use where it leaves the least memory free, and opens the largest
+empty device only when none has room; never past a device's capacity less its headroom.
+Replicas of one version go to distinct devices when possible. Each tenant's memory quota
+(per device kind) and replica cap are kept. When nothing fits, idle scale-to-zero
+replicas are evicted least-recently-used first, but never one used within the churn
+guard. Replicas already placed stay where they are (no churn); replicas no longer wanted
+are unloaded. Equal input gives an equal plan, whatever its order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+ReplicaId = tuple[str, str, int, int]  # tenant, model, version, replica index
+
+
+@dataclass(frozen=True)
+class Device:
+    """One device of the fleet, with what is placed on it now."""
+
+    device_id: str
+    kind: str  # "cpu" or "cuda"
+    capacity_bytes: int
+    headroom_bytes: int = 0
+    schedulable: bool = True  # False while draining or dead
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A replica that holds memory on a device now."""
+
+    replica: ReplicaId
+    device_id: str
+    reserved_bytes: int
+    last_used_at: float = 0.0
+    idle_evictable: bool = False  # scaled to zero: may be evicted when memory is short
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """A replica the deployments want, with its version's measured footprint."""
+
+    replica: ReplicaId
+    footprint_bytes: int
+    kind: str
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A tenant's limits: memory per device kind (bytes) and replicas in all."""
+
+    memory_bytes: dict[str, int]
+    max_replicas: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do: loads and unloads by device, evictions, and what cannot be placed (why)."""
+
+    loads: tuple[tuple[ReplicaId, str], ...] = ()
+    unloads: tuple[tuple[ReplicaId, str], ...] = ()
+    evictions: tuple[tuple[ReplicaId, str], ...] = ()
+    pending: tuple[tuple[ReplicaId, str], ...] = ()
+    assignments: dict[ReplicaId, str] = field(default_factory=dict)
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1024**2:.0f} MiB"
+
+
+def place(
+    *,
+    devices: list[Device],
+    placed: list[Placed],
+    wanted: list[Wanted],
+    quotas: dict[str, Quota],
+    now: float,
+    churn_guard_s: float = 300.0,
+) -> Plan:
+    """Computes a placement plan.
+
+    Args:
+        devices: The fleet.
+        placed: Replicas holding memory now (their reservations).
+        wanted: Every replica the deployments want (placed ones included).
+        quotas: Per tenant; a tenant without an entry may place nothing.
+        now: The current time (seconds), for the churn guard.
+        churn_guard_s: Nothing used more recently than this is evicted.
+    """
+    by_id = {device.device_id: device for device in sorted(devices, key=lambda d: d.device_id)}
+    wanted_by_id = {w.replica: w for w in wanted}
+    reserved: dict[str, int] = dict.fromkeys(by_id, 0)
+    on_device: dict[str, list[Placed]] = {device_id: [] for device_id in by_id}
+    assignments: dict[ReplicaId, str] = {}
+    unloads: list[tuple[ReplicaId, str]] = []
+    tenant_memory: dict[tuple[str, str], int] = {}
+    tenant_replicas: dict[str, int] = {}
+
+    for item in sorted(placed, key=lambda p: (p.device_id, p.replica)):
+        if item.device_id not in by_id:
+            continue  # its device is gone: the replica is lost and will be placed anew
+        if item.replica not in wanted_by_id:
+            unloads.append((item.replica, item.device_id))
+            continue
+        kind = by_id[item.device_id].kind
+        reserved[item.device_id] += item.reserved_bytes
+        on_device[item.device_id].append(item)
+        assignments[item.replica] = item.device_id
+        tenant = item.replica[0]
+        tenant_memory[(tenant, kind)] = tenant_memory.get((tenant, kind), 0) + item.reserved_bytes
+        tenant_replicas[tenant] = tenant_replicas.get(tenant, 0) + 1
+
+    loads: list[tuple[ReplicaId, str]] = []
+    evictions: list[tuple[ReplicaId, str]] = []
+    pending: list[tuple[ReplicaId, str]] = []
+    todo = sorted(
+        (w for w in wanted if w.replica not in assignments),
+        key=lambda w: (-w.footprint_bytes, w.replica),
+    )
+
+    def free(device_id: str) -> int:
+        device = by_id[device_id]
+        return device.capacity_bytes - device.headroom_bytes - reserved[device_id]
+
+    def siblings(device_id: str, replica: ReplicaId) -> bool:
+        return any(
+            other_id[:3] == replica[:3] and assigned == device_id
+            for other_id, assigned in assignments.items()
+            if other_id != replica
+        )
+
+    for want in todo:
+        tenant = want.replica[0]
+        quota = quotas.get(tenant)
+        if quota is None:
+            pending.append((want.replica, f"tenant '{tenant}' has no quota"))
+            continue
+        limit = quota.memory_bytes.get(want.kind, 0)
+        used = tenant_memory.get((tenant, want.kind), 0)
+        if used + want.footprint_bytes > limit:
+            pending.append(
+                (
+                    want.replica,
+                    f"quota: needs {_mib(want.footprint_bytes)} of {want.kind} memory, "
+                    f"{_mib(max(limit - used, 0))} left of {_mib(limit)}",
+                )
+            )
+            continue
+        if tenant_replicas.get(tenant, 0) + 1 > quota.max_replicas:
+            pending.append((want.replica, f"quota: max_replicas {quota.max_replicas} reached"))
+            continue
+        candidates = [d for d in by_id.values() if d.kind == want.kind and d.schedulable]
+        fitting = [d for d in candidates if free(d.device_id) >= want.footprint_bytes]
+        spread = [d for d in fitting if not siblings(d.device_id, want.replica)]
+        choice_pool = spread or fitting
+        chosen: str | None = None
+        if choice_pool:
+            # Best fit among devices already in use; open an empty device (the largest) only
+            # when none of them has room, so the fleet's other devices stay free.
+            in_use = [d for d in choice_pool if on_device[d.device_id]]
+            if in_use:
+                chosen = min(in_use, key=lambda d: (free(d.device_id) - want.footprint_bytes, d.device_id)).device_id
+            else:
+                chosen = max(choice_pool, key=lambda d: (d.capacity_bytes, d.device_id)).device_id
+        else:
+            chosen = _make_room(want, candidates, on_device, free, now, churn_guard_s)
+            if chosen is not None:
+                for victim in _victims_for(want, by_id[chosen], on_device[chosen], free(chosen), now, churn_guard_s):
+                    evictions.append((victim.replica, chosen))
+                    on_device[chosen].remove(victim)
+                    reserved[chosen] -= victim.reserved_bytes
+                    assignments.pop(victim.replica, None)
+                    victim_kind = by_id[chosen].kind
+                    tenant_memory[(victim.replica[0], victim_kind)] -= victim.reserved_bytes
+                    tenant_replicas[victim.replica[0]] -= 1
+        if chosen is None:
+            largest = max((free(d.device_id) for d in candidates), default=0)
+            pending.append(
+                (
+                    want.replica,
+                    f"no {want.kind} device has {_mib(want.footprint_bytes)} free "
+                    f"(the most free is {_mib(max(largest, 0))})",
+                )
+            )
+            continue
+        reserved[chosen] += want.footprint_bytes
+        item = Placed(replica=want.replica, device_id=chosen, reserved_bytes=want.footprint_bytes, last_used_at=now)
+        on_device[chosen].append(item)
+        assignments[want.replica] = chosen
+        loads.append((want.replica, chosen))
+        tenant_memory[(tenant, want.kind)] = used + want.footprint_bytes
+        tenant_replicas[tenant] = tenant_replicas.get(tenant, 0) + 1
+
+    return Plan(
+        loads=tuple(loads),
+        unloads=tuple(unloads),
+        evictions=tuple(evictions),
+        pending=tuple(pending),
+        assignments=assignments,
+    )
+
+
+def _evictable(items: list[Placed], now: float, churn_guard_s: float) -> list[Placed]:
+    return sorted(
+        (p for p in items if p.idle_evictable and now - p.last_used_at >= churn_guard_s),
+        key=lambda p: (p.last_used_at, p.replica),
+    )
+
+
+def _victims_for(
+    want: Wanted, device: Device, items: list[Placed], free_now: int, now: float, churn_guard_s: float
+) -> list[Placed]:
+    victims: list[Placed] = []
+    freed = 0
+    for candidate in _evictable(items, now, churn_guard_s):
+        if free_now + freed >= want.footprint_bytes:
+            break
+        victims.append(candidate)
+        freed += candidate.reserved_bytes
+    return victims if free_now + freed >= want.footprint_bytes else []
+
+
+def _make_room(
+    want: Wanted,
+    candidates: list[Device],
+    on_device: dict[str, list[Placed]],
+    free: Callable[[str], int],
+    now: float,
+    churn_guard_s: float,
+) -> str | None:
+    """The device where evicting idle replicas (LRU) frees enough, evicting the fewest bytes."""
+    best: tuple[int, str] | None = None
+    for device in candidates:
+        room = free(device.device_id)
+        victims = _victims_for(want, device, on_device[device.device_id], room, now, churn_guard_s)
+        if not victims:
+            continue
+        evicted = sum(v.reserved_bytes for v in victims)
+        if best is None or (evicted, device.device_id) < best:
+            best = (evicted, device.device_id)
+    return best[1] if best else None

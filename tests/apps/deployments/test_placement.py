@@ -1,0 +1,195 @@
+"""Placement properties (hypothesis) and the behaviours that matter, on pure dataclasses."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from apps.deployments.placement import Device, Placed, Quota, Wanted, place
+
+GiB = 1024**3
+MiB = 1024**2
+BIG = Quota(memory_bytes={"cuda": 10**15, "cpu": 10**15}, max_replicas=10**6)
+
+
+def rid(tenant: str, model: str, replica: int = 0, version: int = 1):
+    return (tenant, model, version, replica)
+
+
+@st.composite
+def fleets(draw):
+    devices = [
+        Device(
+            device_id=f"gpu{i}",
+            kind="cuda",
+            capacity_bytes=draw(st.integers(1, 80)) * GiB,
+            headroom_bytes=draw(st.sampled_from([0, 256 * MiB])),
+            schedulable=draw(st.booleans()) or i == 0,
+        )
+        for i in range(draw(st.integers(1, 6)))
+    ]
+    tenants = [f"t{i}" for i in range(draw(st.integers(1, 3)))]
+    quotas = {
+        tenant: Quota(memory_bytes={"cuda": draw(st.integers(0, 200)) * GiB}, max_replicas=draw(st.integers(0, 12)))
+        for tenant in tenants
+    }
+    wanted = []
+    for m in range(draw(st.integers(0, 10))):
+        tenant = draw(st.sampled_from(tenants))
+        footprint = draw(st.integers(50, 8192)) * MiB
+        for r in range(draw(st.integers(1, 3))):
+            wanted.append(Wanted(replica=rid(tenant, f"m{m}", r), footprint_bytes=footprint, kind="cuda"))
+    return devices, wanted, quotas
+
+
+def reserved_after(plan, devices, placed, wanted):
+    sizes = {w.replica: w.footprint_bytes for w in wanted}
+    sizes.update({p.replica: p.reserved_bytes for p in placed})
+    totals = {d.device_id: 0 for d in devices}
+    for replica, device_id in plan.assignments.items():
+        totals[device_id] += sizes[replica]
+    return totals
+
+
+@settings(max_examples=150, deadline=None)
+@given(fleets())
+def test_never_over_commits_a_device(fleet):
+    devices, wanted, quotas = fleet
+    plan = place(devices=devices, placed=[], wanted=wanted, quotas=quotas, now=0.0)
+    totals = reserved_after(plan, devices, [], wanted)
+    for device in devices:
+        assert totals[device.device_id] <= device.capacity_bytes - device.headroom_bytes
+        if not device.schedulable:
+            assert totals[device.device_id] == 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(fleets())
+def test_never_exceeds_a_quota(fleet):
+    devices, wanted, quotas = fleet
+    plan = place(devices=devices, placed=[], wanted=wanted, quotas=quotas, now=0.0)
+    sizes = {w.replica: w.footprint_bytes for w in wanted}
+    for tenant, quota in quotas.items():
+        mine = [r for r in plan.assignments if r[0] == tenant]
+        assert len(mine) <= quota.max_replicas
+        assert sum(sizes[r] for r in mine) <= quota.memory_bytes["cuda"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(fleets(), st.randoms(use_true_random=False))
+def test_equal_input_gives_an_equal_plan_in_any_order(fleet, rng: random.Random):
+    devices, wanted, quotas = fleet
+    first = place(devices=devices, placed=[], wanted=wanted, quotas=quotas, now=0.0)
+    shuffled_devices, shuffled_wanted = devices[:], wanted[:]
+    rng.shuffle(shuffled_devices)
+    rng.shuffle(shuffled_wanted)
+    second = place(devices=shuffled_devices, placed=[], wanted=shuffled_wanted, quotas=quotas, now=0.0)
+    assert first == second
+
+
+@settings(max_examples=150, deadline=None)
+@given(fleets())
+def test_every_wanted_replica_is_placed_or_pending_with_a_reason(fleet):
+    devices, wanted, quotas = fleet
+    plan = place(devices=devices, placed=[], wanted=wanted, quotas=quotas, now=0.0)
+    pending = {replica for replica, reason in plan.pending if reason}
+    assert set(plan.assignments) | pending == {w.replica for w in wanted}
+    assert not set(plan.assignments) & pending
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 3), st.integers(2, 6))
+def test_replicas_of_one_version_spread_when_possible(replicas, device_count):
+    devices = [Device(f"gpu{i}", "cuda", 80 * GiB) for i in range(device_count)]
+    wanted = [Wanted(rid("t", "m", r), 1 * GiB, "cuda") for r in range(replicas)]
+    plan = place(devices=devices, placed=[], wanted=wanted, quotas={"t": BIG}, now=0.0)
+    used = [plan.assignments[w.replica] for w in wanted]
+    assert len(set(used)) == min(replicas, device_count)
+
+
+def test_best_fit_fills_the_tightest_device_in_use_and_opens_the_largest_empty_one():
+    devices = [Device("roomy", "cuda", 80 * GiB), Device("snug", "cuda", 10 * GiB), Device("mid", "cuda", 20 * GiB)]
+    placed = [Placed(rid("t", "x"), "snug", 1 * GiB), Placed(rid("t", "y"), "mid", 1 * GiB)]
+    wanted = [Wanted(p.replica, p.reserved_bytes, "cuda") for p in placed]
+    plan = place(
+        devices=devices,
+        placed=placed,
+        wanted=[*wanted, Wanted(rid("t", "a"), 9 * GiB, "cuda")],
+        quotas={"t": BIG},
+        now=0.0,
+    )
+    assert plan.assignments[rid("t", "a")] == "snug"  # tightest of the devices in use
+    plan = place(
+        devices=devices,
+        placed=placed,
+        wanted=[*wanted, Wanted(rid("t", "b"), 30 * GiB, "cuda")],
+        quotas={"t": BIG},
+        now=0.0,
+    )
+    assert plan.assignments[rid("t", "b")] == "roomy"  # none in use fits: the largest empty one
+
+
+def test_biggest_first_packs_what_first_fit_in_order_would_not():
+    devices = [Device("a", "cuda", 10 * GiB), Device("b", "cuda", 10 * GiB)]
+    wanted = [Wanted(rid("t", f"s{i}"), 3 * GiB, "cuda") for i in range(4)]
+    wanted += [Wanted(rid("t", "big1"), 7 * GiB, "cuda"), Wanted(rid("t", "big2"), 7 * GiB, "cuda")]
+    plan = place(devices=devices, placed=[], wanted=wanted, quotas={"t": BIG}, now=0.0)
+    assert len(plan.assignments) == 4  # both 7s and one 3 on each device: 2 smalls must wait
+    assert {r[1] for r in plan.assignments} >= {"big1", "big2"}
+
+
+def test_placed_replicas_stay_and_unwanted_ones_are_unloaded():
+    devices = [Device("gpu0", "cuda", 10 * GiB), Device("gpu1", "cuda", 10 * GiB)]
+    placed = [Placed(rid("t", "keep"), "gpu1", 2 * GiB), Placed(rid("t", "gone"), "gpu0", 2 * GiB)]
+    plan = place(
+        devices=devices, placed=placed, wanted=[Wanted(rid("t", "keep"), 2 * GiB, "cuda")], quotas={"t": BIG}, now=0.0
+    )
+    assert plan.assignments == {rid("t", "keep"): "gpu1"}
+    assert plan.loads == ()
+    assert plan.unloads == ((rid("t", "gone"), "gpu0"),)
+
+
+def test_replicas_of_a_dead_device_are_placed_again():
+    devices = [Device("gpu1", "cuda", 10 * GiB)]
+    placed = [Placed(rid("t", "m"), "gpu0", 2 * GiB)]  # gpu0 left the fleet
+    plan = place(
+        devices=devices, placed=placed, wanted=[Wanted(rid("t", "m"), 2 * GiB, "cuda")], quotas={"t": BIG}, now=0.0
+    )
+    assert plan.loads == ((rid("t", "m"), "gpu1"),)
+
+
+def test_idle_replicas_are_evicted_least_recently_used_first_past_the_churn_guard():
+    devices = [Device("gpu0", "cuda", 10 * GiB)]
+    placed = [
+        Placed(rid("t", "old"), "gpu0", 4 * GiB, last_used_at=100.0, idle_evictable=True),
+        Placed(rid("t", "older"), "gpu0", 4 * GiB, last_used_at=50.0, idle_evictable=True),
+        Placed(rid("t", "busy"), "gpu0", 2 * GiB, last_used_at=990.0, idle_evictable=False),
+    ]
+    wanted = [Wanted(p.replica, p.reserved_bytes, "cuda") for p in placed] + [Wanted(rid("t", "new"), 4 * GiB, "cuda")]
+    plan = place(devices=devices, placed=placed, wanted=wanted, quotas={"t": BIG}, now=1000.0, churn_guard_s=300)
+    assert plan.evictions == ((rid("t", "older"), "gpu0"),)
+    assert plan.assignments[rid("t", "new")] == "gpu0"
+
+
+def test_nothing_used_within_the_churn_guard_is_evicted():
+    devices = [Device("gpu0", "cuda", 10 * GiB)]
+    placed = [Placed(rid("t", "recent"), "gpu0", 8 * GiB, last_used_at=900.0, idle_evictable=True)]
+    wanted = [Wanted(rid("t", "recent"), 8 * GiB, "cuda"), Wanted(rid("t", "new"), 4 * GiB, "cuda")]
+    plan = place(devices=devices, placed=placed, wanted=wanted, quotas={"t": BIG}, now=1000.0, churn_guard_s=300)
+    assert plan.evictions == ()
+    assert plan.pending[0][0] == rid("t", "new") and "no cuda device has" in plan.pending[0][1]
+
+
+def test_quota_refusals_say_what_is_needed_and_left():
+    quota = Quota(memory_bytes={"cuda": 6 * GiB}, max_replicas=5)
+    plan = place(
+        devices=[Device("gpu0", "cuda", 80 * GiB)],
+        placed=[],
+        wanted=[Wanted(rid("t", "a"), 4 * GiB, "cuda"), Wanted(rid("t", "b"), 4 * GiB, "cuda")],
+        quotas={"t": quota},
+        now=0.0,
+    )
+    assert len(plan.assignments) == 1
+    assert "needs 4096 MiB of cuda memory, 2048 MiB left of 6144 MiB" in plan.pending[0][1]
