@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outputs", default="")
     parser.add_argument("--max-uncompressed", type=int, default=16 * 1024**3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--result", type=Path, required=True, help="where the JSON verdict is written")
     args = parser.parse_args(argv)
+    # The model runs in this process and may print: whatever it writes goes to stderr, and
+    # the verdict goes only to --result, so no model can forge it.
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    verdict = _validate_to_verdict(args)
+    args.result.write_text(json.dumps(verdict))
+    return 0 if verdict.get("ok") else 1
+
+
+def _validate_to_verdict(args: argparse.Namespace) -> dict[str, Any]:
     try:
         result = validate(
             args.artifact,
@@ -105,13 +117,12 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
         )
     except (WorkerError, RuntimeLoadError) as exc:
-        print(json.dumps({"ok": False, "reason": str(exc)}))
-        return 1
+        return {"ok": False, "reason": str(exc)}
     except MemoryError:
-        print(json.dumps({"ok": False, "reason": "the model needs more memory than the validation limit"}))
-        return 1
-    print(json.dumps(result))
-    return 0
+        return {"ok": False, "reason": "the model needs more memory than the validation limit"}
+    except Exception as exc:  # noqa: BLE001 — anything an untrusted model raises is its failure, reported
+        return {"ok": False, "reason": f"the model failed during validation: {type(exc).__name__}: {exc}"}
+    return result
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.http import FileResponse, Http404, HttpRequest
 from drf_spectacular.utils import OpenApiTypes, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -18,7 +19,7 @@ from apps.registry.storage import ArtifactTooLargeError, ArtifactUploadHandler, 
 from apps.tenants.access import Action, access_model_by_name, access_model_version_by_number, access_tenant_by_slug
 from apps.tenants.apis import TenantApiView
 from apps.tenants.selectors import quota_get
-from control_plane.errors import ApplicationError
+from control_plane.errors import ApplicationError, NotFoundError
 
 MiB = 1024**2
 
@@ -120,6 +121,13 @@ class VersionCollectionApi(TenantApiView):
 
     parser_classes = [MultiPartParser, FormParser, JSONParser]
 
+    def initialize_request(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Request:
+        # Before authentication: the session CSRF check may read the form, which parses the
+        # body, so our streaming, hashing handler must already be the one that does it. Its
+        # limit starts at the platform's and is lowered to the tenant's once the tenant is known.
+        request.upload_handlers = [ArtifactUploadHandler(request, limit_bytes=settings.BERTH_MAX_UPLOAD_MB * MiB)]
+        return super().initialize_request(request, *args, **kwargs)
+
     @extend_schema(responses=VersionOutput(many=True))
     def get(self, request: Request, slug: str, name: str) -> Response:
         model = access_model_by_name(self.actor, slug, name, action=Action.READ)
@@ -147,14 +155,20 @@ class VersionCollectionApi(TenantApiView):
             raise ArtifactTooLargeError(
                 f"the upload is {int(length)} bytes, over this tenant's limit of {limit // MiB} MiB (max_artifact_mb)"
             )
-        handler = ArtifactUploadHandler(request._request, limit_bytes=limit)
-        request._request.upload_handlers = [handler]
+        handler = request._request.upload_handlers[0]
+        assert isinstance(handler, ArtifactUploadHandler)  # installed in initialize_request
+        handler.limit_bytes = limit
         try:
             upload = request.FILES.get("file")
             fields: dict[str, Any] = dict(request.data.items()) if hasattr(request.data, "items") else {}
         except ArtifactTooLargeError:
             handler.discard()
             raise
+        if upload is not None and (upload.size or 0) > limit:  # parsed before the tenant was known
+            handler.discard()
+            raise ArtifactTooLargeError(
+                f"the artifact is over this tenant's limit of {limit // MiB} MiB (max_artifact_mb)"
+            )
         if upload is None:
             raise ApplicationError(
                 "send the model file as the multipart field 'file'", field_errors={"file": ["this field is required"]}
@@ -195,7 +209,10 @@ class VersionArtifactApi(TenantApiView):
     @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
     def get(self, request: Request, slug: str, name: str, number: int) -> FileResponse:
         version = access_model_version_by_number(self.actor, slug, name, number, action=Action.READ)
-        handle = artifact_storage().open(version.artifact, "rb")
+        try:
+            handle = artifact_storage().open(version.artifact, "rb")
+        except FileNotFoundError:
+            raise NotFoundError(f"the artifact of version {number} of '{name}' is missing from storage") from None
         return FileResponse(handle, as_attachment=True, filename=f"{name}-{number}.bin")
 
 
@@ -209,4 +226,8 @@ def worker_artifact(request: HttpRequest, version_id: int, token: str) -> FileRe
     version = ModelVersion.objects.filter(pk=version_id, sha256=granted[1]).first()
     if version is None:
         raise Http404("no such artifact, or the link expired")
-    return FileResponse(artifact_storage().open(version.artifact, "rb"), content_type="application/octet-stream")
+    try:
+        handle = artifact_storage().open(version.artifact, "rb")
+    except FileNotFoundError:
+        raise Http404("the artifact is missing from storage") from None
+    return FileResponse(handle, content_type="application/octet-stream")

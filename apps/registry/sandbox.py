@@ -7,6 +7,7 @@ clock timeout. Whatever it does, the control plane gets a result or a reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -65,6 +66,8 @@ def run_validation(
     if outputs:
         command += ["--outputs", json.dumps(outputs)]
     scratch = tempfile.mkdtemp(prefix="berth-validate-")
+    result_file = Path(scratch) / "verdict.json"
+    command += ["--result", str(result_file)]
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHONPATH": str(REPO_ROOT),
@@ -81,9 +84,55 @@ def run_validation(
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=scratch, preexec_fn=limit
-    )
+    # Output goes to a file, not a pipe: a chatty model cannot block on a full pipe.
+    with open(Path(scratch) / "output.log", "w+b") as output:
+        process = subprocess.Popen(
+            command,
+            stdout=output,
+            stderr=output,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=scratch,
+            preexec_fn=limit,
+        )
+        verdict = _watch(process, timeout_s=timeout_s, memory_bytes=memory_bytes)
+        output.seek(0)
+        tail = output.read()[-4000:].decode(errors="replace")
+    try:
+        result = json.loads(result_file.read_text()) if result_file.exists() else None
+    except (json.JSONDecodeError, OSError):
+        result = None
+    _remove(scratch)
+    if verdict:
+        return SandboxResult(ok=False, reason=verdict)
+    code = process.returncode
+    if isinstance(result, dict) and result.get("ok") is True and code == 0:
+        missing = sorted(REQUIRED_FIELDS - set(result))
+        if missing:
+            return SandboxResult(ok=False, reason=f"validation gave an incomplete result (no {', '.join(missing)})")
+        return SandboxResult(ok=True, details=result)
+    if isinstance(result, dict) and result.get("ok") is False and result.get("reason"):
+        return SandboxResult(ok=False, reason=str(result["reason"])[:2000])
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        return SandboxResult(
+            ok=False,
+            reason=f"validation was killed by {name}: the model exceeded a limit "
+            "(memory or CPU time) or crashed the runtime",
+        )
+    if "MemoryError" in tail or "bad_alloc" in tail:
+        return SandboxResult(ok=False, reason="the model needs more memory than the validation limit")
+    last = tail.strip().splitlines()[-1:] or ["no output"]
+    return SandboxResult(ok=False, reason=f"validation failed: {last[0][:500]}")
+
+
+REQUIRED_FIELDS = frozenset(
+    {"format", "inputs", "outputs", "batched", "max_batch_size", "footprint_bytes", "device_kind", "load_seconds"}
+)
+
+
+def _watch(process: subprocess.Popen[bytes], *, timeout_s: float, memory_bytes: int) -> str:
+    """Waits for the child; kills it (returning why) past the time or memory limit."""
     watched = psutil.Process(process.pid)
     deadline = time.monotonic() + timeout_s
     verdict = ""
@@ -99,32 +148,10 @@ def run_validation(
             break
         time.sleep(0.05)
     if verdict:
-        os.killpg(process.pid, signal.SIGKILL)
-    stdout, stderr = process.communicate()
-    _remove(scratch)
-    if verdict:
-        return SandboxResult(ok=False, reason=verdict)
-    last = stdout.decode(errors="replace").strip().splitlines()[-1:] or [""]
-    try:
-        result = json.loads(last[0])
-    except json.JSONDecodeError:
-        result = None
-    if isinstance(result, dict) and result.get("ok"):
-        return SandboxResult(ok=True, details=result)
-    if isinstance(result, dict) and result.get("reason"):
-        return SandboxResult(ok=False, reason=str(result["reason"]))
-    code = process.returncode
-    if code is not None and code < 0:
-        name = signal.Signals(-code).name
-        return SandboxResult(
-            ok=False,
-            reason=f"validation was killed by {name}: the model exceeded a limit "
-            "(memory or CPU time) or crashed the runtime",
-        )
-    tail = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-    if "MemoryError" in stderr.decode(errors="replace") or "bad_alloc" in stderr.decode(errors="replace"):
-        return SandboxResult(ok=False, reason="the model needs more memory than the validation limit")
-    return SandboxResult(ok=False, reason=f"validation failed: {tail[0][:500]}")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return verdict
 
 
 def _remove(folder: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.files.storage import FileSystemStorage
 from django.db.models import Count, QuerySet
 
 from apps.registry.models import Model, ModelVersion
@@ -32,8 +33,8 @@ def artifact_uri(*, version: ModelVersion) -> str:
     (``BERTH_PUBLIC_URL``), valid for ``BERTH_ARTIFACT_URL_TTL_S``.
     """
     storage = artifact_storage()
-    if not hasattr(storage, "path"):
-        return storage.url(version.artifact)
+    if not isinstance(storage, FileSystemStorage):
+        return storage.url(version.artifact)  # S3: a presigned URL
     token = artifact_token(version_id=version.pk, sha256=version.sha256)
     base = settings.BERTH_PUBLIC_URL or "http://127.0.0.1:8000"
     return f"{base}/api/v1/artifacts/{version.pk}/{token}/"

@@ -102,7 +102,7 @@ def _check_signature(specs: Any, what: str) -> list[dict[str, Any]]:
     if isinstance(specs, str):
         try:
             specs = json.loads(specs)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise ApplicationError(f"{what} is not valid JSON", field_errors={what: ["give a JSON list"]}) from None
     problem = f'a list of {{"name", "datatype", "shape"}} with datatypes from {sorted(DATATYPES)}'
     if not isinstance(specs, list) or not specs:
@@ -182,7 +182,9 @@ def model_version_create(
             from apps.registry.tasks import validate_model_version
 
             version_id = version.pk
-            transaction.on_commit(lambda: validate_model_version.delay(version_id))
+            # robust: a broker outage must not turn a committed upload into an error (the row
+            # and file stay; validation is queued again by the beat task for stuck versions).
+            transaction.on_commit(lambda: validate_model_version.delay(version_id), robust=True)
     except BaseException:
         if stored:
             with contextlib.suppress(OSError):

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.files.storage import Storage, storages
 from django.core.files.uploadedfile import TemporaryUploadedFile
-from django.core.files.uploadhandler import FileUploadHandler
+from django.core.files.uploadhandler import FileUploadHandler, SkipFile
 from django.core.signing import BadSignature, SignatureExpired, TimestampSigner
 
 from control_plane.errors import ApplicationError
@@ -47,14 +47,19 @@ class ArtifactUploadHandler(FileUploadHandler):
         self._size = 0
         self._file: HashedUpload | None = None
 
-    def new_file(self, *args: Any, **kwargs: Any) -> None:
-        super().new_file(*args, **kwargs)
+    def new_file(self, field_name: str, *args: Any, **kwargs: Any) -> None:
+        if field_name != "file" or self._file is not None:
+            # One artifact per upload, in the field 'file': other file parts are not stored.
+            raise SkipFile()
+        super().new_file(field_name, *args, **kwargs)
+        self._digest = hashlib.sha256()
+        self._size = 0
         # In FILE_UPLOAD_TEMP_DIR, on the data dir's filesystem: storing it is a rename.
         self._file = HashedUpload(
             self.file_name or "upload", self.content_type, 0, self.charset, self.content_type_extra
         )
 
-    def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes | None:
         self._size += len(raw_data)
         if self._size > self.limit_bytes:
             self.discard()

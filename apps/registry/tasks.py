@@ -6,13 +6,15 @@ import contextlib
 import logging
 import shutil
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 from celery import shared_task
 from django.conf import settings
+from django.utils import timezone
 
 from apps.registry.models import ModelVersion
-from apps.registry.sandbox import run_validation
+from apps.registry.sandbox import SandboxResult, run_validation
 from apps.registry.services import model_version_record_validation
 from apps.registry.storage import artifact_storage
 
@@ -25,6 +27,31 @@ def validate_model_version(version_id: int) -> None:
     version = ModelVersion.objects.select_related("model__tenant").filter(pk=version_id).first()
     if version is None or version.status != ModelVersion.Status.VALIDATING:
         return
+    try:
+        result = _validate(version)
+    except Exception as exc:
+        log.exception("validation of %s could not run", version)
+        model_version_record_validation(
+            version_id=version_id, ok=False, reason=f"validation could not run: {exc}", details={}
+        )
+        return
+    log.info("validated %s: %s", version, "ok" if result.ok else result.reason)
+    model_version_record_validation(
+        version_id=version_id, ok=result.ok, reason=result.reason, details=result.details or {}
+    )
+
+
+@shared_task(name="berth.registry.requeue_stuck_validations", ignore_result=True)
+def requeue_stuck_validations() -> None:
+    """Queues validation again for versions left ``validating`` (a lost task or broker outage)."""
+    stale = timezone.now() - timedelta(seconds=settings.BERTH_VALIDATION_TIMEOUT_S * 2 + 60)
+    for version_id in ModelVersion.objects.filter(
+        status=ModelVersion.Status.VALIDATING, created_at__lt=stale
+    ).values_list("pk", flat=True)[:100]:
+        validate_model_version.delay(version_id)
+
+
+def _validate(version: ModelVersion) -> SandboxResult:
     storage = artifact_storage()
     scratch = Path(tempfile.mkdtemp(prefix="berth-artifact-"))
     try:
@@ -47,7 +74,4 @@ def validate_model_version(version_id: int) -> None:
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(scratch)
-    log.info("validated %s: %s", version, "ok" if result.ok else result.reason)
-    model_version_record_validation(
-        version_id=version_id, ok=result.ok, reason=result.reason, details=result.details or {}
-    )
+    return result

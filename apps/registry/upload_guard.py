@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable
-from http.cookies import SimpleCookie
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -66,7 +66,10 @@ def _session_actor(cookie_header: str) -> Any:
     from apps.tenants.access import Actor
 
     cookies = SimpleCookie()
-    cookies.load(cookie_header)
+    try:
+        cookies.load(cookie_header)
+    except CookieError:
+        return None
     morsel = cookies.get(settings.SESSION_COOKIE_NAME)
     if morsel is None:
         return None

@@ -1,12 +1,14 @@
 """PyTorch: TorchScript (``torch.jit``) and ``torch.export`` programs, on CUDA or the CPU.
 
-Nothing here unpickles arbitrary objects: TorchScript archives and exported programs are
-loaded by their own loaders, and pickled ``torch.save`` files are refused by the registry
-before they ever reach a worker.
+Nothing here unpickles arbitrary objects: TorchScript archives are read by TorchScript's
+own restricted loader, every ``torch.load`` (inside ``torch.export.load``) is forced to
+``weights_only=True``, and pickled ``torch.save`` files are refused by the registry before
+they reach a worker.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,13 @@ from inference_workers.runtimes.base import (
     batched_signature,
 )
 from inference_workers.types import ModelFormat, TensorSpec
+
+# torch.export.load unpickles parts of a .pt2 (sample inputs, "use_pickle" weights) and
+# falls back to weights_only=False when the safe load fails: that would run an uploader's
+# code. This process only ever opens untrusted artifacts, so every torch.load here is forced
+# to weights_only=True (torch reads this variable on each call).
+os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
 
 
 def _spec_from_meta(name: str, value: Any) -> TensorSpec:

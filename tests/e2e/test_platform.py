@@ -31,6 +31,14 @@ def _wait_for_worker(platform: Platform, timeout: float) -> dict:
     raise AssertionError(f"worker {platform.worker_id} not registered within {timeout}s:\n{platform.log()[-4000:]}")
 
 
+def _cmdline(process: psutil.Process) -> str:
+    """A process's command line, or "" for one that is gone (or a zombie) already."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
     alive = []
     for process in processes:
@@ -68,20 +76,20 @@ def test_boot_register_worker_serve_and_stop_cleanly(platform: Platform):
     assert demo.status_code == 200 and demo.json()["slug"] == "demo"
 
     children = platform.descendants()
-    assert len(children) >= 4, [c.cmdline() for c in children]
+    assert len(children) >= 4, [_cmdline(c) for c in children]
     # honcho's convention: stopped by SIGTERM exits 128 + 15.
     assert stop(platform.process) == 143
     time.sleep(0.5)
     left = _alive(children)
-    assert left == [], f"orphans after SIGTERM: {[p.cmdline() for p in left]}"
+    assert left == [], f"orphans after SIGTERM: {[_cmdline(p) for p in left]}"
 
 
 def test_a_dying_process_stops_the_others_and_the_exit_code_says_so(platform: Platform):
     platform.wait_healthy()
     _wait_for_worker(platform, timeout=10)
     children = platform.descendants()
-    inference = [p for p in children if "inference_workers" in " ".join(p.cmdline())]
-    assert inference, [p.cmdline() for p in children]
+    inference = [p for p in children if "inference_workers" in _cmdline(p)]
+    assert inference, [_cmdline(p) for p in children]
     inference[0].send_signal(signal.SIGKILL)
     code = platform.process.wait(timeout=30)
     assert code != 0
@@ -131,7 +139,7 @@ def test_the_seeded_demo_model_is_validated_by_the_control_worker(platform: Plat
 
 def _web_process(platform: Platform) -> psutil.Process:
     for process in platform.descendants():
-        if "uvicorn" in " ".join(process.cmdline()):
+        if "uvicorn" in _cmdline(process):
             return process
     raise AssertionError("no uvicorn process")
 

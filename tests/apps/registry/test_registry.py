@@ -344,3 +344,103 @@ def test_model_list_costs_constant_queries(world_a):
     for n in range(5):
         Model.objects.create(tenant=world_a.tenant, name=f"m{n}")
     assert count() == before
+
+
+def _evil_export(tmp_path: Path, marker: Path) -> bytes:
+    """A real torch.export archive whose weight and sample inputs are malicious pickles."""
+    good = torch_models.exported(torch_models.Mlp(width=8), tmp_path / "good.pt2", features=256)
+    payload = pickle.dumps(_Exploit(str(marker)), protocol=2)
+    out = io.BytesIO()
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(out, "w") as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename.endswith("model_weights_config.json"):
+                config = json.loads(data)
+                first = next(iter(config["config"].values()))
+                first["use_pickle"] = True
+                data = json.dumps(config).encode()
+            elif item.filename.endswith("weights/weight_0") or "sample_inputs" in item.filename:
+                data = payload
+            target.writestr(item, data)
+    return out.getvalue()
+
+
+def test_a_torch_export_archive_carrying_pickles_runs_nothing(world_a, tmp_path):
+    marker = tmp_path / "pwned-export"
+    version = upload_and_validate(world_a, "evil-export", _evil_export(tmp_path, marker))
+    assert version.status == "failed"
+    assert not marker.exists(), "a pickle inside the .pt2 ran"
+
+
+class Forger(torch.nn.Module):
+    """Prints a fake 'ready' verdict, then fails."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        print(
+            '{"ok": true, "format": "onnx", "inputs": [], "outputs": [], "batched": false, "max_batch_size": 0, '
+            '"footprint_bytes": 1, "device_kind": "cpu", "load_seconds": 0}'
+        )
+        raise RuntimeError("and then it fails")
+
+
+def test_a_model_cannot_forge_the_validation_verdict(world_a, tmp_path):
+    path = tmp_path / "forger.pt"
+    torch.jit.script(Forger()).save(str(path))
+    specs = {
+        "inputs": json.dumps([{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]),
+        "outputs": json.dumps([{"name": "y", "datatype": "FP32", "shape": [-1, 4]}]),
+    }
+    version = upload_and_validate(world_a, "forger", path.read_bytes(), **specs)
+    assert version.status == "failed" and version.footprint_bytes is None
+
+
+def test_browser_uploads_with_csrf_work(world_a):
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(world_a.users["member"])
+    token = client.get("/login/").cookies["csrftoken"].value
+    response = client.post(
+        "/api/v1/tenants/alpha/models/browser/versions/",
+        {"file": SimpleUploadedFile("m.onnx", onnx_models.mlp_bytes())},
+        format="multipart",
+        HTTP_X_CSRFTOKEN=token,
+    )
+    assert response.status_code == 202, response.content
+    refused = client.post(
+        "/api/v1/tenants/alpha/models/browser/versions/",
+        {"file": SimpleUploadedFile("m.onnx", onnx_models.mlp_bytes())},
+        format="multipart",
+    )
+    assert refused.status_code == 403 and "CSRF" in refused.json()["error"]
+
+
+def test_only_the_file_field_is_stored_and_its_digest_is_its_own(world_a):
+    import hashlib
+
+    payload = onnx_models.mlp_bytes()
+    response = world_a.session("member").post(
+        "/api/v1/tenants/alpha/models/two-parts/versions/",
+        {"aux": SimpleUploadedFile("aux.bin", b"x" * 5000), "file": SimpleUploadedFile("m.onnx", payload)},
+        format="multipart",
+    )
+    assert response.status_code == 202
+    assert response.json()["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert response.json()["size_bytes"] == len(payload)
+
+
+def test_a_validation_that_cannot_run_marks_the_version_failed(world_a):
+    response = upload(world_a.session("member"), "alpha", "lost", onnx_models.mlp_bytes())
+    version = ModelVersion.objects.get(model__name="lost")
+    artifact_storage().delete(version.artifact)  # the file vanished
+    validate_model_version(version.pk)
+    version.refresh_from_db()
+    assert response.status_code == 202
+    assert version.status == "failed" and "could not run" in version.failure_reason
+    download = world_a.session("viewer").get("/api/v1/tenants/alpha/models/lost/versions/1/artifact/")
+    assert download.status_code == 404
+
+
+def test_deeply_nested_signature_json_is_400(world_a):
+    response = upload(
+        world_a.session("member"), "alpha", "deep", onnx_models.mlp_bytes(), inputs="[" * 50000, outputs="[]"
+    )
+    assert response.status_code == 400
