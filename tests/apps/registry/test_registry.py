@@ -444,3 +444,11 @@ def test_deeply_nested_signature_json_is_400(world_a):
         world_a.session("member"), "alpha", "deep", onnx_models.mlp_bytes(), inputs="[" * 50000, outputs="[]"
     )
     assert response.status_code == 400
+
+
+def test_a_torch_exported_onnx_with_a_dynamic_batch_axis_validates(world_a, tmp_path):
+    path = torch_models.mlp_onnx(tmp_path / "mlp.onnx", width=64)
+    version = upload_and_validate(world_a, "torch-onnx", path.read_bytes())
+    assert version.status == "ready", version.failure_reason
+    assert version.inputs == [{"name": "input", "datatype": "FP32", "shape": [-1, 256]}]
+    assert version.batched and version.max_batch_size == 64
