@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema, extend_schema_field
-from rest_framework import serializers
+from rest_framework import serializers, status
 from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.deployments.models import Worker
-from apps.deployments.selectors import worker_list
+from apps.deployments.models import Deployment, Replica, Worker
+from apps.deployments.selectors import deployment_replicas, worker_list
+from apps.deployments.services import DeploymentSpec, deployment_delete, deployment_put, deployment_spec_of
+from apps.tenants.access import Action, access_deployment_by_model_name, access_model_by_name
+from apps.tenants.apis import TenantApiView
 
 
 class WorkerListApi(APIView):
@@ -24,6 +29,7 @@ class WorkerListApi(APIView):
 
         class Meta:
             model = Worker
+            ref_name = "WorkerOutput"
             fields = [
                 "worker_id",
                 "host",
@@ -49,3 +55,93 @@ class WorkerListApi(APIView):
     def get(self, request: Request) -> Response:
         serializer = self.OutputSerializer(worker_list(), many=True)
         return Response(serializer.data)
+
+
+class DeploymentApi(TenantApiView):
+    """A model's deployment: ``GET`` desired and actual, ``PUT`` creates or replaces,
+    ``PATCH`` changes traffic or scaling (the canary), ``DELETE`` undeploys."""
+
+    class InputSerializer(serializers.Serializer):
+        traffic = serializers.DictField(child=serializers.IntegerField(min_value=0, max_value=100))
+        batching = serializers.DictField(required=False, default=dict)
+        min_replicas = serializers.IntegerField(min_value=0, max_value=1000, default=1)
+        max_replicas = serializers.IntegerField(min_value=0, max_value=1000, default=1)
+        target_inflight_per_replica = serializers.IntegerField(min_value=1, max_value=100_000, default=8)
+        scale_to_zero_after_s = serializers.IntegerField(min_value=0, max_value=10**7, default=0)
+        device_kind = serializers.ChoiceField(choices=Deployment.DeviceKind.choices, default="cpu")
+
+        class Meta:
+            ref_name = "DeploymentInput"
+
+    class PatchSerializer(InputSerializer):
+        class Meta:
+            ref_name = "DeploymentPatch"
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, partial=True, **kwargs)
+
+    class ReplicaOutput(serializers.ModelSerializer):
+        version = serializers.IntegerField(source="version.number")
+        worker = serializers.CharField(source="worker.worker_id", default=None)
+
+        class Meta:
+            model = Replica
+            ref_name = "ReplicaOutput"
+            fields = ["version", "index", "worker", "state", "reason", "reserved_bytes", "last_used_at"]
+
+    class OutputSerializer(serializers.ModelSerializer):
+        model = serializers.CharField(source="model.name")
+        replicas = serializers.SerializerMethodField()
+
+        class Meta:
+            model = Deployment
+            fields = [
+                "model",
+                "traffic",
+                "batching",
+                "min_replicas",
+                "max_replicas",
+                "target_inflight_per_replica",
+                "scale_to_zero_after_s",
+                "device_kind",
+                "created_at",
+                "updated_at",
+                "replicas",
+            ]
+
+        @extend_schema_field(serializers.ListField(child=serializers.DictField()))
+        def get_replicas(self, deployment: Deployment) -> list[dict[str, Any]]:
+            return list(DeploymentApi.ReplicaOutput(deployment_replicas(deployment=deployment), many=True).data)
+
+    def _spec(self, data: dict[str, Any], base: DeploymentSpec | None = None) -> DeploymentSpec:
+        values = {**(base.__dict__ if base else {}), **data}
+        values["traffic"] = {str(key): weight for key, weight in values["traffic"].items()}
+        return DeploymentSpec(**values)
+
+    @extend_schema(responses=OutputSerializer)
+    def get(self, request: Request, slug: str, name: str) -> Response:
+        deployment = access_deployment_by_model_name(self.actor, slug, name, action=Action.READ)
+        return Response(self.OutputSerializer(deployment).data)
+
+    @extend_schema(request=InputSerializer, responses=OutputSerializer)
+    def put(self, request: Request, slug: str, name: str) -> Response:
+        model = access_model_by_name(self.actor, slug, name, action=Action.WRITE)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        deployment = deployment_put(actor=self.actor, model=model, spec=self._spec(dict(data.validated_data)))
+        return Response(self.OutputSerializer(deployment).data)
+
+    @extend_schema(request=PatchSerializer, responses=OutputSerializer)
+    def patch(self, request: Request, slug: str, name: str) -> Response:
+        deployment = access_deployment_by_model_name(self.actor, slug, name, action=Action.WRITE)
+        data = self.PatchSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        spec = self._spec(dict(data.validated_data), base=deployment_spec_of(deployment))
+        deployment = deployment_put(actor=self.actor, model=deployment.model, spec=spec)
+        return Response(self.OutputSerializer(deployment).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, slug: str, name: str) -> Response:
+        deployment = access_deployment_by_model_name(self.actor, slug, name, action=Action.WRITE)
+        deployment_delete(actor=self.actor, deployment=deployment)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -37,3 +37,55 @@ class Worker(models.Model):
 
     def __str__(self) -> str:
         return f"{self.worker_id} ({self.device_kind}, {self.state})"
+
+
+class Deployment(models.Model):
+    """How a tenant's model is served: traffic split over its versions, batching, scaling.
+
+    ``traffic`` maps version numbers (as strings) to integer weights summing to 100.
+    """
+
+    class DeviceKind(models.TextChoices):
+        CPU = "cpu", "CPU"
+        CUDA = "cuda", "CUDA GPU"
+
+    model = models.OneToOneField("registry.Model", on_delete=models.CASCADE, related_name="deployment")
+    traffic = models.JSONField(default=dict)
+    batching = models.JSONField(default=dict)
+    min_replicas = models.PositiveIntegerField(default=1)
+    max_replicas = models.PositiveIntegerField(default=1)
+    target_inflight_per_replica = models.PositiveIntegerField(default=8)
+    scale_to_zero_after_s = models.PositiveIntegerField(default=0, help_text="0 keeps replicas loaded")
+    device_kind = models.CharField(max_length=8, choices=DeviceKind.choices, default=DeviceKind.CPU)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"deployment of {self.model}"
+
+
+class Replica(models.Model):
+    """One loaded (or wanted) copy of a deployed version on a worker."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "pending"
+        LOADING = "loading", "loading"
+        READY = "ready", "ready"
+        FAILED = "failed", "failed"
+        UNLOADING = "unloading", "unloading"
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="replicas")
+    version = models.ForeignKey("registry.ModelVersion", on_delete=models.PROTECT, related_name="replicas")
+    index = models.PositiveIntegerField(default=0)
+    worker = models.ForeignKey(Worker, null=True, blank=True, on_delete=models.SET_NULL, related_name="replicas")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    reason = models.TextField(blank=True, default="")
+    reserved_bytes = models.BigIntegerField(default=0)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["deployment", "version", "index"], name="one_replica_per_index")]
+        ordering = ["deployment_id", "version_id", "index"]
+
+    def __str__(self) -> str:
+        return f"{self.version}#{self.index} ({self.state})"

@@ -1,12 +1,41 @@
-"""Reads on workers."""
+"""Reads on workers and deployments."""
 
 from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from apps.deployments.models import Worker
+from apps.deployments.models import Deployment, Replica, Worker
+from apps.registry.models import Model, ModelVersion
+from apps.tenants.models import Tenant
 
 
 def worker_list() -> QuerySet[Worker]:
     """Every registered worker, dead ones included, by id."""
     return Worker.objects.order_by("worker_id")
+
+
+def tenant_deployment_usage(*, tenant: Tenant, kind: str, excluding: Model | None = None) -> tuple[int, int]:
+    """(bytes, replicas) the tenant's deployments of ``kind`` hold at their min_replicas."""
+    from apps.deployments.services import deployment_need
+
+    deployments = Deployment.objects.filter(model__tenant=tenant, device_kind=kind).select_related("model")
+    if excluding is not None:
+        deployments = deployments.exclude(model=excluding)
+    total_bytes = total_replicas = 0
+    versions_by_model: dict[int, dict[str, ModelVersion]] = {}
+    for version in ModelVersion.objects.filter(model__deployment__in=deployments):
+        versions_by_model.setdefault(version.model_id, {})[str(version.number)] = version
+    for deployment in deployments:
+        size, count = deployment_need(
+            versions=versions_by_model.get(deployment.model_id, {}),
+            traffic=deployment.traffic,
+            replicas=deployment.min_replicas,
+        )
+        total_bytes += size
+        total_replicas += count
+    return total_bytes, total_replicas
+
+
+def deployment_replicas(*, deployment: Deployment) -> QuerySet[Replica]:
+    """A deployment's replicas with their versions and workers."""
+    return Replica.objects.filter(deployment=deployment).select_related("version", "worker")

@@ -1,14 +1,22 @@
-"""Writes on workers: registration from heartbeats, and marking silent workers dead."""
+"""Writes on workers (registration from heartbeats, marking silent ones dead) and deployments."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from apps.deployments.models import Worker
-from inference_workers.types import WorkerHeartbeat
+from apps.deployments.models import Deployment, Worker
+from apps.registry.models import Model, ModelVersion
+from apps.tenants.access import Actor
+from apps.tenants.models import Tenant
+from apps.tenants.selectors import quota_get
+from apps.tenants.services import audit_event_create
+from control_plane.errors import ApplicationError, ConflictError
+from inference_workers.types import BatchingConfig, MessageError, WorkerHeartbeat
 
 
 @transaction.atomic
@@ -62,3 +70,145 @@ def worker_mark_missing(*, now: datetime, interval_s: float, missed: int) -> int
         .exclude(state=Worker.State.DEAD)
         .update(state=Worker.State.DEAD)
     )
+
+
+# Deployments ----------------------------------------------------------------------------
+
+MiB = 1024**2
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """What a PUT or PATCH asks for (validated by ``deployment_put``)."""
+
+    traffic: dict[str, int]
+    batching: dict[str, Any]
+    min_replicas: int
+    max_replicas: int
+    target_inflight_per_replica: int
+    scale_to_zero_after_s: int
+    device_kind: str
+
+
+def _versions_for(model: Model, traffic: dict[str, int]) -> dict[str, ModelVersion]:
+    if not traffic:
+        raise ApplicationError("traffic needs at least one version", field_errors={"traffic": ['e.g. {"1": 100}']})
+    bad = [key for key, weight in traffic.items() if not key.isdigit() or not isinstance(weight, int) or weight < 0]
+    if bad or sum(traffic.values()) != 100:
+        raise ApplicationError(
+            "traffic maps version numbers to whole-number weights that sum to 100",
+            field_errors={"traffic": [f"got {traffic} (sum {sum(w for w in traffic.values() if isinstance(w, int))})"]},
+        )
+    versions = {
+        str(v.number): v for v in ModelVersion.objects.filter(model=model, number__in=[int(k) for k in traffic])
+    }
+    for key in traffic:
+        version = versions.get(key)
+        if version is None:
+            raise ApplicationError(
+                f"model '{model.name}' has no version {key}", field_errors={"traffic": [f"no version {key}"]}
+            )
+        if version.status != ModelVersion.Status.READY:
+            raise ApplicationError(
+                f"version {key} is {version.status}; only validated (ready) versions can serve",
+                field_errors={"traffic": [f"version {key} is {version.status}"]},
+            )
+    return versions
+
+
+def _check_spec(model: Model, spec: DeploymentSpec) -> dict[str, ModelVersion]:
+    versions = _versions_for(model, spec.traffic)
+    if spec.device_kind not in Deployment.DeviceKind.values:
+        raise ApplicationError("device_kind is cpu or cuda", field_errors={"device_kind": ["cpu or cuda"]})
+    if spec.min_replicas > spec.max_replicas:
+        raise ApplicationError(
+            "min_replicas is over max_replicas", field_errors={"min_replicas": ["at most max_replicas"]}
+        )
+    try:
+        batching = BatchingConfig.from_message(spec.batching)
+    except MessageError as exc:
+        raise ApplicationError(f"batching: {exc}", field_errors={"batching": [str(exc)]}) from None
+    for key, version in versions.items():
+        if version.batched and batching.max_batch_size > version.max_batch_size:
+            raise ApplicationError(
+                f"batching.max_batch_size {batching.max_batch_size} is over version {key}'s validated "
+                f"{version.max_batch_size}",
+                field_errors={"batching": [f"max_batch_size at most {version.max_batch_size}"]},
+            )
+    return versions
+
+
+def deployment_need(*, versions: dict[str, ModelVersion], traffic: dict[str, int], replicas: int) -> tuple[int, int]:
+    """(bytes, replicas) a deployment holds at ``replicas`` per serving version."""
+    serving = [versions[key] for key, weight in traffic.items() if weight > 0 and key in versions]
+    return sum((v.footprint_bytes or 0) * replicas for v in serving), replicas * len(serving)
+
+
+def _check_quota(*, tenant: Tenant, model: Model, spec: DeploymentSpec, versions: dict[str, ModelVersion]) -> None:
+    from apps.deployments.selectors import tenant_deployment_usage
+
+    quota = quota_get(tenant=tenant)
+    need_bytes, need_replicas = deployment_need(versions=versions, traffic=spec.traffic, replicas=spec.min_replicas)
+    used_bytes, used_replicas = tenant_deployment_usage(tenant=tenant, kind=spec.device_kind, excluding=model)
+    limit_mb = quota.gpu_memory_mb if spec.device_kind == "cuda" else quota.cpu_memory_mb
+    left = limit_mb * MiB - used_bytes
+    if need_bytes > left:
+        raise ConflictError(
+            f"this deployment needs {need_bytes / MiB:.0f} MiB of {spec.device_kind} memory for {need_replicas} "
+            f"replicas (measured footprints x min_replicas); tenant '{tenant.slug}' has {max(left, 0) / MiB:.0f} "
+            f"MiB left of its {limit_mb} MiB ({'gpu' if spec.device_kind == 'cuda' else 'cpu'}_memory_mb)"
+        )
+    if used_replicas + need_replicas > quota.max_replicas:
+        raise ConflictError(
+            f"this deployment needs {need_replicas} replicas; tenant '{tenant.slug}' has "
+            f"{max(quota.max_replicas - used_replicas, 0)} left of its max_replicas {quota.max_replicas}"
+        )
+
+
+@transaction.atomic
+def deployment_put(*, actor: Actor, model: Model, spec: DeploymentSpec) -> Deployment:
+    """Creates or replaces a model's deployment (refused with 409 past the tenant's quota)."""
+    Tenant.objects.select_for_update().filter(pk=model.tenant_id).first()  # one quota check at a time
+    versions = _check_spec(model, spec)
+    _check_quota(tenant=model.tenant, model=model, spec=spec, versions=versions)
+    deployment, created = Deployment.objects.update_or_create(
+        model=model,
+        defaults={
+            "traffic": spec.traffic,
+            "batching": spec.batching,
+            "min_replicas": spec.min_replicas,
+            "max_replicas": spec.max_replicas,
+            "target_inflight_per_replica": spec.target_inflight_per_replica,
+            "scale_to_zero_after_s": spec.scale_to_zero_after_s,
+            "device_kind": spec.device_kind,
+        },
+    )
+    audit_event_create(
+        actor=actor,
+        tenant=model.tenant,
+        action="deployment.create" if created else "deployment.update",
+        target=model.name,
+        details={"traffic": spec.traffic, "min_replicas": spec.min_replicas, "max_replicas": spec.max_replicas},
+    )
+    return deployment
+
+
+def deployment_spec_of(deployment: Deployment) -> DeploymentSpec:
+    """The spec a deployment holds now (the base a PATCH changes)."""
+    return DeploymentSpec(
+        traffic=dict(deployment.traffic),
+        batching=dict(deployment.batching),
+        min_replicas=deployment.min_replicas,
+        max_replicas=deployment.max_replicas,
+        target_inflight_per_replica=deployment.target_inflight_per_replica,
+        scale_to_zero_after_s=deployment.scale_to_zero_after_s,
+        device_kind=deployment.device_kind,
+    )
+
+
+@transaction.atomic
+def deployment_delete(*, actor: Actor, deployment: Deployment) -> None:
+    """Undeploys a model (its replicas are unloaded by the reconcile loop)."""
+    model = deployment.model
+    deployment.delete()
+    audit_event_create(actor=actor, tenant=model.tenant, action="deployment.delete", target=model.name)

@@ -22,7 +22,15 @@ def model_version_list(*, model: Model) -> QuerySet[ModelVersion]:
 
 
 def model_version_deployed_in(*, version: ModelVersion) -> str:
-    """The deployment serving this version, or "" (deployments arrive with their app)."""
+    """Which deployment routes traffic to this version (or keeps replicas of it), or ""."""
+    from apps.deployments.models import Deployment, Replica
+
+    deployment = Deployment.objects.filter(model_id=version.model_id).first()
+    if deployment is not None and str(version.number) in deployment.traffic:
+        weight = deployment.traffic[str(version.number)]
+        return f"the deployment of '{version.model.name}' sends it {weight}% of traffic"
+    if Replica.objects.filter(version=version).exists():
+        return f"the deployment of '{version.model.name}' still has replicas of it loaded"
     return ""
 
 

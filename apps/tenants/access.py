@@ -187,3 +187,18 @@ def access_model_version_by_number(actor: Actor, slug: str, name: str, number: i
     if version is None:
         raise NotFoundError(f"no version {number} of model '{name}' in tenant '{slug}'")
     return version
+
+
+def access_deployment_by_model_name(actor: Actor, slug: str, name: str, *, action: Action) -> Any:
+    """The deployment of a tenant's model, if ``actor`` may do ``action`` there."""
+    from apps.deployments.models import Deployment
+
+    tenant = access_tenant_by_slug(actor, slug, action=action)
+    deployment = (
+        Deployment.objects.select_related("model", "model__tenant")
+        .filter(model__tenant=tenant, model__name=name)
+        .first()
+    )
+    if deployment is None:
+        raise NotFoundError(f"model '{name}' in tenant '{slug}' is not deployed (or does not exist)")
+    return deployment

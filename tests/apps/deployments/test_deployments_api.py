@@ -1,0 +1,147 @@
+"""Deployments over REST: create/replace, the canary, quota refusals, undeploy."""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.deployments.models import Deployment
+from apps.registry.models import Model, ModelVersion
+from apps.tenants.models import AuditEvent
+
+pytestmark = pytest.mark.django_db
+
+MiB = 1024**2
+URL = "/api/v1/tenants/alpha/models/clf/deployment/"
+
+
+@pytest.fixture
+def versions(world_a):
+    model = Model.objects.create(tenant=world_a.tenant, name="clf")
+    for number in (1, 2):
+        ModelVersion.objects.create(
+            model=model,
+            number=number,
+            artifact=f"x/{number}",
+            sha256="0" * 64,
+            size_bytes=1,
+            format="onnx",
+            status=ModelVersion.Status.READY,
+            batched=True,
+            max_batch_size=32,
+            footprint_bytes=500 * MiB,
+        )
+    ModelVersion.objects.create(
+        model=model, number=3, artifact="x/3", sha256="0" * 64, size_bytes=1, status=ModelVersion.Status.FAILED
+    )
+    return model
+
+
+def test_put_creates_then_get_shows_desired_and_actual(world_a, versions):
+    client = world_a.session("member")
+    response = client.put(
+        URL,
+        {
+            "traffic": {"1": 100},
+            "min_replicas": 1,
+            "max_replicas": 3,
+            "batching": {"max_batch_size": 16, "max_queue_delay_us": 500},
+        },
+        format="json",
+    )
+    assert response.status_code == 200, response.json()
+    body = world_a.session("viewer").get(URL).json()
+    assert body["traffic"] == {"1": 100} and body["max_replicas"] == 3
+    assert body["batching"]["max_batch_size"] == 16
+    assert body["replicas"] == []  # none placed yet
+    assert AuditEvent.objects.filter(action="deployment.create", target="clf").exists()
+
+
+def test_the_canary_shifts_traffic_then_promotes_or_rolls_back(world_a, versions):
+    client = world_a.session("member")
+    client.put(URL, {"traffic": {"1": 100}}, format="json")
+    for split in ({"1": 90, "2": 10}, {"1": 50, "2": 50}, {"2": 100}, {"1": 100}):
+        response = client.patch(URL, {"traffic": split}, format="json")
+        assert response.status_code == 200, response.json()
+        assert response.json()["traffic"] == split
+    assert Deployment.objects.get().min_replicas == 1  # PATCH kept what it did not name
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"traffic": {"1": 60, "2": 30}}, "traffic"),
+        ({"traffic": {"9": 100}}, "traffic"),
+        ({"traffic": {"3": 100}}, "traffic"),
+        ({"traffic": {"one": 100}}, "traffic"),
+        ({"traffic": {"1": 100}, "min_replicas": 3, "max_replicas": 1}, "min_replicas"),
+        ({"traffic": {"1": 100}, "batching": {"max_batch_size": 64}}, "batching"),
+        ({"traffic": {"1": 100}, "batching": {"instance_count": 0}}, "batching"),
+    ],
+)
+def test_bad_specs_are_400_naming_the_field(world_a, versions, body, field):
+    response = world_a.session("member").put(URL, body, format="json")
+    assert response.status_code == 400
+    assert field in response.json()["field_errors"]
+    assert not Deployment.objects.exists()
+
+
+def test_a_deployment_over_the_memory_quota_is_409_naming_need_and_left(world_a, versions, staff_client):
+    staff_client.patch("/api/v1/tenants/alpha/quota/", {"cpu_memory_mb": 1200}, format="json")
+    client = world_a.session("member")
+    response = client.put(URL, {"traffic": {"1": 50, "2": 50}, "min_replicas": 2, "max_replicas": 2}, format="json")
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert "needs 2000 MiB of cpu memory for 4 replicas" in error and "1200 MiB left of its 1200 MiB" in error
+    assert (
+        client.put(URL, {"traffic": {"1": 100}, "min_replicas": 2, "max_replicas": 2}, format="json").status_code == 200
+    )
+
+
+def test_other_deployments_count_against_the_quota(world_a, versions, staff_client):
+    staff_client.patch("/api/v1/tenants/alpha/quota/", {"cpu_memory_mb": 800}, format="json")
+    other = Model.objects.create(tenant=world_a.tenant, name="other")
+    ModelVersion.objects.create(
+        model=other,
+        number=1,
+        artifact="o/1",
+        sha256="0" * 64,
+        size_bytes=1,
+        status=ModelVersion.Status.READY,
+        footprint_bytes=500 * MiB,
+    )
+    client = world_a.session("member")
+    assert (
+        client.put("/api/v1/tenants/alpha/models/other/deployment/", {"traffic": {"1": 100}}, format="json").status_code
+        == 200
+    )
+    response = client.put(URL, {"traffic": {"1": 100}}, format="json")
+    assert response.status_code == 409 and "300 MiB left" in response.json()["error"]
+
+
+def test_max_replicas_quota_is_409(world_a, versions, staff_client):
+    staff_client.patch("/api/v1/tenants/alpha/quota/", {"max_replicas": 1, "cpu_memory_mb": 100_000}, format="json")
+    response = world_a.session("member").put(URL, {"traffic": {"1": 90, "2": 10}}, format="json")
+    assert response.status_code == 409 and "max_replicas 1" in response.json()["error"]
+
+
+def test_a_deployed_version_cannot_be_deleted_until_traffic_moves_away(world_a, versions):
+    client = world_a.session("member")
+    client.put(URL, {"traffic": {"1": 90, "2": 10}}, format="json")
+    refused = client.delete("/api/v1/tenants/alpha/models/clf/versions/2/")
+    assert refused.status_code == 409 and "10% of traffic" in refused.json()["error"]
+    client.patch(URL, {"traffic": {"1": 100}}, format="json")
+    assert client.delete("/api/v1/tenants/alpha/models/clf/versions/2/").status_code == 204
+
+
+def test_undeploy(world_a, versions):
+    client = world_a.session("member")
+    client.put(URL, {"traffic": {"1": 100}}, format="json")
+    assert client.delete(URL).status_code == 204
+    assert client.get(URL).status_code == 404
+    assert AuditEvent.objects.filter(action="deployment.delete").exists()
+
+
+def test_viewers_and_read_keys_cannot_deploy(world_a, versions):
+    assert world_a.session("viewer").put(URL, {"traffic": {"1": 100}}, format="json").status_code == 403
+    assert world_a.bearer("read").put(URL, {"traffic": {"1": 100}}, format="json").status_code == 403
+    assert world_a.bearer("manage").put(URL, {"traffic": {"1": 100}}, format="json").status_code == 200
