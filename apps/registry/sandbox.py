@@ -47,6 +47,7 @@ def run_validation(
     timeout_s: float,
     memory_bytes: int,
     max_uncompressed_bytes: int,
+    device: str = "cpu",
 ) -> SandboxResult:
     """Validates one artifact in a limited child process."""
     command = [
@@ -60,6 +61,8 @@ def run_validation(
         str(max_batch),
         "--max-uncompressed",
         str(max_uncompressed_bytes),
+        "--device",
+        device,
     ]
     if inputs:
         command += ["--inputs", json.dumps(inputs)]

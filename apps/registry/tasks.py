@@ -70,6 +70,7 @@ def _validate(version: ModelVersion) -> SandboxResult:
             timeout_s=settings.BERTH_VALIDATION_TIMEOUT_S,
             memory_bytes=settings.BERTH_VALIDATION_MEMORY_MB * 1024**2,
             max_uncompressed_bytes=max(quota.max_artifact_mb, 1) * 1024**2 * 4,
+            device=settings.BERTH_VALIDATION_DEVICE,
         )
     finally:
         with contextlib.suppress(OSError):

@@ -105,6 +105,8 @@ BERTH_MAX_UPLOAD_MB = env.int("BERTH_MAX_UPLOAD_MB", default=4096)
 BERTH_VALIDATION_TIMEOUT_S = env.float("BERTH_VALIDATION_TIMEOUT_S", default=120.0)
 BERTH_VALIDATION_MEMORY_MB = env.int("BERTH_VALIDATION_MEMORY_MB", default=4096)
 BERTH_VALIDATION_MAX_BATCH = env.int("BERTH_VALIDATION_MAX_BATCH", default=64)
+# Where validation measures footprints: cpu, or cuda:N on a control worker with a GPU.
+BERTH_VALIDATION_DEVICE = env.str("BERTH_VALIDATION_DEVICE", default="cpu")
 
 STATIC_URL = "/static/"
 STATIC_ROOT = BERTH_DATA_DIR / "staticfiles"

@@ -7,7 +7,6 @@ import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
-from apps.deployments.models import Deployment
 from apps.registry.models import Model, ModelVersion
 from apps.tenants.models import ApiKey, Role, Tenant
 from tests.apps.tenants.factories import MembershipFactory, TenantFactory, UserFactory, make_api_key
