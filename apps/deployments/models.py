@@ -29,6 +29,8 @@ class Worker(models.Model):
     capacity_bytes = models.BigIntegerField(default=0)
     used_bytes = models.BigIntegerField(default=0)
     utilisation_pct = models.FloatField(null=True, blank=True)
+    reserved_bytes = models.BigIntegerField(default=0, help_text="what hosted models reserve, as last reported")
+    hosted = models.JSONField(default=list, blank=True, help_text="hosted models as last reported")
     first_seen_at = models.DateTimeField(auto_now_add=True)
     last_heartbeat_at = models.DateTimeField()
 

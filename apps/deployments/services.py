@@ -45,6 +45,23 @@ def worker_record_heartbeat(*, heartbeat: WorkerHeartbeat) -> Worker:
         "capacity_bytes": device.total_bytes,
         "used_bytes": device.used_bytes,
         "utilisation_pct": device.utilisation_pct,
+        "reserved_bytes": sum(model.reserved_bytes for model in heartbeat.models if model.state != "failed"),
+        "hosted": [
+            {
+                "tenant": model.key.tenant,
+                "model": model.key.model,
+                "version": model.key.version,
+                "state": model.state,
+                "reserved_bytes": model.reserved_bytes,
+                "measured_bytes": model.measured_bytes,
+                "reason": model.reason,
+                "inflight": model.inflight,
+                "queue_depth": model.queue_depth,
+                "p50_ms": model.p50_ms,
+                "p99_ms": model.p99_ms,
+            }
+            for model in heartbeat.models
+        ],
         "last_heartbeat_at": seen_at,
     }
     if worker is None:

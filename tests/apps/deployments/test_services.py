@@ -82,3 +82,26 @@ def test_heartbeat_task_drops_a_malformed_message_without_writing(caplog):
 def test_heartbeat_task_records_a_good_message():
     worker_heartbeat(_heartbeat(sent_at=timezone.now().timestamp()).to_message())
     assert Worker.objects.filter(worker_id="w-1").exists()
+
+
+def test_a_heartbeat_records_hosted_models_and_their_reservations():
+    from inference_workers.types import HostedModel, ModelKey
+
+    beat = _heartbeat(sent_at=timezone.now().timestamp())
+    models = (
+        HostedModel(
+            key=ModelKey("acme", "clf", 2),
+            state="ready",
+            reserved_bytes=300,
+            measured_bytes=280,
+            inflight=3,
+            p50_ms=1.5,
+        ),
+        HostedModel(
+            key=ModelKey("acme", "bad", 1), state="failed", reserved_bytes=0, measured_bytes=0, reason="sha256 mismatch"
+        ),
+    )
+    worker = worker_record_heartbeat(heartbeat=WorkerHeartbeat(**{**beat.__dict__, "models": models}))
+    assert worker.reserved_bytes == 300
+    assert [(h["model"], h["state"]) for h in worker.hosted] == [("clf", "ready"), ("bad", "failed")]
+    assert worker.hosted[1]["reason"] == "sha256 mismatch" and worker.hosted[0]["inflight"] == 3

@@ -21,6 +21,7 @@ def test_staff_see_every_worker_with_heartbeat_age(staff_user):
     assert [row["worker_id"] for row in rows] == ["alpha", "beta"]
     assert 0.5 < rows[0]["last_heartbeat_age_s"] < 30
     assert rows[0]["capacity_bytes"] == 4 * 1024**3
+    assert rows[0]["reserved_bytes"] == 0 and rows[0]["hosted"] == []
 
 
 def test_non_staff_are_refused(plain_user):
