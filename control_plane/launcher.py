@@ -141,6 +141,9 @@ def main() -> int:
 
     host = env.str("BERTH_HOST", default="127.0.0.1")
     port = env.int("BERTH_PORT", default=8000)
+    shown = f"[{host}]" if ":" in host else host
+    # Workers fetch artifacts from here (signed URLs); the processes inherit the variable.
+    os.environ.setdefault("BERTH_PUBLIC_URL", f"http://{shown}:{port}")
     gpus = gpu_count()
     manager: Any = PlatformManager(Printer(sys.stdout, colour=sys.stdout.isatty()))
     for name, command in process_table(

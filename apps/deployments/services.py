@@ -9,14 +9,14 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from apps.deployments.models import Deployment, Worker
+from apps.deployments.models import Deployment, Replica, Worker
 from apps.registry.models import Model, ModelVersion
 from apps.tenants.access import Actor
 from apps.tenants.models import Tenant
 from apps.tenants.selectors import quota_get
 from apps.tenants.services import audit_event_create
 from control_plane.errors import ApplicationError, ConflictError
-from inference_workers.types import BatchingConfig, MessageError, WorkerHeartbeat
+from inference_workers.types import UNLOAD_TASK, BatchingConfig, MessageError, WorkerHeartbeat
 
 
 @transaction.atomic
@@ -200,6 +200,9 @@ def deployment_put(*, actor: Actor, model: Model, spec: DeploymentSpec) -> Deplo
             "device_kind": spec.device_kind,
         },
     )
+    # A failed replica is tried again when its deployment changes.
+    Replica.objects.filter(deployment=deployment, state=Replica.State.FAILED).delete()
+    _reconcile_after_commit()
     audit_event_create(
         actor=actor,
         tenant=model.tenant,
@@ -227,5 +230,24 @@ def deployment_spec_of(deployment: Deployment) -> DeploymentSpec:
 def deployment_delete(*, actor: Actor, deployment: Deployment) -> None:
     """Undeploys a model (its replicas are unloaded by the reconcile loop)."""
     model = deployment.model
+    unload = [
+        (replica.worker.queue, {"tenant": model.tenant.slug, "model": model.name, "version": replica.version.number})
+        for replica in deployment.replicas.select_related("worker", "version")
+        if replica.worker is not None
+    ]
     deployment.delete()
     audit_event_create(actor=actor, tenant=model.tenant, action="deployment.delete", target=model.name)
+
+    def send() -> None:
+        from celery import current_app
+
+        for queue, key in unload:
+            current_app.send_task(UNLOAD_TASK, args=[key], queue=queue)
+
+    transaction.on_commit(send, robust=True)
+
+
+def _reconcile_after_commit() -> None:
+    from apps.deployments.tasks import reconcile
+
+    transaction.on_commit(reconcile.delay, robust=True)

@@ -34,3 +34,11 @@ def workers_mark_missing() -> None:
         interval_s=settings.BERTH_HEARTBEAT_INTERVAL_S,
         missed=settings.BERTH_HEARTBEATS_MISSED_FOR_DEAD,
     )
+
+
+@shared_task(name="berth.reconcile", ignore_result=True)
+def reconcile() -> None:
+    """One reconcile pass (beat runs it every 2 s; changes to deployments run it at once)."""
+    from apps.deployments.reconcile import reconcile_once
+
+    reconcile_once()

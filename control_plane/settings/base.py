@@ -158,6 +158,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = env.str("BERTH_CONTROL_QUEUE", default="control")
 CELERY_BEAT_SCHEDULE = {
     "workers-mark-missing": {"task": "berth.workers_mark_missing", "schedule": 2.0},
+    "reconcile": {"task": "berth.reconcile", "schedule": 2.0},
     "requeue-stuck-validations": {"task": "berth.registry.requeue_stuck_validations", "schedule": 60.0},
 }
 

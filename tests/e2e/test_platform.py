@@ -212,3 +212,46 @@ def test_an_upload_over_the_tenant_limit_is_refused_before_the_body_is_read(plat
         reply = sock.recv(65536).decode(errors="replace")
     assert reply.startswith("HTTP/1.1 413"), reply
     assert "max_artifact_mb" in reply
+
+
+def test_deploying_the_demo_model_loads_it_on_the_worker(platform: Platform):
+    platform.wait_healthy()
+    headers = {"Authorization": f"Bearer {_demo_key(platform)}"}
+    base = f"{platform.base_url}/api/v1/tenants/demo/models/demo-mlp"
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{base}/versions/1/", headers=headers).json()["status"] == "validating":
+        assert time.monotonic() < deadline, "validation never finished"
+        time.sleep(0.5)
+    deployed = httpx.put(f"{base}/deployment/", headers=headers, json={"traffic": {"1": 100}, "min_replicas": 1})
+    assert deployed.status_code == 200, deployed.text
+    while True:
+        replicas = httpx.get(f"{base}/deployment/", headers=headers).json()["replicas"]
+        if replicas and replicas[0]["state"] in ("ready", "failed"):
+            break
+        assert time.monotonic() < deadline, f"no ready replica: {replicas}\n{platform.log()[-3000:]}"
+        time.sleep(0.5)
+    assert replicas[0]["state"] == "ready", replicas
+    assert replicas[0]["worker"] == platform.worker_id
+    # The worker serves it on its data plane, to the holder of the worker token.
+    worker = _wait_for_worker(platform, timeout=10)
+    token = (platform.log_path.parent / "var" / "worker-token").read_text().strip()
+    body = {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": [0.5] * 8}]}
+    answer = httpx.post(
+        f"{worker['dataplane_url']}/v2/models/demo.demo-mlp/infer",
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["shape"] == [2, 3]
+    # Undeploying unloads it.
+    assert httpx.delete(f"{base}/deployment/", headers=headers).status_code == 204
+    while (
+        httpx.post(
+            f"{worker['dataplane_url']}/v2/models/demo.demo-mlp/infer",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+        ).status_code
+        != 404
+    ):
+        assert time.monotonic() < deadline, "the model was never unloaded"
+        time.sleep(0.5)

@@ -1,0 +1,215 @@
+"""The reconcile loop: desired (deployments) vs actual (worker heartbeats) → worker commands.
+
+One pass, under a lock (several control workers may run it): read the fleet and the
+deployments, let ``placement.place`` decide, record the replicas, and send each worker the
+load/unload commands its step needs, after commit. A replica moves ``pending → loading``
+when its load command is sent (once), ``loading → ready|failed`` when the worker's
+heartbeats say so, and back to ``pending`` (placed anew) when its worker dies or drains.
+Commands are idempotent on the worker, so a repeated pass never does harm.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from celery import current_app
+from django.core.cache import cache
+from django.db import transaction
+
+from apps.deployments.models import Deployment, Replica, Worker
+from apps.deployments.placement import Device, Placed, Quota, Wanted, place
+from apps.registry.models import ModelVersion
+from apps.registry.selectors import artifact_uri
+from apps.tenants.models import Quota as TenantQuota
+from inference_workers.types import LOAD_TASK, UNLOAD_TASK, BatchingConfig, LoadCommand, ModelKey, TensorSpec
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = "berth:reconcile-lock"
+LOCK_TTL_S = 30
+MiB = 1024**2
+
+
+@dataclass(frozen=True)
+class PassReport:
+    """What one pass did (for logs and tests)."""
+
+    loads: int
+    unloads: int
+    pending: int
+    ready: int
+
+
+def _key(replica: Replica) -> ModelKey:
+    version = replica.version
+    return ModelKey(tenant=version.model.tenant.slug, model=version.model.name, version=version.number)
+
+
+def _load_command(replica: Replica, deployment: Deployment) -> LoadCommand:
+    version = replica.version
+    batching = BatchingConfig.from_message(deployment.batching or {})
+    if version.batched and not deployment.batching.get("max_batch_size"):
+        batching = BatchingConfig.from_message(
+            {**deployment.batching, "max_batch_size": min(version.max_batch_size, 8)}
+        )
+    if not version.batched:
+        batching = BatchingConfig.from_message({**deployment.batching, "max_batch_size": 0})
+    return LoadCommand(
+        key=_key(replica),
+        artifact_uri=artifact_uri(version=version),
+        sha256=version.sha256,
+        format=version.format,  # type: ignore[arg-type]
+        batching=batching,
+        reservation_bytes=version.footprint_bytes or 0,
+        allow_evict=False,
+        inputs=tuple(TensorSpec.from_message(spec) for spec in version.declared_inputs),
+        outputs=tuple(TensorSpec.from_message(spec) for spec in version.declared_outputs),
+    )
+
+
+def _observe(replicas: list[Replica], workers: dict[int, Worker]) -> None:
+    """Moves replicas along from what their workers report."""
+    for replica in replicas:
+        worker = workers.get(replica.worker_id) if replica.worker_id else None
+        if replica.worker_id and (worker is None or worker.state != Worker.State.READY):
+            replica.state, replica.worker, replica.reason = (
+                Replica.State.PENDING,
+                None,
+                "its worker is gone or draining",
+            )
+            replica.save(update_fields=["state", "worker", "reason"])
+            continue
+        if worker is None or replica.state not in (Replica.State.LOADING, Replica.State.READY):
+            continue
+        key = _key(replica)
+        hosted = next(
+            (
+                h
+                for h in worker.hosted
+                if (h["tenant"], h["model"], h["version"]) == (key.tenant, key.model, key.version)
+            ),
+            None,
+        )
+        if hosted is None:
+            continue
+        if hosted["state"] == "ready" and replica.state != Replica.State.READY:
+            replica.state, replica.reason = Replica.State.READY, ""
+            replica.reserved_bytes = hosted["reserved_bytes"]
+            replica.save(update_fields=["state", "reason", "reserved_bytes"])
+        elif hosted["state"] == "failed":
+            replica.state, replica.reason = Replica.State.FAILED, hosted.get("reason", "the load failed")
+            replica.save(update_fields=["state", "reason"])
+
+
+def reconcile_once(*, now: float | None = None) -> PassReport | None:
+    """One reconcile pass; None when another pass holds the lock."""
+    if not cache.add(LOCK_KEY, "1", timeout=LOCK_TTL_S):
+        return None
+    try:
+        return _reconcile(now or time.time())
+    finally:
+        cache.delete(LOCK_KEY)
+
+
+@transaction.atomic
+def _reconcile(now: float) -> PassReport:
+    workers = {w.pk: w for w in Worker.objects.all()}
+    by_worker_id = {w.worker_id: w for w in workers.values()}
+    deployments = list(Deployment.objects.select_related("model__tenant"))
+    replicas = list(Replica.objects.select_related("version__model__tenant", "deployment", "worker"))
+    _observe(replicas, workers)
+
+    devices = [
+        Device(
+            device_id=w.worker_id,
+            kind=w.device_kind,
+            capacity_bytes=w.capacity_bytes,
+            schedulable=w.state == Worker.State.READY,
+        )
+        for w in workers.values()
+        if w.state != Worker.State.DEAD
+    ]
+    versions = {
+        (v.model_id, v.number): v
+        for v in ModelVersion.objects.filter(model__deployment__in=deployments, status=ModelVersion.Status.READY)
+    }
+    wanted: list[Wanted] = []
+    wanted_rows: dict[tuple[str, str, int, int], tuple[Deployment, ModelVersion, int]] = {}
+    failed = {
+        (r.version.model.tenant.slug, r.version.model.name, r.version.number, r.index)
+        for r in replicas
+        if r.state == Replica.State.FAILED
+    }
+    for deployment in deployments:
+        for number, weight in sorted(deployment.traffic.items()):
+            version = versions.get((deployment.model_id, int(number)))
+            if version is None or weight <= 0:
+                continue
+            for index in range(deployment.min_replicas):
+                replica_id = (deployment.model.tenant.slug, deployment.model.name, version.number, index)
+                wanted_rows[replica_id] = (deployment, version, index)
+                if replica_id in failed:
+                    continue  # a failed load stays failed, with its reason, until the deployment changes
+                wanted.append(
+                    Wanted(
+                        replica=replica_id, footprint_bytes=version.footprint_bytes or 0, kind=deployment.device_kind
+                    )
+                )
+    existing = {(r.version.model.tenant.slug, r.version.model.name, r.version.number, r.index): r for r in replicas}
+    placed = [
+        Placed(
+            replica=replica_id,
+            device_id=row.worker.worker_id,
+            reserved_bytes=row.reserved_bytes,
+            last_used_at=row.last_used_at.timestamp() if row.last_used_at else 0.0,
+        )
+        for replica_id, row in existing.items()
+        if row.worker is not None and row.state in (Replica.State.LOADING, Replica.State.READY)
+    ]
+    quotas = {
+        quota.tenant.slug: Quota(
+            memory_bytes={"cpu": quota.cpu_memory_mb * MiB, "cuda": quota.gpu_memory_mb * MiB},
+            max_replicas=quota.max_replicas,
+        )
+        for quota in TenantQuota.objects.select_related("tenant")
+    }
+    plan = place(devices=devices, placed=placed, wanted=wanted, quotas=quotas, now=now)
+
+    commands: list[tuple[str, str, dict[str, Any]]] = []
+    for replica_id, device_id in plan.loads:
+        deployment, version, index = wanted_rows[replica_id]
+        worker = by_worker_id[device_id]
+        row = existing.get(replica_id)
+        if row is None:
+            row = Replica(deployment=deployment, version=version, index=index)
+        row.worker, row.state, row.reason = worker, Replica.State.LOADING, ""
+        row.reserved_bytes = version.footprint_bytes or 0
+        row.save()
+        commands.append((worker.queue, LOAD_TASK, _load_command(row, deployment).to_message()))
+    for replica_id, reason in plan.pending:
+        deployment, version, index = wanted_rows[replica_id]
+        row = existing.get(replica_id) or Replica(deployment=deployment, version=version, index=index)
+        row.worker, row.state, row.reason = None, Replica.State.PENDING, reason
+        row.save()
+    unloaded = 0
+    for replica_id, row in existing.items():
+        if replica_id in wanted_rows:
+            continue
+        if row.worker is not None:
+            key = _key(row)
+            commands.append((row.worker.queue, UNLOAD_TASK, key.__dict__))
+        row.delete()
+        unloaded += 1
+
+    def send() -> None:
+        for queue, task, message in commands:
+            current_app.send_task(task, args=[message], queue=queue)
+
+    transaction.on_commit(send, robust=True)
+    ready = sum(1 for r in existing.values() if r.state == Replica.State.READY)
+    if commands:
+        log.info("reconcile: %d loads, %d unloads, %d pending", len(plan.loads), unloaded, len(plan.pending))
+    return PassReport(loads=len(plan.loads), unloads=unloaded, pending=len(plan.pending), ready=ready)
