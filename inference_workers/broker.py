@@ -1,8 +1,8 @@
 """How a Celery broker URL from the environment becomes a connection configuration.
 
 Both planes call this one function, so the control plane and every inference worker on
-a machine agree on the embedded broker (kombu's filesystem transport under the data
-directory) without either side repeating the other's defaults.
+a machine agree on the embedded broker (kombu's filesystem transport, made atomic in
+``fs_broker``, under the data directory) without either side repeating the other's defaults.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from inference_workers.fs_broker import register
 
 # The filesystem transport polls its folder; kombu's default of 1 s makes every control
 # command take about a second. 20 ms gives a ~20 ms round trip for a negligible CPU cost.
@@ -27,7 +29,7 @@ class BrokerConfig:
     @property
     def embedded(self) -> bool:
         """Whether this is the serverless filesystem broker of a single machine."""
-        return self.url.startswith("filesystem://")
+        return self.url.startswith(("berthfs://", "filesystem://"))
 
 
 def broker_config(*, url: str, data_dir: Path, result_backend: str = "") -> BrokerConfig:
@@ -41,7 +43,8 @@ def broker_config(*, url: str, data_dir: Path, result_backend: str = "") -> Brok
     Returns:
         The broker configuration, with the embedded broker's folders created.
     """
-    if not url or url.startswith("filesystem://"):
+    register()
+    if not url or url.startswith(("berthfs://", "filesystem://")):
         folder = data_dir / "broker"
         queue_folder = folder / "queue"
         processed_folder = folder / "processed"
@@ -50,7 +53,7 @@ def broker_config(*, url: str, data_dir: Path, result_backend: str = "") -> Brok
         for path in (queue_folder, processed_folder, control_folder, results_folder):
             path.mkdir(parents=True, exist_ok=True)
         return BrokerConfig(
-            url="filesystem://",
+            url="berthfs://",
             transport_options={
                 "data_folder_in": str(queue_folder),
                 "data_folder_out": str(queue_folder),

@@ -32,7 +32,7 @@ def database_health() -> HealthCheck:
 
 def broker_health(*, url: str, transport_options: dict[str, Any]) -> HealthCheck:
     """Whether the Celery broker accepts a connection (or, embedded, its folder is writable)."""
-    if url.startswith("filesystem://"):
+    if url.startswith(("berthfs://", "filesystem://")):
         folder = Path(transport_options.get("data_folder_out", ""))
         if not folder.is_dir():
             return HealthCheck(part="broker", ok=False, detail=f"broker folder {folder} is missing")

@@ -65,5 +65,5 @@ def test_the_suite_runs_on_the_broker_it_was_asked_for():
     if wanted:
         assert wanted == settings.CELERY_BROKER_URL
     else:
-        assert settings.CELERY_BROKER_URL == "filesystem://"
+        assert settings.CELERY_BROKER_URL == "berthfs://"
         assert settings.CELERY_BROKER_TRANSPORT_OPTIONS["polling_interval"] <= 0.05

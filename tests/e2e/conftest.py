@@ -34,6 +34,7 @@ class Platform:
     base_url: str
     worker_id: str
     log_path: Path
+    env: dict[str, str]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -102,6 +103,9 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
             "BERTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "BERTH_WORKER_ID": worker_id,
             "DJANGO_SETTINGS_MODULE": "control_plane.settings.base",
+            # Heartbeats every second: a silent worker is dead after 3 s.
+            "BERTH_WORKER_HEARTBEAT_S": "1",
+            "BERTH_HEARTBEAT_INTERVAL_S": "1",
         }
         env = subprocess_env(**overrides)
         env.pop("DATABASE_URL", None)
@@ -117,7 +121,9 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        running = Platform(process=process, base_url=f"http://127.0.0.1:{port}", worker_id=worker_id, log_path=log_path)
+        running = Platform(
+            process=process, base_url=f"http://127.0.0.1:{port}", worker_id=worker_id, log_path=log_path, env=env
+        )
         try:
             yield running
         finally:

@@ -255,3 +255,50 @@ def test_deploying_the_demo_model_loads_it_on_the_worker(platform: Platform):
     ):
         assert time.monotonic() < deadline, "the model was never unloaded"
         time.sleep(0.5)
+
+
+def test_a_killed_workers_replica_is_ready_on_another_worker_within_10_s(platform: Platform, tmp_path):
+    import subprocess
+
+    from tests.conftest import PYTHON, REPO_ROOT
+
+    platform.wait_healthy()
+    spare_id = f"{platform.worker_id}-z"  # sorts last: the empty device placement opens first
+    with (tmp_path / "spare.log").open("wb") as log:
+        spare = subprocess.Popen(
+            [PYTHON, "-m", "inference_workers", "--device", "cpu", "--worker-id", spare_id],
+            cwd=REPO_ROOT,
+            env=platform.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        headers = {"Authorization": f"Bearer {_demo_key(platform)}"}
+        base = f"{platform.base_url}/api/v1/tenants/demo/models/demo-mlp"
+        deadline = time.monotonic() + 120
+        with platform.admin() as admin:
+            while len([w for w in admin.get("/api/v1/workers/").json() if w["state"] == "ready"]) < 2:
+                assert time.monotonic() < deadline, "the spare worker never registered"
+                time.sleep(0.2)
+        while httpx.get(f"{base}/versions/1/", headers=headers).json()["status"] == "validating":
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        httpx.put(f"{base}/deployment/", headers=headers, json={"traffic": {"1": 100}, "min_replicas": 1})
+
+        def replica() -> dict:
+            replicas = httpx.get(f"{base}/deployment/", headers=headers).json()["replicas"]
+            return replicas[0] if replicas else {}
+
+        while replica().get("state") != "ready":
+            assert time.monotonic() < deadline, replica()
+            time.sleep(0.2)
+        assert replica()["worker"] == spare_id
+        spare.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        while not (replica().get("state") == "ready" and replica().get("worker") == platform.worker_id):
+            assert time.monotonic() - killed_at < 10, f"not ready elsewhere within 10 s: {replica()}"
+            time.sleep(0.2)
+    finally:
+        if spare.poll() is None:
+            spare.kill()
+        spare.wait()

@@ -95,3 +95,39 @@ def test_serving_knobs_parse_and_the_token_is_generated_once(tmp_path):
     assert WorkerSettings.from_env({**env, "BERTH_WORKER_TOKEN": "shared-secret"}).token == "shared-secret"
     with pytest.raises(SettingsError, match="BERTH_WORKER_HEADROOM"):
         WorkerSettings.from_env({**env, "BERTH_WORKER_HEADROOM": "a lot"})
+
+
+def test_the_embedded_broker_never_shows_a_consumer_a_half_written_message(tmp_path, monkeypatch):
+    """A message becomes visible only by an atomic rename, once whole; drafts are never read."""
+    import os
+    import queue as stdlib_queue
+
+    from kombu import Connection
+
+    from inference_workers import fs_broker
+
+    settings = WorkerSettings.from_env({"BERTH_DATA_DIR": str(tmp_path)})
+    folder = settings.broker.transport_options["data_folder_out"]
+    seen: list[tuple[bool, int]] = []
+    real_replace = os.replace
+
+    def spy(draft: str, final: str) -> None:
+        seen.append((os.path.exists(final), os.path.getsize(draft)))
+        real_replace(draft, final)
+
+    monkeypatch.setattr(fs_broker.os, "replace", spy)
+    with Connection(settings.broker.url, transport_options=settings.broker.transport_options) as connection:
+        channel_queue = connection.SimpleQueue("race")
+        # A draft (what a producer is still writing) sits in the folder: consumers skip it.
+        with open(os.path.join(folder, ".123_draft.race.msg.part"), "wb") as draft:
+            draft.write(b'{"half": ')
+        with pytest.raises(stdlib_queue.Empty):
+            channel_queue.get(timeout=0.2)
+        channel_queue.put({"blob": "x" * 100_000})
+        message = channel_queue.get(timeout=5)
+        assert message.payload == {"blob": "x" * 100_000}
+        message.ack()
+        channel_queue.close()
+    assert len(seen) == 1
+    exists_before, size = seen[0]
+    assert not exists_before and size > 100_000  # invisible until whole, then renamed into place

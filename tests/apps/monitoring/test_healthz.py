@@ -21,7 +21,7 @@ def test_unreachable_broker_is_503_naming_the_broker(client):
 
 def test_missing_embedded_broker_folder_is_503(client, tmp_path):
     options = {"data_folder_out": str(tmp_path / "gone")}
-    with override_settings(CELERY_BROKER_URL="filesystem://", CELERY_BROKER_TRANSPORT_OPTIONS=options):
+    with override_settings(CELERY_BROKER_URL="berthfs://", CELERY_BROKER_TRANSPORT_OPTIONS=options):
         response = client.get("/healthz")
     assert response.status_code == 503
     assert "broker folder" in response.json()["error"]
