@@ -167,15 +167,15 @@ def place(
             else:
                 chosen = max(choice_pool, key=lambda d: (d.capacity_bytes, d.device_id)).device_id
         else:
-            chosen = _make_room(want, candidates, on_device, free, now, churn_guard_s)
-            if chosen is not None:
-                for victim in _victims_for(want, by_id[chosen], on_device[chosen], free(chosen), now, churn_guard_s):
+            room = _make_room(want, candidates, on_device, free, now, churn_guard_s)
+            if room is not None:
+                chosen, victims = room
+                for victim in victims:
                     evictions.append((victim.replica, chosen))
                     on_device[chosen].remove(victim)
                     reserved[chosen] -= victim.reserved_bytes
                     assignments.pop(victim.replica, None)
-                    victim_kind = by_id[chosen].kind
-                    tenant_memory[(victim.replica[0], victim_kind)] -= victim.reserved_bytes
+                    tenant_memory[(victim.replica[0], want.kind)] -= victim.reserved_bytes
                     tenant_replicas[victim.replica[0]] -= 1
         if chosen is None:
             largest = max((free(d.device_id) for d in candidates), default=0)
@@ -211,9 +211,7 @@ def _evictable(items: list[Placed], now: float, churn_guard_s: float) -> list[Pl
     )
 
 
-def _victims_for(
-    want: Wanted, device: Device, items: list[Placed], free_now: int, now: float, churn_guard_s: float
-) -> list[Placed]:
+def _victims_for(want: Wanted, items: list[Placed], free_now: int, now: float, churn_guard_s: float) -> list[Placed]:
     victims: list[Placed] = []
     freed = 0
     for candidate in _evictable(items, now, churn_guard_s):
@@ -231,15 +229,15 @@ def _make_room(
     free: Callable[[str], int],
     now: float,
     churn_guard_s: float,
-) -> str | None:
-    """The device where evicting idle replicas (LRU) frees enough, evicting the fewest bytes."""
-    best: tuple[int, str] | None = None
+) -> tuple[str, list[Placed]] | None:
+    """The device where evicting idle replicas (LRU) frees enough, evicting the fewest bytes,
+    with those victims."""
+    best: tuple[int, str, list[Placed]] | None = None
     for device in candidates:
-        room = free(device.device_id)
-        victims = _victims_for(want, device, on_device[device.device_id], room, now, churn_guard_s)
+        victims = _victims_for(want, on_device[device.device_id], free(device.device_id), now, churn_guard_s)
         if not victims:
             continue
         evicted = sum(v.reserved_bytes for v in victims)
-        if best is None or (evicted, device.device_id) < best:
-            best = (evicted, device.device_id)
-    return best[1] if best else None
+        if best is None or (evicted, device.device_id) < best[:2]:
+            best = (evicted, device.device_id, victims)
+    return (best[1], best[2]) if best else None

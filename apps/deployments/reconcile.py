@@ -50,19 +50,17 @@ def _key(replica: Replica) -> ModelKey:
 
 def _load_command(replica: Replica, deployment: Deployment) -> LoadCommand:
     version = replica.version
-    batching = BatchingConfig.from_message(deployment.batching or {})
-    if version.batched and not deployment.batching.get("max_batch_size"):
-        batching = BatchingConfig.from_message(
-            {**deployment.batching, "max_batch_size": min(version.max_batch_size, 8)}
-        )
+    batching = dict(deployment.batching or {})
     if not version.batched:
-        batching = BatchingConfig.from_message({**deployment.batching, "max_batch_size": 0})
+        batching["max_batch_size"] = 0  # no batch dimension to stack on
+    elif not batching.get("max_batch_size"):
+        batching["max_batch_size"] = min(version.max_batch_size, 8)
     return LoadCommand(
         key=_key(replica),
         artifact_uri=artifact_uri(version=version),
         sha256=version.sha256,
         format=version.format,  # type: ignore[arg-type]
-        batching=batching,
+        batching=BatchingConfig.from_message(batching),
         reservation_bytes=version.footprint_bytes or 0,
         allow_evict=False,
         inputs=tuple(TensorSpec.from_message(spec) for spec in version.declared_inputs),

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -105,7 +106,7 @@ def run_validation(
         result = json.loads(result_file.read_text()) if result_file.exists() else None
     except (json.JSONDecodeError, OSError):
         result = None
-    _remove(scratch)
+    shutil.rmtree(scratch, ignore_errors=True)
     if verdict:
         return SandboxResult(ok=False, reason=verdict)
     code = process.returncode
@@ -155,9 +156,3 @@ def _watch(process: subprocess.Popen[bytes], *, timeout_s: float, memory_bytes: 
             os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     return verdict
-
-
-def _remove(folder: str) -> None:
-    import shutil
-
-    shutil.rmtree(folder, ignore_errors=True)
