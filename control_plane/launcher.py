@@ -135,16 +135,16 @@ def main() -> int:
     from control_plane.settings.env import env
     from inference_workers.devices import gpu_count
 
-    call_command("migrate", interactive=False, verbosity=0)
-    call_command("seed_demo")
-    connections.close_all()  # honcho forks; children open their own connections
-
     host = env.str("BERTH_HOST", default="127.0.0.1")
     port = env.int("BERTH_PORT", default=8000)
     shown = f"[{host}]" if ":" in host else host
     # Workers fetch artifacts from here (signed URLs); the processes inherit the variable.
     os.environ.setdefault("BERTH_PUBLIC_URL", f"http://{shown}:{port}")
     gpus = gpu_count()
+
+    call_command("migrate", interactive=False, verbosity=0)
+    call_command("seed_demo", device_kind="cuda" if gpus else "cpu", base_url=os.environ["BERTH_PUBLIC_URL"])
+    connections.close_all()  # honcho forks; children open their own connections
     manager: Any = PlatformManager(Printer(sys.stdout, colour=sys.stdout.isatty()))
     for name, command in process_table(
         python=sys.executable,

@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from apps.monitoring.apis import healthz
+from apps.monitoring.apis import PrometheusMetricsApi, healthz
 
 api_v1: list[URLPattern | URLResolver] = [
     path("", include("apps.tenants.urls")),
@@ -18,6 +18,7 @@ handler404 = "control_plane.exception_handler.api_not_found"
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("metrics", PrometheusMetricsApi.as_view(), name="metrics"),
     path("api/v1/", include(api_v1)),
     path("admin/", admin.site.urls),
     path("", include("apps.console.urls")),

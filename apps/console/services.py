@@ -34,6 +34,7 @@ class DemoLogin:
     owner_password: str = ""
     tenant: str = DEMO_TENANT
     api_key: str = ""
+    deployed: bool = False
 
 
 def _remember(path: Path, value: str) -> None:
@@ -63,12 +64,42 @@ def _user_with_password(*, username: str, password_file: Path, password: str, st
     return password, created
 
 
+def _demo_deploy(*, actor: Actor, tenant: Tenant, device_kind: str) -> bool:
+    """Validates the demo version here (a sandboxed child, a few seconds) and deploys it once."""
+    from apps.deployments.models import Deployment
+    from apps.deployments.services import DeploymentSpec, deployment_put
+    from apps.registry.tasks import validate_model_version
+
+    version = ModelVersion.objects.select_related("model").filter(model__tenant=tenant, model__name=DEMO_MODEL).first()
+    if version is None:
+        return False
+    if Deployment.objects.filter(model=version.model).exists():
+        return True
+    if version.status == ModelVersion.Status.VALIDATING:
+        validate_model_version(version.pk)  # idempotent: the control worker's copy of the task then does nothing
+        version.refresh_from_db()
+    if version.status != ModelVersion.Status.READY:
+        return False
+    spec = DeploymentSpec(
+        traffic={str(version.number): 100},
+        batching={"max_batch_size": 8, "max_queue_delay_us": 500},
+        min_replicas=1,
+        max_replicas=1,
+        target_inflight_per_replica=8,
+        scale_to_zero_after_s=0,
+        device_kind=device_kind,
+    )
+    deployment_put(actor=actor, model=version.model, spec=spec)
+    return True
+
+
 @transaction.atomic
-def demo_seed(*, data_dir: Path, admin_password: str = "") -> DemoLogin:
+def demo_seed(*, data_dir: Path, admin_password: str = "", deploy: bool = False, device_kind: str = "cpu") -> DemoLogin:
     """Creates the demo platform; a second call changes nothing.
 
     The admin (staff) user, a tenant ``demo`` owned by ``demo-owner``, an API key for it
-    with every scope, and a small ONNX model ``demo-mlp`` uploaded through the registry.
+    with every scope, and a small ONNX model ``demo-mlp`` uploaded through the registry;
+    with ``deploy``, the model validated and deployed (one replica on ``device_kind``).
     Generated secrets are kept in the data dir (0600) so each start
     can print them again; ``admin_password`` (``BERTH_ADMIN_PASSWORD``) is re-applied to
     both users when given.
@@ -98,10 +129,12 @@ def demo_seed(*, data_dir: Path, admin_password: str = "") -> DemoLogin:
     if not api_key or not ApiKey.objects.filter(tenant=tenant, prefix=api_key.split("_")[1], revoked_at=None).exists():
         _, api_key = api_key_create(actor=admin, tenant=tenant, name="demo", scopes=list(Scope.values))
         _remember(key_file, api_key)
+    deployed = _demo_deploy(actor=admin, tenant=tenant, device_kind=device_kind) if deploy else False
     return DemoLogin(
         username=ADMIN_USERNAME,
         password=password,
         created=created,
         owner_password=owner_password,
         api_key=api_key,
+        deployed=deployed,
     )

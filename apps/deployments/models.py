@@ -59,6 +59,9 @@ class Deployment(models.Model):
     target_inflight_per_replica = models.PositiveIntegerField(default=8)
     scale_to_zero_after_s = models.PositiveIntegerField(default=0, help_text="0 keeps replicas loaded")
     device_kind = models.CharField(max_length=8, choices=DeviceKind.choices, default=DeviceKind.CPU)
+    last_request_at = models.DateTimeField(
+        null=True, blank=True, help_text="when a gateway last served or asked to cold-start it (scale to zero)"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -84,6 +87,7 @@ class Replica(models.Model):
     reason = models.TextField(blank=True, default="")
     reserved_bytes = models.BigIntegerField(default=0)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    suspect_at = models.DateTimeField(null=True, blank=True, help_text="when a gateway last failed to connect to it")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["deployment", "version", "index"], name="one_replica_per_index")]

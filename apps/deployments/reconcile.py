@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import current_app
+from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 
+from apps.deployments.autoscale import ScaleInput, replicas_wanted
 from apps.deployments.models import Deployment, Replica, Worker
 from apps.deployments.placement import Device, Placed, Quota, Wanted, place
 from apps.registry.models import ModelVersion
@@ -66,6 +68,20 @@ def _load_command(replica: Replica, deployment: Deployment) -> LoadCommand:
         inputs=tuple(TensorSpec.from_message(spec) for spec in version.declared_inputs),
         outputs=tuple(TensorSpec.from_message(spec) for spec in version.declared_outputs),
     )
+
+
+def _suspects_confirmed(replicas: list[Replica], workers: dict[int, Worker], now: float) -> None:
+    """A worker a gateway could not reach, and silent since, is dead now (not 3 beats later)."""
+    silent_s = settings.BERTH_HEARTBEAT_INTERVAL_S * 1.5
+    for replica in replicas:
+        worker = workers.get(replica.worker_id) if replica.worker_id else None
+        if worker is None or replica.suspect_at is None or worker.state == Worker.State.DEAD:
+            continue
+        last_beat = worker.last_heartbeat_at.timestamp()
+        if last_beat < replica.suspect_at.timestamp() and now - last_beat > silent_s:
+            log.warning("worker %s: unreachable from a gateway and silent for %.1f s; dead", worker, now - last_beat)
+            worker.state = Worker.State.DEAD
+            worker.save(update_fields=["state"])
 
 
 def _observe(replicas: list[Replica], workers: dict[int, Worker]) -> None:
@@ -118,6 +134,7 @@ def _reconcile(now: float) -> PassReport:
     by_worker_id = {w.worker_id: w for w in workers.values()}
     deployments = list(Deployment.objects.select_related("model__tenant"))
     replicas = list(Replica.objects.select_related("version__model__tenant", "deployment", "worker"))
+    _suspects_confirmed(replicas, workers, now)
     _observe(replicas, workers)
 
     devices = [
@@ -146,7 +163,12 @@ def _reconcile(now: float) -> PassReport:
             version = versions.get((deployment.model_id, int(number)))
             if version is None or weight <= 0:
                 continue
-            for index in range(deployment.min_replicas):
+            scale = ScaleInput(
+                min_replicas=deployment.min_replicas,
+                scale_to_zero_after_s=deployment.scale_to_zero_after_s,
+                last_request_at=deployment.last_request_at.timestamp() if deployment.last_request_at else None,
+            )
+            for index in range(replicas_wanted(scale, now=now)):
                 replica_id = (deployment.model.tenant.slug, deployment.model.name, version.number, index)
                 wanted_rows[replica_id] = (deployment, version, index)
                 if replica_id in failed:

@@ -29,7 +29,7 @@ def tenant_deployment_usage(*, tenant: Tenant, kind: str, excluding: Model | Non
         size, count = deployment_need(
             versions=versions_by_model.get(deployment.model_id, {}),
             traffic=deployment.traffic,
-            replicas=deployment.min_replicas,
+            replicas=max(deployment.min_replicas, 1),
         )
         total_bytes += size
         total_replicas += count

@@ -165,7 +165,10 @@ def _check_quota(*, tenant: Tenant, model: Model, spec: DeploymentSpec, versions
     from apps.deployments.selectors import tenant_deployment_usage
 
     quota = quota_get(tenant=tenant)
-    need_bytes, need_replicas = deployment_need(versions=versions, traffic=spec.traffic, replicas=spec.min_replicas)
+    # A deployment holds at least one replica while in use, whatever its min_replicas says.
+    need_bytes, need_replicas = deployment_need(
+        versions=versions, traffic=spec.traffic, replicas=max(spec.min_replicas, 1)
+    )
     used_bytes, used_replicas = tenant_deployment_usage(tenant=tenant, kind=spec.device_kind, excluding=model)
     limit_mb = quota.gpu_memory_mb if spec.device_kind == "cuda" else quota.cpu_memory_mb
     left = limit_mb * MiB - used_bytes

@@ -1,59 +1,728 @@
-"""The gateway: a plain ASGI app for ``/v2/...`` (Open Inference Protocol v2).
+"""The gateway: a plain ASGI app for ``/v2/...`` (Open Inference Protocol v2), per tenant.
 
-It sits in front of Django in the same server but runs none of Django's middleware, so
-the inference hot path pays only for what it needs. So far it answers the server-level
-routes; model routes arrive with the gateway issue.
+It sits in front of Django in the same server but runs none of Django's middleware: a
+request pays for a dictionary lookup of its API key, a token from its tenant's bucket, a
+weighted draw of a version, two random replicas compared by requests in flight, and one
+write and one read on a pooled keep-alive connection to the worker. The body travels to
+the worker as it came (JSON or binary), and the worker's answer travels back as it left.
+
+State lives in memory and is refreshed off the event loop: the routing table (tenants,
+limits, models, versions, ready replicas) every ``BERTH_GATEWAY_REFRESH_S``, API keys for
+at most ``BERTH_API_KEY_CACHE_S`` (so a revoked key stops within 2 s). The database is
+only touched from a small thread pool, never on the event loop.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import logging
+import random
+import re
+import time
+import uuid
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import orjson
+
+from apps.gateway import metrics
+from apps.gateway.admission import Admission, AdmissionRefused, AdmissionUnavailable, admission_for
+from apps.gateway.routing import ModelRoute, ReplicaRoute, RoutingSnapshot, TenantRoute, VersionRoute, replica_choose
+from apps.gateway.upstream import Upstream, UpstreamBrokenError, UpstreamConnectError, UpstreamResponse
+from apps.tenants.access import Action, ApiKeyPrincipal
+
+log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+T = TypeVar("T")
 
 SERVER_NAME = "berth"
 SERVER_VERSION = "0.1.0"
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+HEADER_LENGTH = b"inference-header-content-length"
+REQUEST_ID = b"x-request-id"
+_REQUEST_ID_SHAPE = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+# A worker that refused a connection is left out of routing for this long.
+SUSPECT_S = 5.0
+# How often the deployments a gateway served are marked as used (scale to zero).
+DEMAND_FLUSH_S = 1.0
 
 
-async def _reply(
-    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+class GatewayError(Exception):
+    """An answer in the protocol's error shape: ``{"error": message}`` with a status."""
+
+    def __init__(self, status: int, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """The gateway's settings, read once from Django's."""
+
+    max_body_bytes: int
+    timeout_s: float
+    cold_start_s: float
+    refresh_s: float
+    key_cache_s: float
+    worker_token: str
+    redis_url: str
+
+    @classmethod
+    def from_django(cls) -> GatewaySettings:
+        from django.conf import settings
+
+        from inference_workers.tokens import worker_token
+
+        return cls(
+            max_body_bytes=settings.BERTH_GATEWAY_MAX_BODY_MB * 1024 * 1024,
+            timeout_s=settings.BERTH_GATEWAY_TIMEOUT_S,
+            cold_start_s=settings.BERTH_GATEWAY_COLD_START_S,
+            refresh_s=settings.BERTH_GATEWAY_REFRESH_S,
+            key_cache_s=settings.BERTH_API_KEY_CACHE_S,
+            worker_token=worker_token(configured=settings.BERTH_WORKER_TOKEN, data_dir=settings.BERTH_DATA_DIR),
+            redis_url=settings.REDIS_URL,
+        )
+
+
+def _error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+async def _send(
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    content_type: bytes = b"application/json",
 ) -> None:
-    payload = json.dumps(body).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                *(headers or []),
-            ],
+            "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers],
         }
     )
-    await send({"type": "http.response.body", "body": payload})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise GatewayError(499, "the client went away")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError(
+                413, f"the body is over the gateway's limit of {limit} bytes (BERTH_GATEWAY_MAX_BODY_MB)"
+            )
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class _DatabaseThreads:
+    """Runs ORM work on a small pool of threads, each closing stale connections first."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gateway-db")
+
+    async def run(self, function: Callable[..., T], /, **kwargs: Any) -> T:
+        def call() -> T:
+            from django.db import close_old_connections
+
+            close_old_connections()
+            try:
+                return function(**kwargs)
+            finally:
+                close_old_connections()
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+
+class KeyCache:
+    """API key (by SHA-256) → principal, each verdict kept at most ``ttl_s``."""
+
+    def __init__(self, database: _DatabaseThreads, ttl_s: float) -> None:
+        self._database = database
+        self._ttl_s = ttl_s
+        self._entries: dict[str, tuple[float, ApiKeyPrincipal | None]] = {}
+        self._lookups: dict[str, asyncio.Future[ApiKeyPrincipal | None]] = {}
+        self._touched: dict[int, float] = {}
+
+    async def principal(self, authorization: bytes | None) -> ApiKeyPrincipal:
+        """Who presents this ``Authorization`` header, checked for the ``infer`` scope.
+
+        Raises:
+            GatewayError: 401 for a missing, unknown, revoked or expired key; 403 for a key
+                without the ``infer`` scope or of a deactivated tenant.
+        """
+        from apps.tenants.keys import MAX_KEY_LENGTH, TOO_LONG_MESSAGE, UNKNOWN_KEY_MESSAGE, api_key_check, key_digest
+
+        if not authorization or not authorization.startswith(b"Bearer "):
+            raise GatewayError(401, "send your tenant API key as 'Authorization: Bearer brt_…'")
+        raw = authorization[7:].strip().decode("latin-1")
+        if len(raw) > MAX_KEY_LENGTH:
+            raise GatewayError(401, TOO_LONG_MESSAGE)
+        digest = key_digest(raw)
+        now = time.monotonic()
+        entry = self._entries.get(digest)
+        if entry is None or entry[0] <= now:
+            found = await self._lookup(digest)
+            entry = (time.monotonic() + self._ttl_s, found)
+            self._entries[digest] = entry
+            if len(self._entries) > 10_000:
+                self._prune(now)
+        principal = entry[1]
+        if principal is None:
+            raise GatewayError(401, UNKNOWN_KEY_MESSAGE)
+        from control_plane.errors import ApplicationError
+
+        wall = _now()
+        try:
+            api_key_check(principal=principal, now=wall)
+        except ApplicationError as refused:
+            raise GatewayError(refused.status_code, refused.message) from None
+        if Action.INFER not in principal.actions():
+            raise GatewayError(403, f"API key brt_{principal.prefix} lacks the 'infer' scope; create a key with it")
+        if self._touched.get(principal.key_id, 0.0) <= now:
+            self._touched[principal.key_id] = now + 60.0
+            asyncio.get_running_loop().create_task(self._touch(principal.key_id, wall))
+        return principal
+
+    async def _lookup(self, digest: str) -> ApiKeyPrincipal | None:
+        from apps.tenants.keys import api_key_lookup
+
+        pending = self._lookups.get(digest)
+        if pending is None:
+            pending = asyncio.ensure_future(self._database.run(api_key_lookup, digest=digest))
+            self._lookups[digest] = pending
+            pending.add_done_callback(lambda _: self._lookups.pop(digest, None))
+        try:
+            return await asyncio.shield(pending)
+        except Exception as exc:
+            log.exception("API key lookup failed")
+            raise GatewayError(503, f"the gateway cannot check API keys right now ({exc}); retry shortly") from None
+
+    async def _touch(self, key_id: int, wall: datetime) -> None:
+        from apps.tenants.keys import api_key_touch
+
+        try:
+            await self._database.run(api_key_touch, key_id=key_id, now=wall)
+        except Exception:
+            log.warning("could not record the use of API key %s", key_id, exc_info=True)
+
+    def _prune(self, now: float) -> None:
+        for digest in [d for d, (expires, _) in self._entries.items() if expires <= now]:
+            del self._entries[digest]
+
+
+def _now() -> datetime:
+    from django.utils import timezone
+
+    return timezone.now()
+
+
+class Gateway:
+    """One process's gateway state: routing snapshot, keys, admission, pools, cold starts."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.database = _DatabaseThreads()
+        self.keys = KeyCache(self.database, settings.key_cache_s)
+        self.admission: Admission = admission_for(settings.redis_url or None)
+        self.upstream = Upstream()
+        self.snapshot: RoutingSnapshot | None = None
+        self.outstanding: defaultdict[int, int] = defaultdict(int)
+        self._worker_auth = f"Bearer {settings.worker_token}".encode()
+        self._suspects: dict[str, float] = {}
+        self._cold_starts: dict[tuple[int, int], asyncio.Task[tuple[ReplicaRoute, ...]]] = {}
+        self._served: set[int] = set()
+        self._refreshing: asyncio.Task[None] | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._rng = random.Random()
+
+    # Routing table ------------------------------------------------------------------
+    def start(self) -> None:
+        """Starts the background refresh on the running loop (idempotent)."""
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    async def _refresh_forever(self) -> None:
+        flushed = time.monotonic()
+        while True:
+            try:
+                await self.refresh()
+                if self._served and time.monotonic() - flushed >= DEMAND_FLUSH_S:
+                    from apps.gateway.services import deployment_record_requests
+
+                    served, self._served = self._served, set()
+                    flushed = time.monotonic()
+                    await self.database.run(deployment_record_requests, deployment_ids=served)
+            except Exception:
+                log.exception("the gateway could not refresh its routing table; keeping the last one")
+            await asyncio.sleep(self.settings.refresh_s)
+
+    async def refresh(self) -> None:
+        """Re-reads the routing table; concurrent callers share one read."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.get_running_loop().create_task(self._load())
+        await asyncio.shield(self._refreshing)
+
+    async def _load(self) -> None:
+        from apps.gateway.selectors import routing_snapshot_load
+
+        self.snapshot = await self.database.run(routing_snapshot_load)
+
+    async def routes(self) -> RoutingSnapshot:
+        if self.snapshot is None:
+            try:
+                await self.refresh()
+            except Exception as exc:  # the database is down: say so in the protocol's shape
+                log.exception("the gateway could not load its routing table")
+                raise GatewayError(
+                    503, f"the gateway has no routing table yet ({exc}); retry shortly", retry_after_s=1
+                ) from None
+        assert self.snapshot is not None
+        return self.snapshot
+
+    # Lookups ------------------------------------------------------------------------
+    async def tenant_of(self, scope: Scope) -> TenantRoute:
+        principal = await self.keys.principal(_header(scope, b"authorization"))
+        snapshot = await self.routes()
+        tenant = snapshot.tenants.get(principal.tenant_id)
+        if tenant is None:  # created a moment ago: read again once
+            await self.refresh()
+            tenant = (await self.routes()).tenants.get(principal.tenant_id)
+        if tenant is None:
+            raise GatewayError(403, f"tenant '{principal.tenant_slug}' is not active")
+        return tenant
+
+    @staticmethod
+    def model_of(tenant: TenantRoute, name: str) -> ModelRoute:
+        model = tenant.models.get(name)
+        if model is None:
+            raise GatewayError(404, f"model '{name}' not found; POST /v2/repository/index lists your models")
+        return model
+
+    @staticmethod
+    def version_of(model: ModelRoute, version: str | None) -> VersionRoute:
+        if version is None:
+            if model.traffic:
+                number = max(model.traffic, key=lambda pair: (pair[1], pair[0]))[0]
+            else:
+                ready = [v for v in model.versions.values() if v.status == "ready"]
+                if not ready:
+                    raise GatewayError(404, f"model '{model.name}' has no validated version yet")
+                number = max(v.number for v in ready)
+        else:
+            if not version.isdigit() or len(version) > 9:
+                raise GatewayError(400, f"model version '{version}' is not a whole number")
+            number = int(version)
+        found = model.versions.get(number)
+        if found is None:
+            raise GatewayError(404, f"model '{model.name}' has no version {number}")
+        return found
+
+    # Cold start ---------------------------------------------------------------------
+    def _suspect_workers(self) -> frozenset[str]:
+        if not self._suspects:
+            return frozenset()
+        now = time.monotonic()
+        for worker_id in [w for w, until in self._suspects.items() if until <= now]:
+            del self._suspects[worker_id]
+        return frozenset(self._suspects)
+
+    def _mark_suspect(self, replica: ReplicaRoute) -> None:
+        from apps.gateway.services import replica_mark_suspect
+
+        self._suspects[replica.worker_id] = time.monotonic() + SUSPECT_S
+        self.upstream.forget(replica.url)
+
+        async def record() -> None:
+            try:
+                await self.database.run(replica_mark_suspect, replica_id=replica.replica_id)
+            except Exception:
+                log.warning("could not mark replica %s suspect", replica.replica_id, exc_info=True)
+
+        asyncio.get_running_loop().create_task(record())
+
+    async def ready_replicas(
+        self, tenant: TenantRoute, model: ModelRoute, version: VersionRoute
+    ) -> tuple[ReplicaRoute, ...]:
+        """The version's usable replicas, waiting for a cold start when there are none."""
+        suspects = self._suspect_workers()
+        usable = tuple(r for r in version.replicas if r.worker_id not in suspects)
+        if usable:
+            return usable
+        if model.deployment_id is None:
+            raise _not_deployed(tenant, model)
+        if version.number not in dict(model.traffic):
+            raise GatewayError(
+                503,
+                f"version {version.number} of model '{model.name}' gets no traffic in its deployment, so none of its "
+                "replicas is loaded; give it a weight first",
+            )
+        key = (model.model_id, version.number)
+        task = self._cold_starts.get(key)
+        if task is None:
+            metrics.COLD_STARTS.labels(tenant.slug, model.name).inc()
+            task = asyncio.get_running_loop().create_task(self._cold_start(tenant.tenant_id, model, version.number))
+            self._cold_starts[key] = task
+            task.add_done_callback(lambda _: self._cold_starts.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _cold_start(self, tenant_id: int, model: ModelRoute, number: int) -> tuple[ReplicaRoute, ...]:
+        from apps.gateway.services import deployment_cold_start
+
+        assert model.deployment_id is not None
+        started = time.monotonic()
+        deadline = started + self.settings.cold_start_s
+        log.info("cold start: %s/%s version %d", model.tenant_slug, model.name, number)
+        await self.database.run(deployment_cold_start, deployment_id=model.deployment_id)
+        asked = time.monotonic()
+        reason = "it is still loading"
+        while time.monotonic() < deadline:
+            await asyncio.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
+            if time.monotonic() - asked >= DEMAND_FLUSH_S / 2:
+                # Waiting requests are demand too: a short scale-to-zero window must not
+                # unload the replica they wait for before it is ready.
+                self._served.add(model.deployment_id)
+                asked = time.monotonic()
+            await self.refresh()
+            assert self.snapshot is not None
+            tenant = self.snapshot.tenants.get(tenant_id)
+            current = tenant.models.get(model.name) if tenant else None
+            version = current.versions.get(number) if current else None
+            if current is None or version is None or current.deployment_id is None:
+                raise GatewayError(404, f"model '{model.name}' version {number} was removed while it loaded")
+            suspects = self._suspect_workers()
+            usable = tuple(r for r in version.replicas if r.worker_id not in suspects)
+            if usable:
+                log.info("cold start: %s/%s ready in %.2f s", model.tenant_slug, model.name, time.monotonic() - started)
+                return usable
+            reason = version.reason or reason
+        raise GatewayError(
+            503,
+            f"model '{model.name}' version {number} has no ready replica after {self.settings.cold_start_s:.0f} s "
+            f"(BERTH_GATEWAY_COLD_START_S): {reason}; retry later",
+            retry_after_s=5,
+        )
+
+    # Infer ----------------------------------------------------------------------------
+    async def forward(
+        self,
+        tenant: TenantRoute,
+        model: ModelRoute,
+        version: VersionRoute,
+        *,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+    ) -> UpstreamResponse:
+        """Sends the request to a ready replica; retries once elsewhere if it could not connect."""
+        path = f"/v2/models/{tenant.slug}.{model.name}/versions/{version.number}/infer"
+        worker_headers = [(b"authorization", self._worker_auth), *headers]
+        replicas = await self.ready_replicas(tenant, model, version)
+        tried: set[str] = set()
+        failure = ""
+        for attempt in range(2):
+            replica = replica_choose(replicas, self.outstanding, exclude=frozenset(tried), rng=self._rng)
+            if replica is None:
+                break
+            if attempt:
+                metrics.RETRIES.labels(tenant.slug, model.name).inc()
+            self.outstanding[replica.replica_id] += 1
+            try:
+                async with asyncio.timeout(self.settings.timeout_s):
+                    response = await self.upstream.request(replica.url, "POST", path, headers=worker_headers, body=body)
+            except UpstreamConnectError as exc:
+                self._mark_suspect(replica)
+                tried.add(replica.worker_id)
+                failure = str(exc)
+                continue
+            except UpstreamBrokenError as exc:
+                self._mark_suspect(replica)
+                raise GatewayError(
+                    502,
+                    f"the worker running model '{model.name}' failed while it had the request ({exc}); it was not "
+                    "retried because it may have run",
+                ) from None
+            except TimeoutError:
+                raise GatewayError(
+                    504,
+                    f"model '{model.name}' did not answer within {self.settings.timeout_s:g} s "
+                    "(BERTH_GATEWAY_TIMEOUT_S)",
+                ) from None
+            finally:
+                self.outstanding[replica.replica_id] -= 1
+            if response.status == 404 and attempt == 0:
+                # The worker no longer hosts it (unloaded since the last refresh): nothing ran.
+                tried.add(replica.worker_id)
+                failure = "its worker no longer hosts it"
+                continue
+            return response
+        raise GatewayError(
+            503,
+            f"no replica of model '{model.name}' version {version.number} could take the request ({failure}); "
+            "retry shortly",
+            retry_after_s=1,
+        )
+
+    def note_served(self, model: ModelRoute) -> None:
+        if model.deployment_id is not None:
+            self._served.add(model.deployment_id)
+
+    def pick_version(self, tenant: TenantRoute, model: ModelRoute) -> VersionRoute:
+        if model.deployment_id is None or not model.traffic:
+            raise _not_deployed(tenant, model)
+        number = model.pick_version(self._rng.random())
+        found = model.versions.get(number)
+        if found is None:
+            raise GatewayError(503, f"model '{model.name}' version {number} is in the traffic split but gone")
+        return found
+
+
+def _not_deployed(tenant: TenantRoute, model: ModelRoute) -> GatewayError:
+    return GatewayError(
+        503,
+        f"model '{model.name}' is not deployed; deploy it with PUT "
+        f"/api/v1/tenants/{tenant.slug}/models/{model.name}/deployment/",
+    )
+
+
+def _version_metadata(model: ModelRoute, version: VersionRoute) -> dict[str, Any]:
+    ready = sorted(v.number for v in model.versions.values() if v.status == "ready")
+    return {
+        "name": model.name,
+        "versions": [str(n) for n in ready],
+        "platform": version.platform,
+        "inputs": list(version.inputs),
+        "outputs": list(version.outputs),
+    }
+
+
+def _repository_state(model: ModelRoute, version: VersionRoute) -> tuple[str, str]:
+    if version.replicas:
+        return "READY", ""
+    if version.status == "failed":
+        return "UNAVAILABLE", version.reason or "validation failed"
+    if version.status != "ready":
+        return "UNAVAILABLE", f"the version is {version.status}"
+    if model.deployment_id is None:
+        return "UNAVAILABLE", "not deployed"
+    if version.number not in dict(model.traffic):
+        return "UNAVAILABLE", "no traffic in the deployment"
+    if version.loading:
+        return "LOADING", version.reason
+    return "UNAVAILABLE", version.reason or "not loaded (an infer request loads it)"
 
 
 class GatewayApp:
-    """Answers ``GET /v2``, ``/v2/health/live`` and ``/v2/health/ready``."""
+    """The ASGI app: routes ``/v2/...`` to the gateway's handlers."""
+
+    def __init__(self, settings: GatewaySettings | None = None) -> None:
+        self._settings = settings
+        self._gateway: Gateway | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def gateway(self) -> Gateway:
+        """This event loop's gateway (a server has one loop; tests start a loop per test)."""
+        loop = asyncio.get_running_loop()
+        if self._gateway is None or self._loop is not loop:
+            self._settings = self._settings or GatewaySettings.from_django()
+            self._gateway, self._loop = Gateway(self._settings), loop
+        self._gateway.start()
+        return self._gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        path = scope["path"].rstrip("/") or "/"
+        request_id = _header(scope, REQUEST_ID)
+        if request_id is None or not _REQUEST_ID_SHAPE.match(request_id):
+            request_id = uuid.uuid4().hex.encode()
+        reply_headers = [(REQUEST_ID, request_id)]
+        labels = ("", "", "")
+        started = time.perf_counter()
+        status = 500
+        try:
+            status, labels = await self._route(scope, receive, send, request_id, reply_headers)
+        except GatewayError as error:
+            status = error.status
+            if isinstance(error, _Labelled):
+                labels = error.labels
+            headers = list(reply_headers)
+            if error.retry_after_s is not None:
+                headers.append((b"retry-after", str(max(1, round(error.retry_after_s + 0.49))).encode()))
+            if status != 499:
+                await _send(send, status, _error_body(error.message), headers)
+        except Exception:
+            log.exception("gateway error on %s %s", scope["method"], scope["path"])
+            await _send(send, 500, _error_body("internal error in the gateway; see its log"), reply_headers)
+        finally:
+            if labels[1]:
+                metrics.observe(labels, status, time.perf_counter() - started)
+
+    async def _route(
+        self, scope: Scope, receive: Receive, send: Send, request_id: bytes, reply_headers: list[tuple[bytes, bytes]]
+    ) -> tuple[int, tuple[str, str, str]]:
+        parts = scope["path"].rstrip("/").split("/")[2:]  # after "", "v2"
         method = scope["method"]
-        routes: dict[str, dict[str, Any]] = {
-            "/v2": {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []},
-            "/v2/health/live": {"live": True},
-            "/v2/health/ready": {"ready": True},
-        }
-        if path in routes:
-            if method not in ("GET", "HEAD"):
-                await _reply(send, 405, {"error": f"{method} is not allowed on {path}; use GET"}, [(b"allow", b"GET")])
-                return
-            await _reply(send, 200, routes[path])
-            return
-        await _reply(send, 404, {"error": f"no route {method} {scope['path']}; see GET /v2 for the server's protocol"})
+        gateway = self.gateway()
+        no_labels = ("", "", "")
+        if len(parts) <= 2 and parts[:1] != ["models"] and parts[:1] != ["repository"]:
+            answer = self._server_route(parts)
+            if answer is None:
+                raise GatewayError(404, f"no route {method} {scope['path']}; see GET /v2 for the server's protocol")
+            _require(method, "GET", scope)
+            if parts == ["health", "ready"]:
+                snapshot = await gateway.routes()
+                if time.monotonic() - snapshot.loaded_at > 10 * gateway.settings.refresh_s + 5:
+                    raise GatewayError(
+                        503, "the gateway's routing table is stale: the database is unreachable", retry_after_s=1
+                    )
+            await _send(send, 200, orjson.dumps(answer), reply_headers)
+            return 200, no_labels
+        if parts == ["repository", "index"]:
+            _require(method, "POST", scope)
+            tenant = await gateway.tenant_of(scope)
+            body = await _read_body(receive, 65536)
+            only_ready = bool(orjson.loads(body).get("ready")) if body.strip() else False
+            index = []
+            for model in sorted(tenant.models.values(), key=lambda m: m.name):
+                for version in sorted(model.versions.values(), key=lambda v: v.number):
+                    state, reason = _repository_state(model, version)
+                    if only_ready and state != "READY":
+                        continue
+                    index.append({"name": model.name, "version": str(version.number), "state": state, "reason": reason})
+            await _send(send, 200, orjson.dumps(index), reply_headers)
+            return 200, no_labels
+        if len(parts) < 2 or parts[0] != "models":
+            raise GatewayError(404, f"no route {method} {scope['path']}; see GET /v2 for the server's protocol")
+        name, rest = parts[1], parts[2:]
+        version_text: str | None = None
+        if rest[:1] == ["versions"] and len(rest) >= 2:
+            version_text, rest = rest[1], rest[2:]
+        if rest not in ([], ["ready"], ["infer"]):
+            raise GatewayError(404, f"no route {method} {scope['path']}; see GET /v2 for the server's protocol")
+        tenant = await gateway.tenant_of(scope)
+        model = gateway.model_of(tenant, name)
+        if rest == []:
+            _require(method, "GET", scope)
+            version = gateway.version_of(model, version_text)
+            await _send(send, 200, orjson.dumps(_version_metadata(model, version)), reply_headers)
+            return 200, no_labels
+        if rest == ["ready"]:
+            _require(method, "GET", scope)
+            if version_text is None:
+                ready = any(model.versions[v].replicas for v, _ in model.traffic if v in model.versions)
+            else:
+                ready = bool(gateway.version_of(model, version_text).replicas)
+            if not ready:
+                raise GatewayError(503, f"model '{name}' has no ready replica now; an infer request will load one")
+            await _send(send, 200, b'{"ready":true}', reply_headers)
+            return 200, no_labels
+        _require(method, "POST", scope)
+        return await self._infer(gateway, tenant, model, version_text, scope, receive, send, request_id, reply_headers)
+
+    async def _infer(
+        self,
+        gateway: Gateway,
+        tenant: TenantRoute,
+        model: ModelRoute,
+        version_text: str | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: bytes,
+        reply_headers: list[tuple[bytes, bytes]],
+    ) -> tuple[int, tuple[str, str, str]]:
+        version = (
+            gateway.version_of(model, version_text) if version_text is not None else gateway.pick_version(tenant, model)
+        )
+        labels = (tenant.slug, model.name, str(version.number))
+        limit = gateway.settings.max_body_bytes
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _Labelled(
+                GatewayError(
+                    413,
+                    f"the body has {int(declared)} bytes; the gateway takes at most {limit} "
+                    "(BERTH_GATEWAY_MAX_BODY_MB)",
+                ),
+                labels,
+            )
+        try:
+            ticket = await gateway.admission.acquire(tenant.slug, tenant.limits)
+        except AdmissionRefused as refused:
+            raise _Labelled(GatewayError(429, refused.message, retry_after_s=refused.retry_after_s), labels) from None
+        except AdmissionUnavailable as down:
+            raise _Labelled(GatewayError(503, str(down), retry_after_s=1), labels) from None
+        try:
+            body = await _read_body(receive, limit)
+            headers = [
+                (b"content-type", _header(scope, b"content-type") or b"application/json"),
+                (REQUEST_ID, request_id),
+            ]
+            header_length = _header(scope, HEADER_LENGTH)
+            if header_length is not None:
+                headers.append((HEADER_LENGTH, header_length))
+            gateway.note_served(model)
+            response = await gateway.forward(tenant, model, version, body=body, headers=headers)
+        except GatewayError as error:
+            raise _Labelled(error, labels) from None
+        finally:
+            try:
+                await gateway.admission.release(ticket)
+            except AdmissionUnavailable:  # the slot expires by itself; the answer still goes out
+                log.warning("could not release an admission slot of tenant %s", tenant.slug, exc_info=True)
+        content_type = b"application/json"
+        passed = list(reply_headers)
+        for header, value in response.headers:
+            if header == b"content-type":
+                content_type = value
+            else:
+                passed.append((header, value))
+        await _send(send, response.status, response.body, passed, content_type=content_type)
+        return response.status, labels
+
+    @staticmethod
+    def _server_route(parts: list[str]) -> dict[str, Any] | None:
+        if parts == []:
+            return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
+        if parts == ["health", "live"]:
+            return {"live": True}
+        if parts == ["health", "ready"]:
+            return {"ready": True}
+        return None
+
+
+class _Labelled(GatewayError):
+    """A GatewayError that knows which (tenant, model, version) it counts against."""
+
+    def __init__(self, error: GatewayError, labels: tuple[str, str, str]) -> None:
+        super().__init__(error.status, error.message, retry_after_s=error.retry_after_s)
+        self.labels = labels
+
+
+def _require(method: str, allowed: str, scope: Scope) -> None:
+    if method != allowed:
+        raise GatewayError(405, f"{method} is not allowed on {scope['path']}; use {allowed}")

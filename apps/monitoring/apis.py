@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import hmac
+from typing import Any
+
 from django.conf import settings
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.request import Request
+from rest_framework.views import APIView
 
 from apps.monitoring.selectors import broker_health, database_health
+from apps.tenants.authentication import ApiKeyAuthentication, StaffBasicAuthentication
+from control_plane.errors import PermissionDeniedError
 
 
 @require_GET
@@ -23,3 +32,29 @@ def healthz(request: HttpRequest) -> JsonResponse:
         return JsonResponse(body, status=503)
     body["status"] = "ok"
     return JsonResponse(body)
+
+
+class PrometheusMetricsApi(APIView):
+    """``GET /metrics``: Prometheus text for the platform's operators.
+
+    Staff (session or HTTP Basic) or the holder of ``BERTH_METRICS_TOKEN`` (Bearer) may read
+    it; a tenant's API key may not: the figures name every tenant and model.
+    """
+
+    authentication_classes = [SessionAuthentication, StaffBasicAuthentication, ApiKeyAuthentication]
+    permission_classes: list[type] = []
+    schema = None  # for Prometheus, not part of the REST API's schema
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        token = settings.BERTH_METRICS_TOKEN
+        presented = request._request.headers.get("Authorization", "")
+        self.token_ok = bool(token) and hmac.compare_digest(presented.encode(), f"Bearer {token}".encode())
+        if self.token_ok:
+            self.authentication_classes = []
+        super().initial(request, *args, **kwargs)
+
+    def get(self, request: Request) -> HttpResponse:
+        user = request.user
+        if not self.token_ok and not (user is not None and user.is_authenticated and user.is_staff):
+            raise PermissionDeniedError("/metrics is for platform staff or the metrics token (BERTH_METRICS_TOKEN)")
+        return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)

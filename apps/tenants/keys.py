@@ -81,26 +81,19 @@ def _principal(row: ApiKey) -> ApiKeyPrincipal:
     )
 
 
-def api_key_authenticate(*, raw: str, now: datetime | None = None) -> ApiKeyPrincipal:
-    """Checks a presented API key and returns who it is.
+def api_key_lookup(*, digest: str) -> ApiKeyPrincipal | None:
+    """The key stored under ``digest`` (read from the database, never from a cache)."""
+    row = ApiKey.objects.select_related("tenant").filter(key_hash=digest).first()
+    return _principal(row) if row is not None else None
+
+
+def api_key_check(*, principal: ApiKeyPrincipal, now: datetime) -> None:
+    """Refuses a revoked or expired key, or one of a deactivated tenant.
 
     Raises:
-        ApiKeyRefused: Unknown, malformed, revoked or expired key (401).
+        ApiKeyRefused: Revoked or expired key (401).
         PermissionDeniedError: The key's tenant is deactivated (403).
     """
-    now = now or timezone.now()
-    if len(raw) > MAX_KEY_LENGTH:
-        raise ApiKeyRefused("invalid API key: it is longer than any key Berth issues")
-    digest = key_digest(raw)
-    cache_key = _cache_key(digest)
-    cached = cache.get(cache_key)
-    if cached is None:
-        row = ApiKey.objects.select_related("tenant").filter(key_hash=digest).first()
-        cached = _principal(row) if row is not None else _NO_SUCH_KEY
-        cache.set(cache_key, cached, timeout=settings.BERTH_API_KEY_CACHE_S)
-    if not isinstance(cached, ApiKeyPrincipal):
-        raise ApiKeyRefused("invalid API key: check that you copied the whole key (brt_…)")
-    principal = cached
     if principal.revoked_at is not None:
         raise ApiKeyRefused(f"API key brt_{principal.prefix} was revoked; create a new key")
     if principal.expires_at is not None and principal.expires_at <= now:
@@ -110,6 +103,36 @@ def api_key_authenticate(*, raw: str, now: datetime | None = None) -> ApiKeyPrin
             f"tenant '{principal.tenant_slug}' is deactivated; its API keys are refused until platform staff "
             "reactivate it"
         )
-    if cache.add(f"{_USED_PREFIX}{principal.key_id}", 1, timeout=LAST_USED_RESOLUTION_S):
-        ApiKey.objects.filter(pk=principal.key_id).update(last_used_at=now)
-    return principal
+
+
+def api_key_touch(*, key_id: int, now: datetime) -> None:
+    """Records a use of the key (``last_used_at``), at most once a minute per cache."""
+    if cache.add(f"{_USED_PREFIX}{key_id}", 1, timeout=LAST_USED_RESOLUTION_S):
+        ApiKey.objects.filter(pk=key_id).update(last_used_at=now)
+
+
+UNKNOWN_KEY_MESSAGE = "invalid API key: check that you copied the whole key (brt_…)"
+TOO_LONG_MESSAGE = "invalid API key: it is longer than any key Berth issues"
+
+
+def api_key_authenticate(*, raw: str, now: datetime | None = None) -> ApiKeyPrincipal:
+    """Checks a presented API key and returns who it is.
+
+    Raises:
+        ApiKeyRefused: Unknown, malformed, revoked or expired key (401).
+        PermissionDeniedError: The key's tenant is deactivated (403).
+    """
+    now = now or timezone.now()
+    if len(raw) > MAX_KEY_LENGTH:
+        raise ApiKeyRefused(TOO_LONG_MESSAGE)
+    digest = key_digest(raw)
+    cache_key = _cache_key(digest)
+    cached = cache.get(cache_key)
+    if cached is None:
+        cached = api_key_lookup(digest=digest) or _NO_SUCH_KEY
+        cache.set(cache_key, cached, timeout=settings.BERTH_API_KEY_CACHE_S)
+    if not isinstance(cached, ApiKeyPrincipal):
+        raise ApiKeyRefused(UNKNOWN_KEY_MESSAGE)
+    api_key_check(principal=cached, now=now)
+    api_key_touch(key_id=cached.key_id, now=now)
+    return cached

@@ -166,6 +166,18 @@ CELERY_BEAT_SCHEDULE = {
 # 1.5 s leaves room for a check that read the row just before a revoke committed.
 BERTH_API_KEY_CACHE_S = min(env.float("BERTH_API_KEY_CACHE_S", default=1.5), 2.0)
 
+# The gateway (/v2). The worker token is the secret every worker checks (inference_workers.tokens).
+BERTH_WORKER_TOKEN = env.str("BERTH_WORKER_TOKEN", default="")
+BERTH_GATEWAY_MAX_BODY_MB = env.int("BERTH_GATEWAY_MAX_BODY_MB", default=64)
+BERTH_GATEWAY_TIMEOUT_S = env.float("BERTH_GATEWAY_TIMEOUT_S", default=30.0)
+BERTH_GATEWAY_COLD_START_S = env.float("BERTH_GATEWAY_COLD_START_S", default=30.0)
+# How often the routing table is re-read (a new replica, a traffic change or a revoked key
+# reaches the gateway within this, at most 2 s for keys).
+BERTH_GATEWAY_REFRESH_S = env.float("BERTH_GATEWAY_REFRESH_S", default=0.5)
+# Prometheus scrapes /metrics with this bearer token (or as a signed-in staff user); unset, staff only.
+BERTH_METRICS_TOKEN = env.str("BERTH_METRICS_TOKEN", default="")
+REDIS_URL = env.str("REDIS_URL", default="")
+
 # A worker that has missed this many heartbeats is taken for dead.
 BERTH_HEARTBEAT_INTERVAL_S = env.float("BERTH_HEARTBEAT_INTERVAL_S", default=2.0)
 BERTH_HEARTBEATS_MISSED_FOR_DEAD = 3

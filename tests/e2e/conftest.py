@@ -92,8 +92,9 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> int:
         raise AssertionError("the runner did not stop within the timeout after SIGTERM") from None
 
 
-@pytest.fixture
-def platform(tmp_path: Path) -> Iterator[Platform]:
+@contextlib.contextmanager
+def boot_platform(tmp_path: Path, **extra_env: str) -> Iterator[Platform]:
+    """Runs ``python -m control_plane.launcher`` on a free port and a fresh data dir (and database)."""
     with _database_url() as database_url:
         port = free_port()
         worker_id = f"e2e-{uuid.uuid4().hex[:8]}"
@@ -106,6 +107,9 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
             # Heartbeats every second: a silent worker is dead after 3 s.
             "BERTH_WORKER_HEARTBEAT_S": "1",
             "BERTH_HEARTBEAT_INTERVAL_S": "1",
+            # Tests that need the demo deployed deploy it themselves.
+            "BERTH_SEED_DEMO_DEPLOY": "0",
+            **extra_env,
         }
         env = subprocess_env(**overrides)
         env.pop("DATABASE_URL", None)
@@ -133,3 +137,9 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
             for child in leftovers:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     child.kill()
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[Platform]:
+    with boot_platform(tmp_path) as running:
+        yield running

@@ -132,3 +132,67 @@ def test_a_second_pass_waits_while_one_holds_the_lock(deployment):
     assert reconcile_once() is None
     cache.delete(LOCK_KEY)
     assert reconcile_once() is not None
+
+
+def test_an_idle_deployment_scales_to_zero_and_a_cold_start_brings_it_back(deployment):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.gateway.services import deployment_cold_start
+
+    WorkerFactory.create(worker_id="w1")
+    WorkerFactory.create(worker_id="w2")
+    deployment.scale_to_zero_after_s = 60
+    deployment.last_request_at = timezone.now() - timedelta(seconds=30)
+    deployment.save()
+    assert run().loads == 2
+    deployment.last_request_at = timezone.now() - timedelta(seconds=61)
+    deployment.save()
+    assert run().unloads == 2
+    assert not Replica.objects.exists()
+    assert deployment_cold_start(deployment_id=deployment.pk)
+    assert run().loads == 2
+
+
+def test_a_replica_a_gateway_cannot_reach_marks_its_silent_worker_dead_at_once(deployment):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.gateway.services import replica_mark_suspect
+
+    deployment.min_replicas = 1
+    deployment.save()
+    silent = WorkerFactory.create(worker_id="w1", last_heartbeat_at=timezone.now() - timedelta(seconds=10))
+    WorkerFactory.create(worker_id="w2")
+    run()
+    replica = Replica.objects.get()
+    replica.worker = silent
+    replica.state = Replica.State.READY
+    replica.save()
+    run()
+    assert Worker.objects.get(worker_id="w1").state == Worker.State.READY  # silence alone waits for 3 beats
+    replica_mark_suspect(replica_id=replica.pk)
+    run()
+    assert Worker.objects.get(worker_id="w1").state == Worker.State.DEAD
+    replica.refresh_from_db()
+    assert replica.worker is not None and replica.worker.worker_id == "w2"
+
+
+def test_a_suspect_replica_on_a_worker_still_beating_stays(deployment):
+    from apps.gateway.services import replica_mark_suspect
+
+    deployment.min_replicas = 1
+    deployment.save()
+    WorkerFactory.create(worker_id="w1")
+    run()
+    replica = Replica.objects.get()
+    replica_mark_suspect(replica_id=replica.pk)
+    worker = Worker.objects.get(worker_id="w1")
+    from django.utils import timezone
+
+    worker.last_heartbeat_at = timezone.now()
+    worker.save()
+    run()
+    assert Worker.objects.get(worker_id="w1").state == Worker.State.READY

@@ -1,0 +1,663 @@
+"""Benchmark of the full inference path: client → gateway (/v2, tenant API key) → worker.
+
+Boots the platform the way ``make run`` does (``python -m control_plane.launcher``, embedded
+defaults, a temporary data dir, a free port on 127.0.0.1), deploys the reference MLP
+(FP32 [batch, 256] → 1024 → 1024 → 10) and prints, in one run, side by side:
+
+1. direct in-process onnxruntime, batch 1 (the floor);
+2. the worker alone (its data plane, with the worker token), c=1 and c=16, JSON and binary;
+3. the full path through the gateway with a tenant API key, c=1 and c=16, JSON and binary;
+4. CPU time per request of the web (uvicorn) process and of the worker process during the
+   full-path c=16 runs;
+5. a mixed load: tenants A and B at a steady load, alone and then beside tenant C, which
+   hammers past its rate limit (mostly 429s); A's and B's p99 alone vs with C;
+
+then the measured figures against the issue's targets. It asserts nothing.
+
+    .venv/bin/python -m bench.gateway [--seconds 5] [--mixed-seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+
+import aiohttp
+import httpx
+import numpy as np
+import psutil
+
+from bench.common import REPO_ROOT, Result, run_load, summary, time_direct, v2_binary_body, v2_json_body
+
+T = TypeVar("T")
+
+ADMIN_PASSWORD = "bench-admin-password-1"
+MODEL = "mlp"
+BENCH_TENANT = "bench"
+MIXED_TENANTS = ("mixed-a", "mixed-b", "mixed-c")
+BATCHING = {"max_batch_size": 32, "max_queue_delay_us": 0}
+UNLIMITED = {"requests_per_second": 10_000_000, "max_concurrent_requests": 100_000}
+# Tenant C: a rate limit it runs far past; its concurrency limit stays out of the way so
+# every refusal is the rate limit's.
+LIMITED = {"requests_per_second": 200, "max_concurrent_requests": 100_000}
+STEADY_CONCURRENCY = 4
+HAMMER_CONCURRENCY = 16
+
+# The issue's figures, measured on this machine class with the same load.
+MLSERVER_C1_P50_MS = 0.59
+TARGET_C16_RPS = 3350.0
+TORCHSERVE_C16_RPS = 2685.0
+TARGET_C16_P99_MS = 10.0
+TARGET_MIXED_P99_RISE_PCT = 20.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    """User + system CPU seconds of a process and its live descendants."""
+    total = 0.0
+    try:
+        family = [process, *process.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return total
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = member.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+@dataclass
+class Platform:
+    """The platform as ``make run`` starts it, on a free port and a temporary data dir."""
+
+    data_dir: Path
+    port: int
+    worker_id: str
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.data_dir / "platform.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        # Embedded defaults: SQLite, the file broker, in-process admission.
+        for name in ("DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "BERTH_WORKER_TOKEN", "BERTH_PUBLIC_URL"):
+            env.pop(name, None)
+        env.update(
+            BERTH_DATA_DIR=str(self.data_dir / "var"),
+            BERTH_HOST="127.0.0.1",
+            BERTH_PORT=str(self.port),
+            BERTH_ADMIN_PASSWORD=ADMIN_PASSWORD,
+            BERTH_WORKER_ID=self.worker_id,
+            BERTH_SEED_DEMO_DEPLOY="0",
+            BERTH_LOG_LEVEL="WARNING",
+            DJANGO_SETTINGS_MODULE="control_plane.settings.base",
+            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")])),
+            PYTHONUNBUFFERED="1",
+        )
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "control_plane.launcher"],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def descendants(self) -> list[psutil.Process]:
+        if self.process is None:
+            return []
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def find(self, needle: str) -> psutil.Process:
+        """The top-most descendant whose command line names ``needle`` (a Python process, not a shell)."""
+        for child in self.descendants():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                cmdline = child.cmdline()
+                if any(needle in part for part in cmdline) and "python" in Path(cmdline[0]).name:
+                    return child
+        raise RuntimeError(f"no platform process runs {needle!r}")
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, auth=("admin", ADMIN_PASSWORD), timeout=30)
+
+    def wait_healthy(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.25)
+        raise RuntimeError(f"/healthz not healthy within {timeout:.0f}s:\n{self.log_tail()}")
+
+    def wait_worker(self, timeout: float = 180) -> dict[str, Any]:
+        """The worker's row in ``/api/v1/workers/`` once it is ready."""
+        deadline = time.monotonic() + timeout
+        with self.admin() as admin:
+            while time.monotonic() < deadline:
+                self._check_alive()
+                for worker in admin.get("/api/v1/workers/").json():
+                    if worker["worker_id"] == self.worker_id and worker["state"] == "ready":
+                        return dict(worker)
+                time.sleep(0.25)
+        raise RuntimeError(f"the worker {self.worker_id} never registered:\n{self.log_tail()}")
+
+    def worker_token(self) -> str:
+        return (self.data_dir / "var" / "worker-token").read_text().strip()
+
+    def _check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"the platform exited with {self.process.returncode}:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM the launcher and wait; SIGKILL its process group if it hangs."""
+        if self.process is None:
+            return
+        leftovers = self.descendants()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                print(f"the platform did not stop within {timeout:.0f}s of SIGTERM; killing it", file=sys.stderr)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        for child in leftovers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+
+
+@contextlib.contextmanager
+def booted_platform() -> Iterator[Platform]:
+    """Boots the platform; stops it and removes its data dir on the way out, even on error."""
+    folder = Path(tempfile.mkdtemp(prefix="berth-bench-gateway-"))
+    platform = Platform(data_dir=folder, port=_free_port(), worker_id=f"bench-gw-{os.getpid()}")
+    failed = True
+    try:
+        platform.start()
+        yield platform
+        failed = False
+    finally:
+        platform.stop()
+        if failed:
+            print(f"platform log kept at {platform.log_path}", file=sys.stderr)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _expect(response: httpx.Response, *codes: int) -> httpx.Response:
+    if response.status_code not in codes:
+        raise RuntimeError(
+            f"{response.request.method} {response.request.url} → {response.status_code}: {response.text}"
+        )
+    return response
+
+
+def tenant_create(platform: Platform, slug: str, *, quota: dict[str, int]) -> str:
+    """A tenant with ``quota`` and an infer-scoped API key; returns the key."""
+    with platform.admin() as admin:
+        _expect(admin.post("/api/v1/tenants/", json={"slug": slug, "name": slug}), 201)
+        _expect(admin.patch(f"/api/v1/tenants/{slug}/quota/", json=quota), 200)
+        created = _expect(
+            admin.post(f"/api/v1/tenants/{slug}/api-keys/", json={"name": "bench", "scopes": ["infer"]}), 201
+        )
+    return str(created.json()["key"])
+
+
+def model_deploy(platform: Platform, slug: str, artifact: Path) -> None:
+    """Uploads ``artifact`` as version 1 of the tenant's ``mlp`` and deploys it with ``BATCHING``."""
+    base = f"/api/v1/tenants/{slug}/models/{MODEL}"
+    with platform.admin() as admin:
+        files = {"file": (artifact.name, artifact.read_bytes())}
+        _expect(admin.post(f"{base}/versions/", files=files, timeout=120), 202)
+        deadline = time.monotonic() + 180
+        while (status := _expect(admin.get(f"{base}/versions/1/"), 200).json()["status"]) in ("uploaded", "validating"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{slug}/{MODEL} still {status} after 180 s")
+            time.sleep(0.3)
+        if status != "ready":
+            raise RuntimeError(f"{slug}/{MODEL} failed validation: {admin.get(f'{base}/versions/1/').text}")
+        _expect(admin.put(f"{base}/deployment/", json={"traffic": {"1": 100}, "batching": BATCHING}), 200)
+
+
+def wait_ready(platform: Platform, key: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    url = f"{platform.base_url}/v2/models/{MODEL}/ready"
+    while httpx.get(url, headers={"Authorization": f"Bearer {key}"}).status_code != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{MODEL} never became ready through the gateway:\n{platform.log_tail()}")
+        time.sleep(0.3)
+
+
+def gateway_requests(platform: Platform, tenant: str) -> float:
+    """``berth_gateway_requests_total`` for ``tenant``, every status summed."""
+    with platform.admin() as admin:
+        text = _expect(admin.get("/metrics"), 200).text
+    label = f'tenant="{tenant}"'
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("berth_gateway_requests_total{") and label in line
+    )
+
+
+@dataclass
+class CpuPerRequest:
+    """CPU microseconds per request of the web and worker processes over one run."""
+
+    name: str
+    requests: float
+    web_s: float
+    worker_s: float
+    counted_by: str
+
+    def row(self) -> str:
+        per = max(self.requests, 1)
+        return (
+            f"{self.name:<34} {self.requests:8.0f} requests  web {self.web_s * 1e6 / per:7.1f} µs/req  "
+            f"worker {self.worker_s * 1e6 / per:7.1f} µs/req  (requests counted by {self.counted_by})"
+        )
+
+
+def measured_full_path(
+    platform: Platform, name: str, url: str, body: bytes, *, headers: dict[str, str], seconds: float
+) -> tuple[Result, CpuPerRequest]:
+    """A full-path c=16 run with the CPU the web and worker processes spent on it.
+
+    Requests are counted by the gateway's own counter (warm-up included, as the CPU is);
+    the load's count is the fallback when the counter cannot be read.
+    """
+    web, worker = platform.find("uvicorn"), platform.find("inference_workers")
+    try:
+        before: float | None = gateway_requests(platform, BENCH_TENANT)
+    except (httpx.HTTPError, RuntimeError, ValueError):
+        before = None
+    web_0, worker_0 = _cpu_seconds(web), _cpu_seconds(worker)
+    result = run_load(name, url, body, headers=headers, concurrency=HAMMER_CONCURRENCY, seconds=seconds)
+    web_s, worker_s = _cpu_seconds(web) - web_0, _cpu_seconds(worker) - worker_0
+    counted_by = "the gateway's counter"
+    requests = 0.0
+    if before is not None:
+        with contextlib.suppress(httpx.HTTPError, RuntimeError, ValueError):
+            requests = gateway_requests(platform, BENCH_TENANT) - before
+    if not requests:
+        done = result.count if result.count is not None else len(result.latencies)
+        requests, counted_by = float(done + result.errors), "the load (warm-up left out)"
+    return result, CpuPerRequest(name, requests, web_s, worker_s, counted_by)
+
+
+def direct_floor(artifact: Path, one: np.ndarray, *, seconds: float) -> Result:
+    """In-process onnxruntime at batch 1; the session (and its threads) ends with the call."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+    return time_direct("direct onnxruntime (MLP)", lambda: session.run(None, {"input": one}), seconds=seconds)
+
+
+# --- the mixed load ------------------------------------------------------------------
+
+
+@dataclass
+class LoadSpec:
+    """One tenant's closed-loop load."""
+
+    name: str
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    concurrency: int
+
+
+@dataclass
+class Tally:
+    """What one load saw: latencies (s) of its 200s and a count per status (0: no answer)."""
+
+    name: str
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    warmup_answers: int = 0
+    client_cpu_s: float = 0.0
+
+    def p99_ms(self) -> float:
+        return float(np.percentile(self.latencies, 99) * 1000) if self.latencies else float("nan")
+
+    def rps(self, seconds: float) -> float:
+        return len(self.latencies) / seconds if seconds else 0.0
+
+    def p50_ms(self) -> float:
+        return float(np.percentile(self.latencies, 50) * 1000) if self.latencies else float("nan")
+
+
+async def _closed_loop(spec: LoadSpec, *, begin: float, record_from: float, stop: float) -> Tally:
+    """``spec.concurrency`` clients, each sending its next request when answered, from
+    ``begin`` to ``stop`` (``time.monotonic``, one clock for every process on Linux);
+    requests sent before ``record_from`` warm up and are not counted."""
+    tally = Tally(spec.name)
+    await asyncio.sleep(max(0.0, begin - time.monotonic()))
+    connector = aiohttp.TCPConnector(limit=spec.concurrency)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def user() -> None:
+            while (t0 := time.monotonic()) < stop:
+                try:
+                    async with session.post(spec.url, data=spec.body, headers=spec.headers) as response:
+                        await response.read()
+                        status = response.status
+                except (aiohttp.ClientError, TimeoutError):
+                    status = 0
+                if t0 < record_from:
+                    tally.warmup_answers += 1
+                    continue
+                tally.statuses[status] += 1
+                if status == 200:
+                    tally.latencies.append(time.monotonic() - t0)
+
+        await asyncio.gather(*(user() for _ in range(spec.concurrency)))
+    return tally
+
+
+async def _together(specs: list[LoadSpec], *, begin: float, record_from: float, stop: float) -> list[Tally]:
+    return list(
+        await asyncio.gather(*(_closed_loop(s, begin=begin, record_from=record_from, stop=stop) for s in specs))
+    )
+
+
+def _event_loop_run(coroutine: Coroutine[Any, Any, T]) -> T:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+def _hammer(spec: LoadSpec, start: float, stop: float, answers: Any) -> None:
+    """Runs in its own process, so the hammering client does not stall A's and B's event loop."""
+    cpu_0 = time.process_time()
+    tally = _event_loop_run(_closed_loop(spec, begin=start, record_from=start, stop=stop))
+    tally.client_cpu_s = time.process_time() - cpu_0
+    answers.put(tally)
+
+
+def mixed_run(
+    steady: list[LoadSpec], hammer: LoadSpec | None, *, web: psutil.Process, seconds: float, warmup: float = 1.0
+) -> tuple[list[Tally], float]:
+    """The steady loads for ``seconds`` after a warm-up, with ``hammer`` beside them when given.
+
+    Returns each load's tally and the CPU seconds the web process spent meanwhile.
+    """
+    context = multiprocessing.get_context("spawn")
+    answers = context.Queue()
+    # Time for the hammer's process to start and import before the measured window opens.
+    lead = max(warmup, 3.0 if hammer else 0.0)
+    start = time.monotonic() + lead
+    stop = start + seconds
+    child = None
+    if hammer is not None:
+        child = context.Process(target=_hammer, args=(hammer, start, stop, answers), daemon=True)
+        child.start()
+    try:
+        web_0 = _cpu_seconds(web)
+        tallies = _event_loop_run(_together(steady, begin=start - warmup, record_from=start, stop=stop))
+        web_s = _cpu_seconds(web) - web_0
+        if child is not None:
+            tallies.append(answers.get(timeout=120))
+    finally:
+        if child is not None:
+            child.join(timeout=30)
+            if child.is_alive():
+                child.kill()
+    return tallies, web_s
+
+
+# --- printing ------------------------------------------------------------------------
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "n/a"
+
+
+def _statuses(tally: Tally) -> str:
+    return ", ".join(f"{code or 'no answer'}: {count}" for code, count in sorted(tally.statuses.items()))
+
+
+def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="each single load run")
+    parser.add_argument("--mixed-seconds", type=float, default=60.0, help="each half of the mixed load")
+    args = parser.parse_args()
+    # A SIGTERM to the bench unwinds through the platform's shutdown too.
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+
+    import torch
+
+    from bench.worker import export
+    from tests.inference_workers.models import Mlp
+
+    one = np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)
+    json_body = v2_json_body(one)
+    binary_body, binary_headers = v2_binary_body(one)
+    json_headers = {"Content-Type": "application/json"}
+
+    with booted_platform() as platform:
+        print(f"booting the platform on {platform.base_url} …", flush=True)
+        # The export runs while the platform boots; nothing is timed yet.
+        artifact = export(Mlp(), torch.zeros(2, 256), platform.data_dir / "mlp.onnx")
+        platform.wait_healthy()
+        worker_row = platform.wait_worker()
+        print("deploying the MLP for four tenants …", flush=True)
+        key = tenant_create(platform, BENCH_TENANT, quota=UNLIMITED)
+        mixed_keys = {
+            slug: tenant_create(platform, slug, quota=LIMITED if slug == MIXED_TENANTS[2] else UNLIMITED)
+            for slug in MIXED_TENANTS
+        }
+        for slug in (BENCH_TENANT, *MIXED_TENANTS):
+            model_deploy(platform, slug, artifact)
+        for tenant_key in (key, *mixed_keys.values()):
+            wait_ready(platform, tenant_key)
+        time.sleep(1.0)  # the gateway's routing table holds the quotas too
+
+        results: list[Result] = []
+        direct = direct_floor(artifact, one, seconds=max(args.seconds, 1.0))
+        results.append(direct)
+
+        print("worker alone …", flush=True)
+        worker_url = f"{worker_row['dataplane_url'].rstrip('/')}/v2/models/{BENCH_TENANT}.{MODEL}/infer"
+        worker_auth = {"Authorization": f"Bearer {platform.worker_token()}"}
+        w_c1 = run_load(
+            "worker alone (JSON)",
+            worker_url,
+            json_body,
+            headers={**worker_auth, **json_headers},
+            concurrency=1,
+            seconds=args.seconds,
+        )
+        w_c16 = run_load(
+            "worker alone (JSON)",
+            worker_url,
+            json_body,
+            headers={**worker_auth, **json_headers},
+            concurrency=16,
+            seconds=args.seconds,
+        )
+        wb_c1 = run_load(
+            "worker alone (binary)",
+            worker_url,
+            binary_body,
+            headers={**worker_auth, **binary_headers},
+            concurrency=1,
+            seconds=args.seconds,
+        )
+        wb_c16 = run_load(
+            "worker alone (binary)",
+            worker_url,
+            binary_body,
+            headers={**worker_auth, **binary_headers},
+            concurrency=16,
+            seconds=args.seconds,
+        )
+        results += [w_c1, w_c16, wb_c1, wb_c16]
+
+        print("full path: client → gateway → worker …", flush=True)
+        gateway_url = f"{platform.base_url}/v2/models/{MODEL}/infer"
+        tenant_auth = {"Authorization": f"Bearer {key}"}
+        g_c1 = run_load(
+            "gateway → worker (JSON)",
+            gateway_url,
+            json_body,
+            headers={**tenant_auth, **json_headers},
+            concurrency=1,
+            seconds=args.seconds,
+        )
+        g_c16, g_cpu = measured_full_path(
+            platform,
+            "gateway → worker (JSON)",
+            gateway_url,
+            json_body,
+            headers={**tenant_auth, **json_headers},
+            seconds=args.seconds,
+        )
+        gb_c1 = run_load(
+            "gateway → worker (binary)",
+            gateway_url,
+            binary_body,
+            headers={**tenant_auth, **binary_headers},
+            concurrency=1,
+            seconds=args.seconds,
+        )
+        gb_c16, gb_cpu = measured_full_path(
+            platform,
+            "gateway → worker (binary)",
+            gateway_url,
+            binary_body,
+            headers={**tenant_auth, **binary_headers},
+            seconds=args.seconds,
+        )
+        results += [g_c1, g_c16, gb_c1, gb_c16]
+
+        def spec(slug: str, concurrency: int) -> LoadSpec:
+            headers = {"Authorization": f"Bearer {mixed_keys[slug]}", **json_headers}
+            return LoadSpec(slug, gateway_url, json_body, headers, concurrency)
+
+        steady = [spec(MIXED_TENANTS[0], STEADY_CONCURRENCY), spec(MIXED_TENANTS[1], STEADY_CONCURRENCY)]
+        hammer = spec(MIXED_TENANTS[2], HAMMER_CONCURRENCY)
+        print(f"mixed load: A+B alone for {args.mixed_seconds:.0f} s …", flush=True)
+        web = platform.find("uvicorn")
+        alone, web_alone_s = mixed_run(steady, None, web=web, seconds=args.mixed_seconds)
+        print(f"mixed load: A+B beside C for {args.mixed_seconds:.0f} s …", flush=True)
+        beside, web_beside_s = mixed_run(steady, hammer, web=web, seconds=args.mixed_seconds)
+
+    print()
+    print("== latency and throughput (batch-1 requests, MLP) ==")
+    summary(results)
+    print()
+    print("== CPU per request during the full-path c=16 runs (psutil user+system, raw) ==")
+    print(g_cpu.row())
+    print(gb_cpu.row())
+    print()
+    print(
+        f"== mixed load: A and B at c={STEADY_CONCURRENCY} each (JSON), C at c={HAMMER_CONCURRENCY} against "
+        f"a limit of {LIMITED['requests_per_second']} req/s; {args.mixed_seconds:.0f} s each =="
+    )
+    rises = []
+    for before, after in zip(alone, beside, strict=False):
+        rise = (after.p99_ms() / before.p99_ms() - 1) * 100
+        rises.append(rise)
+        print(
+            f"{before.name:<10} p99 alone {before.p99_ms():7.3f} ms  with C {after.p99_ms():7.3f} ms  "
+            f"rise {rise:+6.1f} % (target <= {TARGET_MIXED_P99_RISE_PCT:.0f} %)   "
+            f"p50 {before.p50_ms():.3f} → {after.p50_ms():.3f} ms   "
+            f"req/s {before.rps(args.mixed_seconds):.0f} → {after.rps(args.mixed_seconds):.0f}   "
+            f"statuses alone [{_statuses(before)}] with C [{_statuses(after)}]"
+        )
+    c = beside[-1]
+    print(
+        f"{c.name:<10} 200: {c.statuses[200]}  429: {c.statuses[429]}  "
+        f"({c.statuses[200] / args.mixed_seconds:.0f} req/s admitted, "
+        f"{c.statuses[429] / args.mixed_seconds:.0f} req/s refused)   all [{_statuses(c)}]"
+    )
+    answered_alone = sum(t.statuses.total() + t.warmup_answers for t in alone)
+    answered_beside = sum(t.statuses.total() + t.warmup_answers for t in beside)
+    print(
+        f"web process CPU: A+B alone {web_alone_s:.2f} s ({web_alone_s * 1e6 / max(answered_alone, 1):.0f} µs per "
+        f"answer), beside C {web_beside_s:.2f} s ({web_beside_s * 1e6 / max(answered_beside, 1):.0f} µs per answer, "
+        f"429s included); C's own load generator used {c.client_cpu_s:.2f} s CPU on the same cores"
+    )
+    print()
+    print("== against the issue's targets ==")
+    for label, c1, c16, wc1, wc16 in (("JSON", g_c1, g_c16, w_c1, w_c16), ("binary", gb_c1, gb_c16, wb_c1, wb_c16)):
+        print(
+            f"[{label}] c=1 p50 full path {c1.pct(50):.3f} ms vs MLServer {MLSERVER_C1_P50_MS} ms "
+            f"(ratio {_ratio(c1.pct(50), MLSERVER_C1_P50_MS)}, target < 1)"
+        )
+        print(
+            f"[{label}] c=16 full path {c16.rps:.0f} req/s vs target {TARGET_C16_RPS:.0f} "
+            f"(ratio {_ratio(c16.rps, TARGET_C16_RPS)}, target >= 1) and vs TorchServe {TORCHSERVE_C16_RPS:.0f} "
+            f"(ratio {_ratio(c16.rps, TORCHSERVE_C16_RPS)})"
+        )
+        print(
+            f"[{label}] c=16 p99 full path {c16.pct(99):.3f} ms vs {TARGET_C16_P99_MS:.0f} ms "
+            f"(ratio {_ratio(c16.pct(99), TARGET_C16_P99_MS)}, target <= 1)"
+        )
+        print(
+            f"[{label}] gateway overhead: c=1 p50 {c1.pct(50):.3f} vs worker alone {wc1.pct(50):.3f} ms "
+            f"(+{c1.pct(50) - wc1.pct(50):.3f} ms); c=16 {c16.rps:.0f} vs {wc16.rps:.0f} req/s "
+            f"(ratio {_ratio(c16.rps, wc16.rps)})"
+        )
+        print(
+            f"[{label}] vs direct onnxruntime: c=1 p50 {c1.pct(50):.3f} vs {direct.pct(50):.3f} ms "
+            f"(+{c1.pct(50) - direct.pct(50):.3f} ms, ratio {_ratio(c1.pct(50), direct.pct(50))})"
+        )
+    worst = max(rises, default=float("nan"))
+    print(
+        f"mixed: worst p99 rise of A/B beside a refused tenant {worst:+.1f} % "
+        f"(target <= {TARGET_MIXED_P99_RISE_PCT:.0f} %); "
+        f"C: {c.statuses[200]} answered 200, {c.statuses[429]} answered 429"
+    )
+    errors = {r.name + f" c={r.concurrency}": r.errors for r in results if r.errors}
+    if errors:
+        print(f"note: non-200 answers in the single runs: {errors}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,428 @@
+"""The gateway end to end: a stock v2 client against the platform as ``make run`` starts it.
+
+One platform boots for the module, with the demo model deployed by the seed (as in
+``make run``); the tests run in file order and each leaves the platform as it found it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import re
+import signal
+import socket
+import struct
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+import tritonclient.http as v2
+
+from tests.conftest import PYTHON, REPO_ROOT
+from tests.e2e.conftest import Platform, boot_platform
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+MODEL = "demo-mlp"
+
+
+@pytest.fixture(scope="module")
+def gateway_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    tmp = tmp_path_factory.mktemp("gateway")
+    with boot_platform(tmp, BERTH_SEED_DEMO_DEPLOY="1", BERTH_GATEWAY_TIMEOUT_S="2") as platform:
+        platform.wait_healthy()
+        yield platform
+
+
+def _demo_key(platform: Platform) -> str:
+    match = re.search(r"API key (brt_\S+)", platform.log())
+    assert match, platform.log()[-2000:]
+    return match[1]
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _wait_ready(platform: Platform, key: str, model: str = MODEL, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while httpx.get(f"{platform.base_url}/v2/models/{model}/ready", headers=_bearer(key)).status_code != 200:
+        assert time.monotonic() < deadline, f"{model} never became ready:\n{platform.log()[-3000:]}"
+        time.sleep(0.3)
+
+
+def _client(platform: Platform) -> v2.InferenceServerClient:
+    return v2.InferenceServerClient(platform.base_url.removeprefix("http://"))
+
+
+def _infer_json(platform: Platform, key: str, body: object, *, model: str = MODEL, **headers: str) -> httpx.Response:
+    return httpx.post(
+        f"{platform.base_url}/v2/models/{model}/infer",
+        content=body if isinstance(body, bytes) else json.dumps(body).encode(),
+        headers={**_bearer(key), "Content-Type": "application/json", **headers},
+        timeout=30,
+    )
+
+
+ONE_ROW = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+
+
+def test_the_printed_demo_snippet_runs_against_the_seeded_deployment(gateway_platform: Platform):
+    key = _demo_key(gateway_platform)
+    _wait_ready(gateway_platform, key)
+    log = gateway_platform.log()
+    snippet = log[log.index("python - <<'PY'") :].split("\n", 1)[1].split("\nPY", 1)[0]
+    snippet = re.sub(r"^\S+\s+\| ", "", snippet, flags=re.M)  # honcho's prefixes, if any
+    run = subprocess.run([PYTHON, "-c", snippet], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert run.returncode == 0, run.stderr
+    assert "[[" in run.stdout
+    curl = re.search(r"curl -s .*?/infer", log, flags=re.S)
+    assert curl and f"{gateway_platform.base_url}/v2/models/{MODEL}/infer" in curl[0]
+
+
+def test_a_stock_client_reads_health_metadata_and_the_repository(gateway_platform: Platform):
+    key = _demo_key(gateway_platform)
+    _wait_ready(gateway_platform, key)
+    client = _client(gateway_platform)
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    server = client.get_server_metadata()
+    assert {"binary_tensor_data", "model_repository"} <= set(server["extensions"])
+    assert client.is_model_ready(MODEL, headers=_bearer(key))
+    assert client.is_model_ready(MODEL, "1", headers=_bearer(key))
+    metadata = client.get_model_metadata(MODEL, headers=_bearer(key))
+    assert metadata["name"] == MODEL
+    assert metadata["versions"] == ["1"]
+    assert metadata["platform"] == "onnxruntime_onnx"
+    assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
+    assert metadata["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 3]}]
+    assert client.get_model_metadata(MODEL, "1", headers=_bearer(key))["name"] == MODEL
+    index = client.get_model_repository_index(headers=_bearer(key))
+    assert {"name": MODEL, "version": "1", "state": "READY", "reason": ""} in index
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_stock_client_infers_json_and_binary(gateway_platform: Platform, binary: bool):
+    key = _demo_key(gateway_platform)
+    _wait_ready(gateway_platform, key)
+    client = _client(gateway_platform)
+    rows = np.arange(12, dtype=np.float32).reshape(3, 4)
+    data = v2.InferInput("input", [3, 4], "FP32")
+    data.set_data_from_numpy(rows, binary_data=binary)
+    wanted = v2.InferRequestedOutput("output", binary_data=binary)
+    result = client.infer(MODEL, [data], outputs=[wanted], request_id="req-7", headers=_bearer(key))
+    out = result.as_numpy("output")
+    assert out.shape == (3, 3) and out.dtype == np.float32
+    response = result.get_response()
+    assert response["model_name"] == MODEL
+    assert response["model_version"] == "1"
+    assert response["id"] == "req-7"
+    # Row-wise model: each row's answer does not depend on the others in the request.
+    single = v2.InferInput("input", [1, 4], "FP32")
+    single.set_data_from_numpy(rows[1:2], binary_data=binary)
+    alone = client.infer(MODEL, [single], model_version="1", headers=_bearer(key)).as_numpy("output")
+    np.testing.assert_allclose(alone[0], out[1], rtol=1e-5)
+
+
+def test_the_request_id_is_kept_or_made_and_returned(gateway_platform: Platform):
+    key = _demo_key(gateway_platform)
+    _wait_ready(gateway_platform, key)
+    given = _infer_json(gateway_platform, key, ONE_ROW, **{"X-Request-ID": "trace-abc.1"})
+    assert given.status_code == 200, given.text
+    assert given.headers["x-request-id"] == "trace-abc.1"
+    made = _infer_json(gateway_platform, key, ONE_ROW)
+    assert re.fullmatch(r"[0-9a-f]{32}", made.headers["x-request-id"])
+    refused = httpx.get(f"{gateway_platform.base_url}/v2/models/{MODEL}", headers={"X-Request-ID": "r-1"})
+    assert refused.status_code == 401 and refused.headers["x-request-id"] == "r-1"
+
+
+def _make_tenant_with_model(platform: Platform, slug: str, *, scopes: list[str], **quota: int) -> str:
+    """A second tenant with its own ``demo-mlp`` (same name), deployed; returns its key."""
+    from apps.registry.demo import demo_model_bytes
+
+    with platform.admin() as admin:
+        assert admin.post("/api/v1/tenants/", json={"slug": slug, "name": slug}).status_code == 201
+        if quota:
+            assert admin.patch(f"/api/v1/tenants/{slug}/quota/", json=quota).status_code == 200
+        created = admin.post(f"/api/v1/tenants/{slug}/api-keys/", json={"name": "k", "scopes": ["manage", "read"]})
+        manage_key = created.json()["key"]
+        infer = admin.post(f"/api/v1/tenants/{slug}/api-keys/", json={"name": "i", "scopes": scopes})
+        key = infer.json()["key"]
+    base = f"{platform.base_url}/api/v1/tenants/{slug}/models/{MODEL}"
+    uploaded = httpx.post(
+        f"{base}/versions/", headers=_bearer(manage_key), files={"file": ("m.onnx", demo_model_bytes())}, timeout=30
+    )
+    assert uploaded.status_code == 202, uploaded.text
+    deadline = time.monotonic() + 90
+    while httpx.get(f"{base}/versions/1/", headers=_bearer(manage_key)).json()["status"] == "validating":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    deployed = httpx.put(f"{base}/deployment/", headers=_bearer(manage_key), json={"traffic": {"1": 100}})
+    assert deployed.status_code == 200, deployed.text
+    return key
+
+
+def test_tenants_are_isolated_and_a_revoked_key_stops_within_2_s(gateway_platform: Platform):
+    demo_key = _demo_key(gateway_platform)
+    other_key = _make_tenant_with_model(gateway_platform, "other", scopes=["infer"])
+    _wait_ready(gateway_platform, other_key)
+    # The same model name in two tenants: each key reaches its own tenant's model only.
+    assert _infer_json(gateway_platform, other_key, ONE_ROW).status_code == 200
+    index = _client(gateway_platform).get_model_repository_index(headers=_bearer(other_key))
+    assert [entry["name"] for entry in index] == [MODEL]
+    with gateway_platform.admin() as admin:
+        admin.post("/api/v1/tenants/demo/models/", json={"name": "demo-only"})
+    for path in ("/v2/models/demo-only", "/v2/models/demo-only/ready", "/v2/models/no-such-model"):
+        answer = httpx.get(f"{gateway_platform.base_url}{path}", headers=_bearer(other_key))
+        assert answer.status_code == 404, (path, answer.text)
+    assert _infer_json(gateway_platform, other_key, ONE_ROW, model="demo-only").status_code == 404
+    # Its own tenant sees it, and is told it is not deployed.
+    deadline = time.monotonic() + 5
+    while (own := _infer_json(gateway_platform, demo_key, ONE_ROW, model="demo-only")).status_code == 404:
+        assert time.monotonic() < deadline, own.text
+        time.sleep(0.2)
+    assert own.status_code == 503 and "not deployed" in own.json()["error"]
+    # A key without the infer scope, no key, a wrong key.
+    with gateway_platform.admin() as admin:
+        read_only = admin.post("/api/v1/tenants/other/api-keys/", json={"name": "r", "scopes": ["read"]}).json()
+    assert _infer_json(gateway_platform, read_only["key"], ONE_ROW).status_code == 403
+    assert "infer" in _infer_json(gateway_platform, read_only["key"], ONE_ROW).json()["error"]
+    assert httpx.post(f"{gateway_platform.base_url}/v2/models/{MODEL}/infer", json=ONE_ROW).status_code == 401
+    assert _infer_json(gateway_platform, "brt_00000000_wrong", ONE_ROW).status_code == 401
+    # Revoke: refused within 2 s.
+    prefix = other_key.split("_")[1]
+    with gateway_platform.admin() as admin:
+        assert admin.delete(f"/api/v1/tenants/other/api-keys/{prefix}/").status_code in (200, 204)
+    revoked_at = time.monotonic()
+    while _infer_json(gateway_platform, other_key, ONE_ROW).status_code == 200:
+        assert time.monotonic() - revoked_at < 2.0, "a revoked key still worked after 2 s"
+        time.sleep(0.05)
+    assert _infer_json(gateway_platform, other_key, ONE_ROW).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "header_length", "needle"),
+    [
+        (b'{"inputs": [', None, "JSON"),
+        ({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "INT8", "data": [1, 2, 3, 4]}]}, None, "input"),
+        ({"inputs": [{"name": "input", "shape": [1, 5], "datatype": "FP32", "data": [1, 2, 3, 4, 5]}]}, None, "input"),
+        ({"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}, None, "input"),
+        ({"inputs": []}, None, "input"),
+        ({"inputs": [{"name": "nope", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}, None, "nope"),
+        ("binary-short", "len", "binary"),
+    ],
+    ids=[
+        "malformed-json",
+        "wrong-datatype",
+        "wrong-shape",
+        "data-shape-mismatch",
+        "missing-input",
+        "unknown-input",
+        "binary-length",
+    ],
+)
+def test_bad_requests_get_a_clear_400(gateway_platform: Platform, body, header_length, needle):
+    key = _demo_key(gateway_platform)
+    _wait_ready(gateway_platform, key)
+    headers = {}
+    if body == "binary-short":
+        header = json.dumps(
+            {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}]}
+        ).encode()
+        body = header + struct.pack("<3f", 1, 2, 3)  # 12 bytes where 16 were announced
+        headers["Inference-Header-Content-Length"] = str(len(header))
+    answer = _infer_json(gateway_platform, key, body, **headers)
+    assert answer.status_code == 400, answer.text
+    assert needle.lower() in answer.json()["error"].lower(), answer.text
+
+
+def test_a_body_over_the_limit_is_refused_with_413_before_it_is_read(gateway_platform: Platform):
+    key = _demo_key(gateway_platform)
+    limit = 64 * 1024 * 1024
+    host, port = gateway_platform.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        raw.sendall(
+            f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {limit + 1}\r\n\r\n".encode()
+            + b"x" * 1024  # the gateway answers from the header, without waiting for the rest
+        )
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = raw.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    text = reply.decode(errors="replace")
+    assert text.startswith("HTTP/1.1 413"), text
+    assert "BERTH_GATEWAY_MAX_BODY_MB" in text
+
+
+def test_rate_limit_answers_429_with_retry_after(gateway_platform: Platform):
+    key = _make_tenant_with_model(gateway_platform, "limited", scopes=["infer"], requests_per_second=5)
+    _wait_ready(gateway_platform, key)
+    time.sleep(1.2)  # a full bucket
+    statuses = []
+    for _ in range(12):
+        answer = _infer_json(gateway_platform, key, ONE_ROW)
+        statuses.append(answer.status_code)
+        if answer.status_code == 429:
+            assert int(answer.headers["retry-after"]) >= 1
+            assert "rate limit of 5 requests/s" in answer.json()["error"]
+    assert statuses.count(200) >= 5 and statuses.count(429) >= 5, statuses
+    # The demo tenant is not affected by another tenant's limit.
+    assert _infer_json(gateway_platform, _demo_key(gateway_platform), ONE_ROW).status_code == 200
+
+
+def _worker_process(platform: Platform) -> psutil.Process:
+    for child in platform.descendants():
+        if "inference_workers" in " ".join(child.cmdline()) and platform.worker_id in " ".join(child.cmdline()):
+            return child
+    for child in platform.descendants():
+        if "inference_workers" in " ".join(child.cmdline()):
+            return child
+    raise AssertionError("no inference worker process")
+
+
+def test_a_hung_worker_gives_504_and_holds_a_concurrency_slot(gateway_platform: Platform):
+    key = _make_tenant_with_model(gateway_platform, "single", scopes=["infer"], max_concurrent_requests=1)
+    _wait_ready(gateway_platform, key)
+    worker = _worker_process(gateway_platform)
+    worker.suspend()  # SIGSTOP: connections are accepted by the kernel, nothing answers
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(_infer_json, gateway_platform, key, ONE_ROW)
+            time.sleep(0.5)
+            second = _infer_json(gateway_platform, key, ONE_ROW)
+            assert second.status_code == 429, second.text
+            assert "in flight" in second.json()["error"]
+            hung = first.result(timeout=20)
+        assert hung.status_code == 504, hung.text
+        assert "BERTH_GATEWAY_TIMEOUT_S" in hung.json()["error"]
+    finally:
+        worker.resume()
+    _wait_ready(gateway_platform, key)
+
+
+def _metric(platform: Platform, name: str, **labels: str) -> float:
+    with platform.admin() as admin:
+        text = admin.get("/metrics").text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_count_requests_per_tenant_and_are_closed_to_tenant_keys(gateway_platform: Platform):
+    key = _demo_key(gateway_platform)
+    _wait_ready(gateway_platform, key)
+    before = _metric(gateway_platform, "berth_gateway_requests_total", tenant="demo", model=MODEL, code="200")
+    for _ in range(3):
+        assert _infer_json(gateway_platform, key, ONE_ROW).status_code == 200
+    after = _metric(gateway_platform, "berth_gateway_requests_total", tenant="demo", model=MODEL, code="200")
+    assert after - before == 3
+    assert _metric(gateway_platform, "berth_gateway_request_duration_seconds_count", tenant="demo") >= 3
+    assert httpx.get(f"{gateway_platform.base_url}/metrics", headers=_bearer(key)).status_code == 403
+    assert httpx.get(f"{gateway_platform.base_url}/metrics").status_code in (401, 403)
+
+
+def test_a_scaled_to_zero_model_cold_starts_once_for_concurrent_requests(gateway_platform: Platform):
+    key = _demo_key(gateway_platform)
+    base = f"{gateway_platform.base_url}/api/v1/tenants/demo/models/{MODEL}/deployment/"
+    _wait_ready(gateway_platform, key)
+    assert httpx.patch(base, headers=_bearer(key), json={"scale_to_zero_after_s": 4}).status_code == 200
+    try:
+        deadline = time.monotonic() + 30
+        while httpx.get(base, headers=_bearer(key)).json()["replicas"]:
+            assert time.monotonic() < deadline, "never scaled to zero"
+            time.sleep(0.3)
+        time.sleep(1.0)  # the gateway's routing table has caught up
+        assert (
+            httpx.get(f"{gateway_platform.base_url}/v2/models/{MODEL}/ready", headers=_bearer(key)).status_code == 503
+        )
+        index = _client(gateway_platform).get_model_repository_index(headers=_bearer(key))
+        assert next(e for e in index if e["name"] == MODEL)["state"] != "READY"
+        before = _metric(gateway_platform, "berth_gateway_cold_starts_total", tenant="demo", model=MODEL)
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: _infer_json(gateway_platform, key, ONE_ROW), range(6)))
+        assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
+        after = _metric(gateway_platform, "berth_gateway_cold_starts_total", tenant="demo", model=MODEL)
+        assert after - before == 1
+    finally:
+        httpx.patch(base, headers=_bearer(key), json={"scale_to_zero_after_s": 0})
+    _wait_ready(gateway_platform, key)
+
+
+def test_a_worker_killed_under_load_loses_nothing_silently(gateway_platform: Platform, tmp_path: Path):
+    key = _demo_key(gateway_platform)
+    spare_id = f"{gateway_platform.worker_id}-spare"
+    with (tmp_path / "spare.log").open("wb") as log:
+        spare = subprocess.Popen(
+            [PYTHON, "-m", "inference_workers", "--device", "cpu", "--worker-id", spare_id],
+            cwd=REPO_ROOT,
+            env=gateway_platform.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"{gateway_platform.base_url}/api/v1/tenants/demo/models/{MODEL}/deployment/"
+    try:
+        deadline = time.monotonic() + 90
+        with gateway_platform.admin() as admin:
+            quota = {"requests_per_second": 100_000, "max_concurrent_requests": 1000}
+            assert admin.patch("/api/v1/tenants/demo/quota/", json=quota).status_code == 200
+            while len([w for w in admin.get("/api/v1/workers/").json() if w["state"] == "ready"]) < 2:
+                assert time.monotonic() < deadline, "the spare worker never registered"
+                time.sleep(0.2)
+        assert httpx.patch(base, headers=_bearer(key), json={"min_replicas": 2, "max_replicas": 2}).status_code == 200
+
+        def ready_workers() -> set[str]:
+            replicas = httpx.get(base, headers=_bearer(key)).json()["replicas"]
+            return {r["worker"] for r in replicas if r["state"] == "ready"}
+
+        while ready_workers() != {gateway_platform.worker_id, spare_id}:
+            assert time.monotonic() < deadline, httpx.get(base, headers=_bearer(key)).json()
+            time.sleep(0.2)
+        time.sleep(1.0)  # both replicas are in the gateway's routing table
+        stop_at = time.monotonic() + 6
+
+        def client_loop(worker: int) -> list[tuple[int, str, str, float]]:
+            seen = []
+            with httpx.Client(timeout=30) as client:
+                while time.monotonic() < stop_at:
+                    request_id = f"w{worker}-{uuid.uuid4().hex[:8]}"
+                    body = {"id": request_id, **ONE_ROW}
+                    sent_at = time.monotonic()
+                    answer = client.post(
+                        f"{gateway_platform.base_url}/v2/models/{MODEL}/infer", json=body, headers=_bearer(key)
+                    )
+                    seen.append((answer.status_code, request_id, answer.text, sent_at))
+            return seen
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(client_loop, n) for n in range(4)]
+            time.sleep(2)
+            spare.send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            results = [item for future in futures for item in future.result()]
+        codes = [code for code, _, _, _ in results]
+        assert set(codes) <= {200, 502}, {c for c in codes if c not in (200, 502)}
+        assert codes.count(502) <= 4, "more failures than requests in flight at the kill"
+        for code, request_id, text, _ in results:
+            if code == 200:
+                assert json.loads(text)["id"] == request_id
+            else:
+                assert "not retried" in json.loads(text)["error"]
+        # Requests sent after the kill reach the surviving worker (retried there on connect failure).
+        after = [code for code, _, _, sent_at in results if sent_at > killed_at + 0.2]
+        assert len(after) > 20 and set(after) == {200}, after
+    finally:
+        if spare.poll() is None:
+            spare.kill()
+        spare.wait()
+        httpx.patch(base, headers=_bearer(key), json={"min_replicas": 1, "max_replicas": 1})
