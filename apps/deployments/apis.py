@@ -14,9 +14,17 @@ from rest_framework.views import APIView
 
 from apps.deployments.models import Deployment, Replica, Worker
 from apps.deployments.selectors import deployment_replicas, worker_list
-from apps.deployments.services import DeploymentSpec, deployment_delete, deployment_put, deployment_spec_of
+from apps.deployments.services import (
+    DeploymentSpec,
+    deployment_delete,
+    deployment_put,
+    deployment_spec_of,
+    worker_drain,
+)
 from apps.tenants.access import Action, access_deployment_by_model_name, access_model_by_name
 from apps.tenants.apis import TenantApiView
+from apps.tenants.authentication import actor_from_request
+from control_plane.errors import NotFoundError
 
 
 class WorkerListApi(APIView):
@@ -43,6 +51,7 @@ class WorkerListApi(APIView):
                 "reserved_bytes",
                 "used_bytes",
                 "hosted",
+                "drain_requested_at",
                 "utilisation_pct",
                 "first_seen_at",
                 "last_heartbeat_at",
@@ -57,6 +66,29 @@ class WorkerListApi(APIView):
     def get(self, request: Request) -> Response:
         serializer = self.OutputSerializer(worker_list(), many=True)
         return Response(serializer.data)
+
+
+class WorkerDrainApi(APIView):
+    """Staff only: ``POST`` drains a worker (its replicas move to others, each serving until
+    its replacement is ready; nothing new is placed there); ``DELETE`` takes it back."""
+
+    permission_classes = [IsAdminUser]
+
+    def _worker(self, worker_id: str) -> Worker:
+        worker = worker_list().filter(worker_id=worker_id).first()
+        if worker is None:
+            raise NotFoundError(f"no worker '{worker_id}'; GET /api/v1/workers/ lists them")
+        return worker
+
+    @extend_schema(request=None, responses=WorkerListApi.OutputSerializer)
+    def post(self, request: Request, worker_id: str) -> Response:
+        worker = worker_drain(actor=actor_from_request(request), worker=self._worker(worker_id), drain=True)
+        return Response(WorkerListApi.OutputSerializer(worker).data)
+
+    @extend_schema(request=None, responses=WorkerListApi.OutputSerializer)
+    def delete(self, request: Request, worker_id: str) -> Response:
+        worker = worker_drain(actor=actor_from_request(request), worker=self._worker(worker_id), drain=False)
+        return Response(WorkerListApi.OutputSerializer(worker).data)
 
 
 class DeploymentApi(TenantApiView):

@@ -31,6 +31,9 @@ class Worker(models.Model):
     utilisation_pct = models.FloatField(null=True, blank=True)
     reserved_bytes = models.BigIntegerField(default=0, help_text="what hosted models reserve, as last reported")
     hosted = models.JSONField(default=list, blank=True, help_text="hosted models as last reported")
+    drain_requested_at = models.DateTimeField(
+        null=True, blank=True, help_text="staff asked to drain it: no new replicas, its replicas move away"
+    )
     first_seen_at = models.DateTimeField(auto_now_add=True)
     last_heartbeat_at = models.DateTimeField()
 
@@ -62,6 +65,9 @@ class Deployment(models.Model):
     last_request_at = models.DateTimeField(
         null=True, blank=True, help_text="when a gateway last served or asked to cold-start it (scale to zero)"
     )
+    autoscale = models.JSONField(
+        default=dict, blank=True, help_text="per version: replicas wanted after the last pass, and when last needed"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -87,10 +93,24 @@ class Replica(models.Model):
     reason = models.TextField(blank=True, default="")
     reserved_bytes = models.BigIntegerField(default=0)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0, help_text="failed loads so far")
+    failed_on = models.JSONField(default=list, blank=True, help_text="workers where a load failed")
+    retry_at = models.DateTimeField(
+        null=True, blank=True, help_text="pending: no new load before this (backoff); unloading: unloaded at this time"
+    )
+    retiring = models.BooleanField(
+        default=False, help_text="on a draining worker: serves until its replacement is ready, then unloads"
+    )
     suspect_at = models.DateTimeField(null=True, blank=True, help_text="when a gateway last failed to connect to it")
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["deployment", "version", "index"], name="one_replica_per_index")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment", "version", "index"],
+                condition=models.Q(retiring=False),
+                name="one_replica_per_index",
+            )
+        ]
         ordering = ["deployment_id", "version_id", "index"]
 
     def __str__(self) -> str:

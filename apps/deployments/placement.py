@@ -3,7 +3,7 @@
 Best-fit decreasing by **measured** footprint: each new replica (largest first) goes to
 the device already in use where it leaves the least memory free, and opens the largest
 empty device only when none has room; never past a device's capacity less its headroom.
-Replicas of one version go to distinct devices when possible. Each tenant's memory quota
+Replicas of one version always go to distinct devices (a worker hosts a version once). Each tenant's memory quota
 (per device kind) and replica cap are kept. When nothing fits, idle scale-to-zero
 replicas are evicted least-recently-used first, but never one used within the churn
 guard. Replicas already placed stay where they are (no churn); replicas no longer wanted
@@ -47,6 +47,7 @@ class Wanted:
     replica: ReplicaId
     footprint_bytes: int
     kind: str
+    avoid: frozenset[str] = frozenset()  # devices where its load failed: others first
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,10 @@ def place(
     for item in sorted(placed, key=lambda p: (p.device_id, p.replica)):
         if item.device_id not in by_id:
             continue  # its device is gone: the replica is lost and will be placed anew
-        if item.replica not in wanted_by_id:
-            unloads.append((item.replica, item.device_id))
-            continue
         kind = by_id[item.device_id].kind
+        if item.replica not in wanted_by_id or wanted_by_id[item.replica].kind != kind:
+            unloads.append((item.replica, item.device_id))  # not wanted, or wanted on another kind
+            continue
         reserved[item.device_id] += item.reserved_bytes
         on_device[item.device_id].append(item)
         assignments[item.replica] = item.device_id
@@ -153,10 +154,15 @@ def place(
         if tenant_replicas.get(tenant, 0) + 1 > quota.max_replicas:
             pending.append((want.replica, f"quota: max_replicas {quota.max_replicas} reached"))
             continue
-        candidates = [d for d in by_id.values() if d.kind == want.kind and d.schedulable]
+        of_kind = [d for d in by_id.values() if d.kind == want.kind and d.schedulable]
+        candidates = of_kind
+        if want.avoid and any(d.device_id not in want.avoid for d in candidates):
+            candidates = [d for d in candidates if d.device_id not in want.avoid]
         fitting = [d for d in candidates if free(d.device_id) >= want.footprint_bytes]
-        spread = [d for d in fitting if not siblings(d.device_id, want.replica)]
-        choice_pool = spread or fitting
+        # A worker hosts a version once (it scales within itself by instances), so two
+        # replicas of one version never share a device.
+        candidates = [d for d in candidates if not siblings(d.device_id, want.replica)]
+        choice_pool = [d for d in fitting if not siblings(d.device_id, want.replica)]
         chosen: str | None = None
         if choice_pool:
             # Best fit among devices already in use; open an empty device (the largest) only
@@ -177,6 +183,11 @@ def place(
                     assignments.pop(victim.replica, None)
                     tenant_memory[(victim.replica[0], want.kind)] -= victim.reserved_bytes
                     tenant_replicas[victim.replica[0]] -= 1
+        if chosen is None and of_kind and not candidates:
+            pending.append(
+                (want.replica, f"every {want.kind} device already hosts a replica of this version; add a device")
+            )
+            continue
         if chosen is None:
             largest = max((free(d.device_id) for d in candidates), default=0)
             pending.append(

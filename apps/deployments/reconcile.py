@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import current_app
@@ -31,6 +32,8 @@ from inference_workers.types import LOAD_TASK, UNLOAD_TASK, BatchingConfig, Load
 log = logging.getLogger(__name__)
 
 LOCK_KEY = "berth:reconcile-lock"
+# A load that fails is tried this many times in all (each on another device when one has room).
+MAX_LOAD_ATTEMPTS = 3
 LOCK_TTL_S = 30
 MiB = 1024**2
 
@@ -84,10 +87,39 @@ def _suspects_confirmed(replicas: list[Replica], workers: dict[int, Worker], now
             worker.save(update_fields=["state"])
 
 
-def _observe(replicas: list[Replica], workers: dict[int, Worker]) -> None:
-    """Moves replicas along from what their workers report."""
+def _load_failed(replica: Replica, worker: Worker, reason: str, now: float) -> tuple[str, str, dict[str, Any]]:
+    """Records a failed load: retried with backoff on another device, failed for good after
+    ``MAX_LOAD_ATTEMPTS``. Returns the unload that clears the failure from the worker."""
+    key = _key(replica)
+    replica.attempts += 1
+    replica.failed_on = [*replica.failed_on, worker.worker_id]
+    replica.worker = None
+    if replica.attempts < MAX_LOAD_ATTEMPTS:
+        delay = settings.BERTH_LOAD_RETRY_S * 2 ** (replica.attempts - 1)
+        replica.state = Replica.State.PENDING
+        replica.retry_at = datetime.fromtimestamp(now + delay, tz=UTC)
+        replica.reason = (
+            f"load failed on {worker.worker_id}: {reason}; try {replica.attempts + 1} of {MAX_LOAD_ATTEMPTS} "
+            f"in {delay:g} s, on another device when there is one"
+        )
+    else:
+        replica.state = Replica.State.FAILED
+        replica.reason = f"load failed {replica.attempts} times (on {', '.join(replica.failed_on)}); last: {reason}"
+    replica.save(update_fields=["attempts", "failed_on", "worker", "state", "retry_at", "reason"])
+    log.warning("replica %s: %s", replica, replica.reason)
+    return worker.queue, UNLOAD_TASK, key.__dict__
+
+
+def _observe(replicas: list[Replica], workers: dict[int, Worker], now: float) -> list[tuple[str, str, dict[str, Any]]]:
+    """Moves replicas along from what their workers report; returns the unloads that needs."""
+    commands: list[tuple[str, str, dict[str, Any]]] = []
     for replica in replicas:
         worker = workers.get(replica.worker_id) if replica.worker_id else None
+        if worker is not None and worker.state == Worker.State.DRAINING and replica.state == Replica.State.READY:
+            # Make before break: it keeps serving while a replacement loads elsewhere.
+            replica.retiring, replica.reason = True, f"moving off draining worker {worker.worker_id}"
+            replica.save(update_fields=["retiring", "reason"])
+            continue
         if replica.worker_id and (worker is None or worker.state != Worker.State.READY):
             replica.state, replica.worker, replica.reason = (
                 Replica.State.PENDING,
@@ -114,8 +146,82 @@ def _observe(replicas: list[Replica], workers: dict[int, Worker]) -> None:
             replica.reserved_bytes = hosted["reserved_bytes"]
             replica.save(update_fields=["state", "reason", "reserved_bytes"])
         elif hosted["state"] == "failed":
-            replica.state, replica.reason = Replica.State.FAILED, hosted.get("reason", "the load failed")
-            replica.save(update_fields=["state", "reason"])
+            commands.append(_load_failed(replica, worker, hosted.get("reason") or "the load failed", now))
+    return commands
+
+
+def _begin_unload(row: Replica, now: float) -> None:
+    """Takes a replica out of routing; ``_retire`` unloads it after the grace period."""
+    row.retiring, row.state = True, Replica.State.UNLOADING
+    row.retry_at = datetime.fromtimestamp(now + settings.BERTH_UNLOAD_GRACE_S, tz=UTC)
+    row.save(update_fields=["retiring", "state", "retry_at"])
+
+
+def _retire(
+    retiring: list[Replica], existing: dict[tuple[str, str, int, int], Replica], wanted: Any, now: float
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """Retiring replicas: one on a draining worker serves until its replacement is ready, then
+    leaves routing; one out of routing is unloaded once the grace period has passed (gateways
+    re-read their tables within it, so no request is sent to a model being unloaded)."""
+    commands: list[tuple[str, str, dict[str, Any]]] = []
+    for row in retiring:
+        replica_id = (row.version.model.tenant.slug, row.version.model.name, row.version.number, row.index)
+        worker = row.worker
+        if worker is None or worker.state == Worker.State.DEAD:
+            row.delete()
+            continue
+        if row.state != Replica.State.UNLOADING:
+            replacement = existing.get(replica_id)
+            if replica_id in wanted and (replacement is None or replacement.state != Replica.State.READY):
+                continue
+            _begin_unload(row, now)
+        if row.retry_at is not None and row.retry_at.timestamp() > now:
+            continue
+        commands.append((worker.queue, UNLOAD_TASK, _key(row).__dict__))
+        log.info("replica %s unloaded from %s", row, worker.worker_id)
+        row.delete()
+    return commands
+
+
+def _load_by_version(workers: dict[int, Worker]) -> dict[tuple[str, str, int], float]:
+    """Requests in flight and queued per (tenant, model, version), from the live workers' heartbeats."""
+    load: dict[tuple[str, str, int], float] = {}
+    for worker in workers.values():
+        if worker.state != Worker.State.READY:
+            continue
+        for hosted in worker.hosted:
+            if hosted.get("state") == "ready":
+                key = (hosted["tenant"], hosted["model"], hosted["version"])
+                load[key] = load.get(key, 0.0) + hosted.get("inflight", 0) + hosted.get("queue_depth", 0)
+    return load
+
+
+def _scale(deployment: Deployment, number: int, load: dict[tuple[str, str, int], float], now: float) -> int:
+    """Replicas the version wants now; remembers the decision on the deployment."""
+    state = (deployment.autoscale or {}).get(str(number), {})
+    decision = replicas_wanted(
+        ScaleInput(
+            min_replicas=deployment.min_replicas,
+            max_replicas=deployment.max_replicas,
+            target_inflight_per_replica=deployment.target_inflight_per_replica,
+            scale_to_zero_after_s=deployment.scale_to_zero_after_s,
+            last_request_at=deployment.last_request_at.timestamp() if deployment.last_request_at else None,
+            inflight=load.get((deployment.model.tenant.slug, deployment.model.name, number), 0.0),
+            current=int(state.get("replicas", 0)),
+            needed_at=state.get("needed_at"),
+        ),
+        now=now,
+        stabilisation_s=settings.BERTH_SCALE_DOWN_STABILISATION_S,
+    )
+    remembered = {"replicas": decision.replicas, "needed_at": decision.needed_at}
+    if state != remembered:
+        if decision.replicas != state.get("replicas"):
+            log.info("autoscale: %s version %d wants %d replicas", deployment.model, number, decision.replicas)
+        Deployment.objects.filter(pk=deployment.pk).update(
+            autoscale={**(deployment.autoscale or {}), str(number): remembered}
+        )
+        deployment.autoscale = {**(deployment.autoscale or {}), str(number): remembered}
+    return decision.replicas
 
 
 def reconcile_once(*, now: float | None = None) -> PassReport | None:
@@ -135,7 +241,9 @@ def _reconcile(now: float) -> PassReport:
     deployments = list(Deployment.objects.select_related("model__tenant"))
     replicas = list(Replica.objects.select_related("version__model__tenant", "deployment", "worker"))
     _suspects_confirmed(replicas, workers, now)
-    _observe(replicas, workers)
+    commands = _observe([r for r in replicas if not r.retiring], workers, now)
+    retiring = [r for r in replicas if r.retiring]
+    replicas = [r for r in replicas if not r.retiring]
 
     devices = [
         Device(
@@ -153,29 +261,35 @@ def _reconcile(now: float) -> PassReport:
     }
     wanted: list[Wanted] = []
     wanted_rows: dict[tuple[str, str, int, int], tuple[Deployment, ModelVersion, int]] = {}
-    failed = {
-        (r.version.model.tenant.slug, r.version.model.name, r.version.number, r.index)
+    held = {  # failed for good, or waiting out a retry's backoff
+        (r.version.model.tenant.slug, r.version.model.name, r.version.number, r.index): r
         for r in replicas
         if r.state == Replica.State.FAILED
+        or (r.state == Replica.State.PENDING and r.retry_at is not None and r.retry_at.timestamp() > now)
     }
+    avoid = {
+        (r.version.model.tenant.slug, r.version.model.name, r.version.number, r.index): frozenset(r.failed_on)
+        for r in replicas
+        if r.failed_on
+    }
+    load = _load_by_version(workers)
     for deployment in deployments:
         for number, weight in sorted(deployment.traffic.items()):
             version = versions.get((deployment.model_id, int(number)))
             if version is None or weight <= 0:
                 continue
-            scale = ScaleInput(
-                min_replicas=deployment.min_replicas,
-                scale_to_zero_after_s=deployment.scale_to_zero_after_s,
-                last_request_at=deployment.last_request_at.timestamp() if deployment.last_request_at else None,
-            )
-            for index in range(replicas_wanted(scale, now=now)):
+            count = _scale(deployment, version.number, load, now)
+            for index in range(count):
                 replica_id = (deployment.model.tenant.slug, deployment.model.name, version.number, index)
                 wanted_rows[replica_id] = (deployment, version, index)
-                if replica_id in failed:
-                    continue  # a failed load stays failed, with its reason, until the deployment changes
+                if replica_id in held:
+                    continue  # failed for good (until the deployment changes), or in backoff
                 wanted.append(
                     Wanted(
-                        replica=replica_id, footprint_bytes=version.footprint_bytes or 0, kind=deployment.device_kind
+                        replica=replica_id,
+                        footprint_bytes=version.footprint_bytes or 0,
+                        kind=deployment.device_kind,
+                        avoid=avoid.get(replica_id, frozenset()),
                     )
                 )
     existing = {(r.version.model.tenant.slug, r.version.model.name, r.version.number, r.index): r for r in replicas}
@@ -198,14 +312,17 @@ def _reconcile(now: float) -> PassReport:
     }
     plan = place(devices=devices, placed=placed, wanted=wanted, quotas=quotas, now=now)
 
-    commands: list[tuple[str, str, dict[str, Any]]] = []
+    for replica_id, device_id in plan.unloads:
+        if replica_id in wanted_rows and device_id in by_worker_id:
+            # Still wanted, but on another device kind: unload it here; it is placed anew.
+            commands.append((by_worker_id[device_id].queue, UNLOAD_TASK, _key(existing[replica_id]).__dict__))
     for replica_id, device_id in plan.loads:
         deployment, version, index = wanted_rows[replica_id]
         worker = by_worker_id[device_id]
         row = existing.get(replica_id)
         if row is None:
             row = Replica(deployment=deployment, version=version, index=index)
-        row.worker, row.state, row.reason = worker, Replica.State.LOADING, ""
+        row.worker, row.state, row.reason, row.retry_at = worker, Replica.State.LOADING, "", None
         row.reserved_bytes = version.footprint_bytes or 0
         row.save()
         commands.append((worker.queue, LOAD_TASK, _load_command(row, deployment).to_message()))
@@ -218,17 +335,24 @@ def _reconcile(now: float) -> PassReport:
     for replica_id, row in existing.items():
         if replica_id in wanted_rows:
             continue
-        if row.worker is not None:
-            key = _key(row)
-            commands.append((row.worker.queue, UNLOAD_TASK, key.__dict__))
-        row.delete()
         unloaded += 1
+        if row.worker is not None and row.state == Replica.State.READY:
+            # Out of routing first; unloaded once every gateway has stopped sending to it.
+            _begin_unload(row, now)
+            retiring.append(row)
+            continue
+        if row.worker is not None:
+            commands.append((row.worker.queue, UNLOAD_TASK, _key(row).__dict__))
+        row.delete()
+
+    commands.extend(_retire(retiring, existing, wanted_rows, now))
 
     def send() -> None:
         for queue, task, message in commands:
             current_app.send_task(task, args=[message], queue=queue)
 
-    transaction.on_commit(send, robust=True)
+    if commands:
+        transaction.on_commit(send, robust=True)
     ready = sum(1 for r in existing.values() if r.state == Replica.State.READY)
     if commands:
         log.info("reconcile: %d loads, %d unloads, %d pending", len(plan.loads), unloaded, len(plan.pending))

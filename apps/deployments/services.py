@@ -33,11 +33,14 @@ def worker_record_heartbeat(*, heartbeat: WorkerHeartbeat) -> Worker:
     if worker is not None and worker.last_heartbeat_at >= seen_at:
         return worker
     device = heartbeat.device
+    state: str = heartbeat.state
+    if worker is not None and worker.drain_requested_at is not None and state == Worker.State.READY:
+        state = Worker.State.DRAINING  # staff drained it: the control plane's word holds
     fields = {
         "host": heartbeat.host,
         "dataplane_url": heartbeat.dataplane_url,
         "queue": heartbeat.queue,
-        "state": heartbeat.state,
+        "state": state,
         "device_kind": device.kind,
         "device_index": device.index,
         "device_name": device.name,
@@ -87,6 +90,31 @@ def worker_mark_missing(*, now: datetime, interval_s: float, missed: int) -> int
         .exclude(state=Worker.State.DEAD)
         .update(state=Worker.State.DEAD)
     )
+
+
+@transaction.atomic
+def worker_drain(*, actor: Actor, worker: Worker, drain: bool = True) -> Worker:
+    """Drains a worker (staff): no new replicas go there, and each of its replicas moves to
+    another worker, serving here until its replacement is ready. ``drain=False`` undoes it."""
+    worker = Worker.objects.select_for_update().get(pk=worker.pk)
+    if drain:
+        worker.drain_requested_at = worker.drain_requested_at or timezone.now()
+        if worker.state == Worker.State.READY:
+            worker.state = Worker.State.DRAINING
+    else:
+        worker.drain_requested_at = None
+        if worker.state == Worker.State.DRAINING:
+            worker.state = Worker.State.READY
+    worker.save(update_fields=["drain_requested_at", "state"])
+    audit_event_create(
+        actor=actor,
+        tenant=None,
+        action="worker.drain" if drain else "worker.undrain",
+        target=worker.worker_id,
+        details={},
+    )
+    _reconcile_after_commit()
+    return worker
 
 
 # Deployments ----------------------------------------------------------------------------
@@ -201,6 +229,8 @@ def deployment_put(*, actor: Actor, model: Model, spec: DeploymentSpec) -> Deplo
             "target_inflight_per_replica": spec.target_inflight_per_replica,
             "scale_to_zero_after_s": spec.scale_to_zero_after_s,
             "device_kind": spec.device_kind,
+            # An operator's change applies now: no stabilisation holds the old count.
+            "autoscale": {},
         },
     )
     # A failed replica is tried again when its deployment changes.

@@ -24,6 +24,7 @@ asyncio and imports nothing from Django: it runs on the gateway's hot path.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import secrets
@@ -374,6 +375,9 @@ class RedisAdmission:
         try:
             code, value = await self._acquire_script(keys=self._keys(tenant), args=args)
         except RedisError as error:
+            # The script may have run before the reply was lost: give back the slot it may hold.
+            with contextlib.suppress(RedisError):
+                await self._redis.zrem(self._keys(tenant)[1], ticket.ticket_id)
             raise self._unavailable(f"admit a request for tenant {tenant!r}", error) from error
         if code == _ADMITTED:
             return ticket

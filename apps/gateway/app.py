@@ -48,6 +48,8 @@ EXTENSIONS = ["binary_tensor_data", "model_repository"]
 HEADER_LENGTH = b"inference-header-content-length"
 REQUEST_ID = b"x-request-id"
 _REQUEST_ID_SHAPE = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+# What apps.tenants.keys.key_mint makes: brt_<8 hex>_<urlsafe secret>.
+_KEY_SHAPE = re.compile(r"^brt_[0-9a-f]{8}_[A-Za-z0-9_\-]{20,}$")
 # A worker that refused a connection is left out of routing for this long.
 SUSPECT_S = 5.0
 # How often the deployments a gateway served are marked as used (scale to zero).
@@ -57,11 +59,12 @@ DEMAND_FLUSH_S = 1.0
 class GatewayError(Exception):
     """An answer in the protocol's error shape: ``{"error": message}`` with a status."""
 
-    def __init__(self, status: int, message: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(self, status: int, message: str, *, retry_after_s: float | None = None, allow: str = "") -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.retry_after_s = retry_after_s
+        self.allow = allow
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,7 @@ class KeyCache:
         self._entries: dict[str, tuple[float, ApiKeyPrincipal | None]] = {}
         self._lookups: dict[str, asyncio.Future[ApiKeyPrincipal | None]] = {}
         self._touched: dict[int, float] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     async def principal(self, authorization: bytes | None) -> ApiKeyPrincipal:
         """Who presents this ``Authorization`` header, checked for the ``infer`` scope.
@@ -178,11 +182,13 @@ class KeyCache:
         """
         from apps.tenants.keys import MAX_KEY_LENGTH, TOO_LONG_MESSAGE, UNKNOWN_KEY_MESSAGE, api_key_check, key_digest
 
-        if not authorization or not authorization.startswith(b"Bearer "):
+        if not authorization or authorization[:7].lower() != b"bearer ":
             raise GatewayError(401, "send your tenant API key as 'Authorization: Bearer brt_…'")
         raw = authorization[7:].strip().decode("latin-1")
         if len(raw) > MAX_KEY_LENGTH:
             raise GatewayError(401, TOO_LONG_MESSAGE)
+        if not _KEY_SHAPE.match(raw):  # never costs a database read
+            raise GatewayError(401, UNKNOWN_KEY_MESSAGE)
         digest = key_digest(raw)
         now = time.monotonic()
         entry = self._entries.get(digest)
@@ -206,7 +212,7 @@ class KeyCache:
             raise GatewayError(403, f"API key brt_{principal.prefix} lacks the 'infer' scope; create a key with it")
         if self._touched.get(principal.key_id, 0.0) <= now:
             self._touched[principal.key_id] = now + 60.0
-            asyncio.get_running_loop().create_task(self._touch(principal.key_id, wall))
+            _keep(self._background, asyncio.get_running_loop().create_task(self._touch(principal.key_id, wall)))
         return principal
 
     async def _lookup(self, digest: str) -> ApiKeyPrincipal | None:
@@ -236,6 +242,12 @@ class KeyCache:
             del self._entries[digest]
 
 
+def _keep(tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
+    """Holds a fire-and-forget task until it ends (the loop keeps only weak references)."""
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
 def _now() -> datetime:
     from django.utils import timezone
 
@@ -260,6 +272,7 @@ class Gateway:
         self._refreshing: asyncio.Task[None] | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._rng = random.Random()
+        self.background: set[asyncio.Task[None]] = set()
 
     # Routing table ------------------------------------------------------------------
     def start(self) -> None:
@@ -364,7 +377,7 @@ class Gateway:
             except Exception:
                 log.warning("could not mark replica %s suspect", replica.replica_id, exc_info=True)
 
-        asyncio.get_running_loop().create_task(record())
+        _keep(self.background, asyncio.get_running_loop().create_task(record()))
 
     async def ready_replicas(
         self, tenant: TenantRoute, model: ModelRoute, version: VersionRoute
@@ -398,7 +411,13 @@ class Gateway:
         started = time.monotonic()
         deadline = started + self.settings.cold_start_s
         log.info("cold start: %s/%s version %d", model.tenant_slug, model.name, number)
-        await self.database.run(deployment_cold_start, deployment_id=model.deployment_id)
+        try:
+            await self.database.run(deployment_cold_start, deployment_id=model.deployment_id)
+        except Exception as exc:  # the database is down: a clear 503, not a 500 for every waiter
+            log.exception("cold start of %s/%s could not be requested", model.tenant_slug, model.name)
+            raise GatewayError(
+                503, f"model '{model.name}' needs a cold start that cannot be requested now ({exc})", retry_after_s=5
+            ) from None
         asked = time.monotonic()
         reason = "it is still loading"
         while time.monotonic() < deadline:
@@ -408,13 +427,18 @@ class Gateway:
                 # unload the replica they wait for before it is ready.
                 self._served.add(model.deployment_id)
                 asked = time.monotonic()
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # keep waiting on the last table; the deadline still holds
+                log.warning("routing table refresh failed during a cold start", exc_info=True)
             assert self.snapshot is not None
             tenant = self.snapshot.tenants.get(tenant_id)
             current = tenant.models.get(model.name) if tenant else None
             version = current.versions.get(number) if current else None
-            if current is None or version is None or current.deployment_id is None:
-                raise GatewayError(404, f"model '{model.name}' version {number} was removed while it loaded")
+            if current is None or version is None:
+                raise GatewayError(404, f"model '{model.name}' version {number} was deleted while it loaded")
+            if current.deployment_id is None:
+                raise GatewayError(503, f"model '{model.name}' was undeployed while it loaded")
             suspects = self._suspect_workers()
             usable = tuple(r for r in version.replicas if r.worker_id not in suspects)
             if usable:
@@ -444,6 +468,7 @@ class Gateway:
         replicas = await self.ready_replicas(tenant, model, version)
         tried: set[str] = set()
         failure = ""
+        last: UpstreamResponse | None = None
         for attempt in range(2):
             replica = replica_choose(replicas, self.outstanding, exclude=frozenset(tried), rng=self._rng)
             if replica is None:
@@ -474,12 +499,19 @@ class Gateway:
                 ) from None
             finally:
                 self.outstanding[replica.replica_id] -= 1
-            if response.status == 404 and attempt == 0:
-                # The worker no longer hosts it (unloaded since the last refresh): nothing ran.
+            if response.status in (404, 503) and attempt == 0 and len(replicas) > 1:
+                # The worker no longer hosts it (unloaded since the last refresh), or is draining
+                # or full: nothing ran there, so another replica may take it.
                 tried.add(replica.worker_id)
-                failure = "its worker no longer hosts it"
+                failure = "its worker no longer hosts it" if response.status == 404 else "its worker refused it"
+                last = response
                 continue
+            if response.status == 404:
+                failure = "its worker no longer hosts it"
+                break
             return response
+        if last is not None and last.status == 503:
+            return last
         raise GatewayError(
             503,
             f"no replica of model '{model.name}' version {version.number} could take the request ({failure}); "
@@ -499,6 +531,19 @@ class Gateway:
         if found is None:
             raise GatewayError(503, f"model '{model.name}' version {number} is in the traffic split but gone")
         return found
+
+
+def _index_filter(body: bytes) -> bool:
+    """The repository index request's ``ready`` flag (an empty body asks for everything)."""
+    if not body.strip():
+        return False
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise GatewayError(400, f"the repository index request is not valid JSON: {exc}") from None
+    if not isinstance(request, dict) or not isinstance(request.get("ready", False), bool):
+        raise GatewayError(400, 'the repository index request is a JSON object like {"ready": true}')
+    return bool(request.get("ready", False))
 
 
 def _not_deployed(tenant: TenantRoute, model: ModelRoute) -> GatewayError:
@@ -572,6 +617,8 @@ class GatewayApp:
             headers = list(reply_headers)
             if error.retry_after_s is not None:
                 headers.append((b"retry-after", str(max(1, round(error.retry_after_s + 0.49))).encode()))
+            if error.allow:
+                headers.append((b"allow", error.allow.encode()))
             if status != 499:
                 await _send(send, status, _error_body(error.message), headers)
         except Exception:
@@ -605,7 +652,7 @@ class GatewayApp:
             _require(method, "POST", scope)
             tenant = await gateway.tenant_of(scope)
             body = await _read_body(receive, 65536)
-            only_ready = bool(orjson.loads(body).get("ready")) if body.strip() else False
+            only_ready = _index_filter(body)
             index = []
             for model in sorted(tenant.models.values(), key=lambda m: m.name):
                 for version in sorted(model.versions.values(), key=lambda v: v.number):
@@ -677,7 +724,13 @@ class GatewayApp:
         except AdmissionUnavailable as down:
             raise _Labelled(GatewayError(503, str(down), retry_after_s=1), labels) from None
         try:
-            body = await _read_body(receive, limit)
+            try:
+                async with asyncio.timeout(gateway.settings.timeout_s):
+                    body = await _read_body(receive, limit)
+            except TimeoutError:
+                raise GatewayError(
+                    408, f"the request body did not arrive within {gateway.settings.timeout_s:g} s"
+                ) from None
             headers = [
                 (b"content-type", _header(scope, b"content-type") or b"application/json"),
                 (REQUEST_ID, request_id),
@@ -725,4 +778,4 @@ class _Labelled(GatewayError):
 
 def _require(method: str, allowed: str, scope: Scope) -> None:
     if method != allowed:
-        raise GatewayError(405, f"{method} is not allowed on {scope['path']}; use {allowed}")
+        raise GatewayError(405, f"{method} is not allowed on {scope['path']}; use {allowed}", allow=allowed)

@@ -40,7 +40,8 @@ def routing_snapshot_load() -> RoutingSnapshot:
         ready = tuple(
             ReplicaRoute(replica_id=r["id"], worker_id=r["worker__worker_id"], url=r["worker__dataplane_url"])
             for r in rows
-            if r["state"] == Replica.State.READY and r["worker__state"] == Worker.State.READY
+            # A draining worker's replicas serve until their replacements are ready.
+            if r["state"] == Replica.State.READY and r["worker__state"] in (Worker.State.READY, Worker.State.DRAINING)
         )
         return VersionRoute(
             number=row["number"],

@@ -178,6 +178,16 @@ BERTH_GATEWAY_REFRESH_S = env.float("BERTH_GATEWAY_REFRESH_S", default=0.5)
 BERTH_METRICS_TOKEN = env.str("BERTH_METRICS_TOKEN", default="")
 REDIS_URL = env.str("REDIS_URL", default="")
 
+# Autoscaling: a lower replica count applies only after the higher one went unneeded this long.
+BERTH_SCALE_DOWN_STABILISATION_S = env.float("BERTH_SCALE_DOWN_STABILISATION_S", default=60.0)
+
+# A replica no longer wanted leaves routing at once and is unloaded this much later (longer
+# than the gateways' refresh, so none of them still sends it requests).
+BERTH_UNLOAD_GRACE_S = env.float("BERTH_UNLOAD_GRACE_S", default=3.0)
+
+# A failed load is tried again after this, doubling each time (3 tries in all).
+BERTH_LOAD_RETRY_S = env.float("BERTH_LOAD_RETRY_S", default=2.0)
+
 # A worker that has missed this many heartbeats is taken for dead.
 BERTH_HEARTBEAT_INTERVAL_S = env.float("BERTH_HEARTBEAT_INTERVAL_S", default=2.0)
 BERTH_HEARTBEATS_MISSED_FOR_DEAD = 3

@@ -35,7 +35,9 @@ MODEL = "demo-mlp"
 @pytest.fixture(scope="module")
 def gateway_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     tmp = tmp_path_factory.mktemp("gateway")
-    with boot_platform(tmp, BERTH_SEED_DEMO_DEPLOY="1", BERTH_GATEWAY_TIMEOUT_S="2") as platform:
+    with boot_platform(
+        tmp, BERTH_SEED_DEMO_DEPLOY="1", BERTH_GATEWAY_TIMEOUT_S="2", BERTH_GATEWAY_COLD_START_S="15"
+    ) as platform:
         platform.wait_healthy()
         yield platform
 
@@ -178,9 +180,19 @@ def test_tenants_are_isolated_and_a_revoked_key_stops_within_2_s(gateway_platfor
     assert [entry["name"] for entry in index] == [MODEL]
     with gateway_platform.admin() as admin:
         admin.post("/api/v1/tenants/demo/models/", json={"name": "demo-only"})
-    for path in ("/v2/models/demo-only", "/v2/models/demo-only/ready", "/v2/models/no-such-model"):
+    for path in (
+        "/v2/models/demo-only",
+        "/v2/models/demo-only/ready",
+        "/v2/models/demo-only/versions/1",
+        "/v2/models/demo-only/versions/1/ready",
+        "/v2/models/no-such-model",
+    ):
         answer = httpx.get(f"{gateway_platform.base_url}{path}", headers=_bearer(other_key))
         assert answer.status_code == 404, (path, answer.text)
+    # Another tenant's model and a model that exists nowhere read the same.
+    foreign = httpx.get(f"{gateway_platform.base_url}/v2/models/demo-only", headers=_bearer(other_key)).json()
+    unknown = httpx.get(f"{gateway_platform.base_url}/v2/models/nothing-xy", headers=_bearer(other_key)).json()
+    assert foreign["error"].replace("demo-only", "?") == unknown["error"].replace("nothing-xy", "?")
     assert _infer_json(gateway_platform, other_key, ONE_ROW, model="demo-only").status_code == 404
     # Its own tenant sees it, and is told it is not deployed.
     deadline = time.monotonic() + 5
@@ -240,6 +252,23 @@ def test_bad_requests_get_a_clear_400(gateway_platform: Platform, body, header_l
     answer = _infer_json(gateway_platform, key, body, **headers)
     assert answer.status_code == 400, answer.text
     assert needle.lower() in answer.json()["error"].lower(), answer.text
+
+
+def test_protocol_misuse_gets_clear_errors(gateway_platform: Platform):
+    key = _demo_key(gateway_platform)
+    base = gateway_platform.base_url
+    for body in (b"{bad", b"[1]", b'{"ready": "yes"}'):
+        answer = httpx.post(f"{base}/v2/repository/index", content=body, headers=_bearer(key))
+        assert answer.status_code == 400, answer.text
+        assert "repository index" in answer.json()["error"]
+    wrong = httpx.post(f"{base}/v2/health/live")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "GET"
+    wrong = httpx.get(f"{base}/v2/models/{MODEL}/infer", headers=_bearer(key))
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert httpx.get(f"{base}/v2/no/such/route").status_code == 404
+    # The scheme is case-insensitive, as HTTP says.
+    lower = httpx.get(f"{base}/v2/models/{MODEL}", headers={"Authorization": f"bearer {key}"})
+    assert lower.status_code == 200
 
 
 def test_a_body_over_the_limit_is_refused_with_413_before_it_is_read(gateway_platform: Platform):
@@ -332,6 +361,58 @@ def test_metrics_count_requests_per_tenant_and_are_closed_to_tenant_keys(gateway
     assert httpx.get(f"{gateway_platform.base_url}/metrics").status_code in (401, 403)
 
 
+def test_a_90_10_canary_split_holds_within_5_percent_over_2000_requests(gateway_platform: Platform):
+    from apps.registry.demo import demo_model_bytes
+
+    key = _demo_key(gateway_platform)
+    base = f"{gateway_platform.base_url}/api/v1/tenants/demo/models/{MODEL}"
+    with gateway_platform.admin() as admin:
+        quota = {"requests_per_second": 100_000, "max_concurrent_requests": 1000}
+        assert admin.patch("/api/v1/tenants/demo/quota/", json=quota).status_code == 200
+    uploaded = httpx.post(
+        f"{base}/versions/", headers=_bearer(key), files={"file": ("m.onnx", demo_model_bytes())}, timeout=30
+    )
+    assert uploaded.status_code == 202, uploaded.text
+    number = uploaded.json()["number"]
+    deadline = time.monotonic() + 90
+    while httpx.get(f"{base}/versions/{number}/", headers=_bearer(key)).json()["status"] == "validating":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    split = {"1": 90, str(number): 10}
+    assert httpx.patch(f"{base}/deployment/", headers=_bearer(key), json={"traffic": split}).status_code == 200
+    try:
+        for version in ("1", str(number)):
+            while (
+                httpx.get(
+                    f"{gateway_platform.base_url}/v2/models/{MODEL}/versions/{version}/ready", headers=_bearer(key)
+                ).status_code
+                != 200
+            ):
+                assert time.monotonic() < deadline, f"version {version} never became ready"
+                time.sleep(0.3)
+        time.sleep(1.0)  # every gateway snapshot has both
+
+        def served_by(_: int) -> str:
+            answer = _infer_json(gateway_platform, key, ONE_ROW)
+            assert answer.status_code == 200, answer.text
+            return answer.json()["model_version"]
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            versions = list(pool.map(served_by, range(2000)))
+        share = versions.count(str(number)) / len(versions)
+        assert abs(share - 0.10) <= 0.05, share
+        assert set(versions) == {"1", str(number)}
+        # A pinned version is served by that version only.
+        pinned = httpx.post(
+            f"{gateway_platform.base_url}/v2/models/{MODEL}/versions/{number}/infer",
+            json=ONE_ROW,
+            headers=_bearer(key),
+        )
+        assert pinned.json()["model_version"] == str(number)
+    finally:
+        httpx.patch(f"{base}/deployment/", headers=_bearer(key), json={"traffic": {"1": 100}})
+
+
 def test_a_scaled_to_zero_model_cold_starts_once_for_concurrent_requests(gateway_platform: Platform):
     key = _demo_key(gateway_platform)
     base = f"{gateway_platform.base_url}/api/v1/tenants/demo/models/{MODEL}/deployment/"
@@ -359,6 +440,22 @@ def test_a_scaled_to_zero_model_cold_starts_once_for_concurrent_requests(gateway
     _wait_ready(gateway_platform, key)
 
 
+def test_a_cold_start_that_cannot_finish_answers_503_with_retry_after_and_the_reason(gateway_platform: Platform):
+    key = _make_tenant_with_model(gateway_platform, "nogpu", scopes=["infer", "manage"], gpu_memory_mb=1024)
+    base = f"{gateway_platform.base_url}/api/v1/tenants/nogpu/models/{MODEL}/deployment/"
+    moved = httpx.patch(base, headers=_bearer(key), json={"device_kind": "cuda"})  # no GPU in this fleet
+    assert moved.status_code == 200, moved.text
+    time.sleep(1.5)
+    started = time.monotonic()
+    answer = _infer_json(gateway_platform, key, ONE_ROW)
+    waited = time.monotonic() - started
+    assert answer.status_code == 503, answer.text
+    assert int(answer.headers["retry-after"]) >= 1
+    assert "BERTH_GATEWAY_COLD_START_S" in answer.json()["error"]
+    assert "no cuda device" in answer.json()["error"]
+    assert 14 <= waited < 30
+
+
 def test_a_worker_killed_under_load_loses_nothing_silently(gateway_platform: Platform, tmp_path: Path):
     key = _demo_key(gateway_platform)
     spare_id = f"{gateway_platform.worker_id}-spare"
@@ -371,6 +468,7 @@ def test_a_worker_killed_under_load_loses_nothing_silently(gateway_platform: Pla
             stderr=subprocess.STDOUT,
         )
     base = f"{gateway_platform.base_url}/api/v1/tenants/demo/models/{MODEL}/deployment/"
+    retries_before = _metric(gateway_platform, "berth_gateway_retries_total", tenant="demo", model=MODEL)
     try:
         deadline = time.monotonic() + 90
         with gateway_platform.admin() as admin:
@@ -421,6 +519,10 @@ def test_a_worker_killed_under_load_loses_nothing_silently(gateway_platform: Pla
         # Requests sent after the kill reach the surviving worker (retried there on connect failure).
         after = [code for code, _, _, sent_at in results if sent_at > killed_at + 0.2]
         assert len(after) > 20 and set(after) == {200}, after
+        # The gateway noticed the dead worker: requests it had in flight there broke (502, and it
+        # was left out of routing), or a connection to it failed and was retried on the live one.
+        retries = _metric(gateway_platform, "berth_gateway_retries_total", tenant="demo", model=MODEL)
+        assert codes.count(502) > 0 or retries > retries_before
     finally:
         if spare.poll() is None:
             spare.kill()

@@ -100,13 +100,16 @@ def test_every_wanted_replica_is_placed_or_pending_with_a_reason(fleet):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(1, 3), st.integers(2, 6))
-def test_replicas_of_one_version_spread_when_possible(replicas, device_count):
+@given(st.integers(1, 5), st.integers(1, 4))
+def test_replicas_of_one_version_never_share_a_device(replicas, device_count):
     devices = [Device(f"gpu{i}", "cuda", 80 * GiB) for i in range(device_count)]
     wanted = [Wanted(rid("t", "m", r), 1 * GiB, "cuda") for r in range(replicas)]
     plan = place(devices=devices, placed=[], wanted=wanted, quotas={"t": BIG}, now=0.0)
-    used = [plan.assignments[w.replica] for w in wanted]
-    assert len(set(used)) == min(replicas, device_count)
+    used = [plan.assignments[w.replica] for w in wanted if w.replica in plan.assignments]
+    assert len(set(used)) == len(used) == min(replicas, device_count)
+    # The rest wait for a device, saying so.
+    assert len(plan.pending) == max(replicas - device_count, 0)
+    assert all("already hosts a replica" in reason for _, reason in plan.pending)
 
 
 def test_best_fit_fills_the_tightest_device_in_use_and_opens_the_largest_empty_one():
@@ -193,3 +196,17 @@ def test_quota_refusals_say_what_is_needed_and_left():
     )
     assert len(plan.assignments) == 1
     assert "needs 4096 MiB of cuda memory, 2048 MiB left of 6144 MiB" in plan.pending[0][1]
+
+
+def test_a_replica_wanted_on_another_device_kind_leaves_its_device():
+    devices = [Device("cpu0", "cpu", 8 * GiB), Device("gpu0", "cuda", 80 * GiB)]
+    moved = rid("t", "m", 0)
+    placed = [Placed(moved, "cpu0", 1 * GiB)]
+    plan = place(devices=devices, placed=placed, wanted=[Wanted(moved, 1 * GiB, "cuda")], quotas={"t": BIG}, now=0.0)
+    assert plan.unloads == ((moved, "cpu0"),)
+    assert plan.loads == ((moved, "gpu0"),)
+    no_gpu = place(
+        devices=devices[:1], placed=placed, wanted=[Wanted(moved, 1 * GiB, "cuda")], quotas={"t": BIG}, now=0.0
+    )
+    assert no_gpu.unloads == ((moved, "cpu0"),)
+    assert "no cuda device" in no_gpu.pending[0][1]

@@ -33,8 +33,8 @@ def deployment(world_a):
     return Deployment.objects.create(model=model, traffic={"1": 100}, min_replicas=2, max_replicas=2)
 
 
-def run() -> PassReport:
-    report = reconcile_once()
+def run(now: float | None = None) -> PassReport:
+    report = reconcile_once(now=now)
     assert report is not None
     return report
 
@@ -97,21 +97,54 @@ def test_what_cannot_fit_stays_pending_with_the_reason(deployment):
     assert "no cpu device has 100 MiB free" in rows[0].reason
 
 
-def test_a_failed_load_stays_failed_with_its_reason_until_the_deployment_changes(deployment, world_a):
+def test_a_failed_load_is_retried_with_backoff_on_another_device_then_fails_with_the_reasons(
+    deployment, world_a, settings, django_capture_on_commit_callbacks
+):
+    import time
+
+    settings.BERTH_LOAD_RETRY_S = 10
     deployment.min_replicas = 1
     deployment.save()
-    worker = WorkerFactory.create(worker_id="w1")
-    reconcile_once()
-    report_hosted(worker, "failed", "sha256 mismatch")
-    reconcile_once()
+    first = WorkerFactory.create(worker_id="w1")
+    second = WorkerFactory.create(worker_id="w2")
+    now = time.time()
+    reconcile_once(now=now)
     replica = Replica.objects.get()
-    assert replica.state == "failed" and replica.reason == "sha256 mismatch"
-    assert run().loads == 0
+    tried = replica.worker
+    assert tried is not None
+    report_hosted(tried, "failed", "sha256 mismatch")
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        reconcile_once(now=now + 1)
+    replica.refresh_from_db()
+    assert replica.state == "pending" and replica.worker is None
+    assert "load failed on" in replica.reason and "sha256 mismatch" in replica.reason and "in 10 s" in replica.reason
+    assert sent, "the failed entry is unloaded from its worker"
+    assert run(now + 5).loads == 0  # backoff
+    assert run(now + 12).loads == 1
+    replica.refresh_from_db()
+    other = replica.worker
+    assert other is not None and other != tried  # another device
+    report_hosted(tried, "ready")  # (the first worker's state no longer matters)
+    report_hosted(other, "failed", "out of memory")
+    reconcile_once(now=now + 13)
+    replica.refresh_from_db()
+    assert replica.state == "pending" and "in 20 s" in replica.reason
+    assert run(now + 34).loads == 1  # both devices failed once: any will do
+    replica.refresh_from_db()
+    assert replica.worker is not None
+    report_hosted(replica.worker, "failed", "out of memory")
+    reconcile_once(now=now + 35)
+    replica.refresh_from_db()
+    assert replica.state == "failed"
+    assert "load failed 3 times" in replica.reason and "out of memory" in replica.reason
+    assert run(now + 100).loads == 0
+    # Changing the deployment clears the failure for a fresh start.
     response = world_a.session("member").patch(
         "/api/v1/tenants/alpha/models/clf/deployment/", {"min_replicas": 1}, format="json"
     )
     assert response.status_code == 200
-    assert run().loads == 1
+    assert run(now + 101).loads == 1
+    del first, second
 
 
 def test_undeploying_removes_the_replicas(deployment, world_a):
@@ -196,3 +229,103 @@ def test_a_suspect_replica_on_a_worker_still_beating_stays(deployment):
     worker.save()
     run()
     assert Worker.objects.get(worker_id="w1").state == Worker.State.READY
+
+
+def test_load_scales_a_version_up_in_one_pass_and_down_after_the_stabilisation_window(deployment, settings):
+    import time
+
+    settings.BERTH_SCALE_DOWN_STABILISATION_S = 60
+    deployment.min_replicas, deployment.max_replicas, deployment.target_inflight_per_replica = 1, 3, 4
+    deployment.save()
+    workers = [WorkerFactory.create(worker_id=f"w{i}") for i in range(1, 4)]
+    now = time.time()
+    assert run(now).loads == 1
+    busy = Replica.objects.get().worker
+    assert busy is not None
+    busy.hosted = [
+        {"tenant": "alpha", "model": "clf", "version": 1, "state": "ready", "reserved_bytes": 100 * MiB,
+         "inflight": 6, "queue_depth": 4}
+    ]  # fmt: skip
+    busy.save()
+    report = reconcile_once(now=now + 2)
+    assert report is not None and report.loads == 2  # ceil(10 / 4) = 3 replicas, at once
+    assert {r.worker_id for r in Replica.objects.all()} == {w.pk for w in workers}
+    busy.hosted[0]["inflight"], busy.hosted[0]["queue_depth"] = 0, 0
+    busy.save()
+    assert run(now + 30).unloads == 0  # within the window: held
+    assert Replica.objects.count() == 3
+    assert run(now + 63).unloads == 2
+    assert Replica.objects.count() == 1
+
+
+def test_a_drained_workers_replica_serves_until_its_replacement_is_ready_then_unloads(
+    deployment, staff_user, django_capture_on_commit_callbacks
+):
+    import time
+
+    from apps.deployments.services import worker_drain
+    from apps.gateway.selectors import routing_snapshot_load
+    from apps.tenants.access import Actor
+
+    deployment.min_replicas = 1
+    deployment.save()
+    WorkerFactory.create(worker_id="w1")
+    reconcile_once()
+    first = Replica.objects.get()
+    assert first.worker is not None
+    report_hosted(first.worker, "ready")
+    reconcile_once()
+    spare = WorkerFactory.create(worker_id="w2")
+
+    def routed_workers() -> set[str]:
+        snapshot = routing_snapshot_load()
+        tenant = next(t for t in snapshot.tenants.values() if t.slug == "alpha")
+        return {r.worker_id for r in tenant.models["clf"].versions[1].replicas}
+
+    assert routed_workers() == {"w1"}
+    worker_drain(actor=Actor(user=staff_user), worker=first.worker)
+    with django_capture_on_commit_callbacks(execute=False):
+        report = run()
+    assert report.loads == 1
+    rows = {(r.worker.worker_id if r.worker else None, r.state, r.retiring) for r in Replica.objects.all()}
+    assert rows == {("w1", "ready", True), ("w2", "loading", False)}
+    assert routed_workers() == {"w1"}  # still served where it was
+    report_hosted(spare, "ready")
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        run()
+    rows = {(r.worker.worker_id if r.worker else None, r.state, r.retiring) for r in Replica.objects.all()}
+    assert rows == {("w1", "unloading", True), ("w2", "ready", False)}
+    assert routed_workers() == {"w2"}  # out of routing at once...
+    assert not sent
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        reconcile_once(now=time.time() + 10)  # ...and unloaded after the grace period
+    rows = {(r.worker.worker_id if r.worker else None, r.state, r.retiring) for r in Replica.objects.all()}
+    assert rows == {("w2", "ready", False)}
+    assert sent
+
+
+def test_a_ready_replica_no_longer_wanted_leaves_routing_before_it_is_unloaded(
+    deployment, django_capture_on_commit_callbacks
+):
+    import time
+
+    deployment.min_replicas = 1
+    deployment.save()
+    WorkerFactory.create(worker_id="w1")
+    reconcile_once()
+    replica = Replica.objects.get()
+    assert replica.worker is not None
+    report_hosted(replica.worker, "ready")
+    reconcile_once()
+    deployment.traffic = {}
+    deployment.save()
+    now = time.time()
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        reconcile_once(now=now)
+    replica = Replica.objects.get()
+    assert (replica.state, replica.retiring) == ("unloading", True)
+    assert not sent
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        reconcile_once(now=now + 5)
+    assert not Replica.objects.exists()
+    assert sent

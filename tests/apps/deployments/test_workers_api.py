@@ -55,3 +55,37 @@ def test_listing_costs_the_same_queries_for_1_and_20_workers(staff_user):
         response = client.get(URL)
     assert len(response.json()) == 20
     assert len(twenty) == len(one) <= 3
+
+
+def test_staff_drain_a_worker_and_take_it_back_and_heartbeats_do_not_undo_it(staff_user, plain_user):
+    import time
+
+    from apps.deployments.models import Worker
+    from apps.deployments.services import worker_record_heartbeat
+    from apps.tenants.models import AuditEvent
+    from inference_workers.types import DeviceState, WorkerHeartbeat
+
+    WorkerFactory(worker_id="alpha")
+    client = APIClient()
+    client.force_authenticate(plain_user)
+    assert client.post(f"{URL}alpha/drain/").status_code == 403
+    client.force_authenticate(staff_user)
+    assert client.post(f"{URL}nobody/drain/").status_code == 404
+    drained = client.post(f"{URL}alpha/drain/")
+    assert drained.status_code == 200
+    assert drained.json()["state"] == "draining" and drained.json()["drain_requested_at"]
+    assert AuditEvent.objects.filter(action="worker.drain", target="alpha").exists()
+    heartbeat = WorkerHeartbeat(
+        worker_id="alpha",
+        host="h",
+        dataplane_url="http://127.0.0.1:1",
+        queue="worker.alpha",
+        state="ready",
+        sent_at=time.time(),
+        device=DeviceState(kind="cpu", index=0, name="cpu", uuid="", total_bytes=1, used_bytes=0, free_bytes=1),
+        models=(),
+    )
+    worker_record_heartbeat(heartbeat=heartbeat)
+    assert Worker.objects.get(worker_id="alpha").state == "draining"
+    back = client.delete(f"{URL}alpha/drain/")
+    assert back.status_code == 200 and back.json()["state"] == "ready"

@@ -47,7 +47,7 @@ def demo_examples(*, base_url: str, api_key: str) -> str:
   curl -s -H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json' \\
     -d '{{"inputs":[{{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}}]}}' \\
     {base_url}/v2/models/{DEMO_MODEL}/infer
-  python - <<'PY'
+  .venv/bin/python - <<'PY'
 import numpy as np, tritonclient.http as v2
 client = v2.InferenceServerClient("{host}")
 headers = {{"Authorization": "Bearer {api_key}"}}
