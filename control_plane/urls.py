@@ -10,6 +10,7 @@ api_v1: list[URLPattern | URLResolver] = [
     path("", include("apps.tenants.urls")),
     path("", include("apps.registry.urls")),
     path("", include("apps.deployments.urls")),
+    path("", include("apps.monitoring.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
 ]

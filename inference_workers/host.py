@@ -165,11 +165,16 @@ class ModelHost:
                 if need > free:
                     found = self._victims(need - free, sparing=key) if command.allow_evict else None
                     if found is None:
-                        raise InsufficientMemoryError(
+                        refusal = InsufficientMemoryError(
                             f"model {key} needs {need} bytes ({_mib(need)}) but only {max(free, 0)} bytes "
                             f"({_mib(max(free, 0))}) of {self.allocatable_bytes} are free on {self.options.device}"
                             + ("" if command.allow_evict else "; allow eviction or free memory")
                         )
+                        # Reported in heartbeats like any failed load, so the control plane sees why.
+                        self._entries[key] = HostedEntry(
+                            command=command, state="failed", reserved_bytes=0, reason=str(refusal)
+                        )
+                        raise refusal
                     victims = found
                 entry = HostedEntry(command=command, state="loading", reserved_bytes=need)
                 self._entries[key] = entry

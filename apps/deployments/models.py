@@ -98,6 +98,7 @@ class Replica(models.Model):
     retry_at = models.DateTimeField(
         null=True, blank=True, help_text="pending: no new load before this (backoff); unloading: unloaded at this time"
     )
+    loading_since = models.DateTimeField(null=True, blank=True, help_text="when its load command was sent")
     retiring = models.BooleanField(
         default=False, help_text="on a draining worker: serves until its replacement is ready, then unloads"
     )

@@ -38,6 +38,7 @@ class Placed:
     reserved_bytes: int
     last_used_at: float = 0.0
     idle_evictable: bool = False  # scaled to zero: may be evicted when memory is short
+    pinned: bool = False  # leaving (drain, unload grace): holds its memory and its device, never moved
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Wanted:
     footprint_bytes: int
     kind: str
     avoid: frozenset[str] = frozenset()  # devices where its load failed: others first
+    surplus: bool = False  # above its deployment's minimum (autoscaled): placed after every minimum
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,14 @@ def place(
     tenant_memory: dict[tuple[str, str], int] = {}
     tenant_replicas: dict[str, int] = {}
 
+    occupied: dict[str, set[tuple[str, str, int]]] = {device_id: set() for device_id in by_id}
     for item in sorted(placed, key=lambda p: (p.device_id, p.replica)):
         if item.device_id not in by_id:
             continue  # its device is gone: the replica is lost and will be placed anew
+        if item.pinned:
+            reserved[item.device_id] += item.reserved_bytes
+            occupied[item.device_id].add(item.replica[:3])
+            continue
         kind = by_id[item.device_id].kind
         if item.replica not in wanted_by_id or wanted_by_id[item.replica].kind != kind:
             unloads.append((item.replica, item.device_id))  # not wanted, or wanted on another kind
@@ -120,7 +127,7 @@ def place(
     pending: list[tuple[ReplicaId, str]] = []
     todo = sorted(
         (w for w in wanted if w.replica not in assignments),
-        key=lambda w: (-w.footprint_bytes, w.replica),
+        key=lambda w: (w.surplus, -w.footprint_bytes, w.replica),
     )
 
     def free(device_id: str) -> int:
@@ -128,6 +135,8 @@ def place(
         return device.capacity_bytes - device.headroom_bytes - reserved[device_id]
 
     def siblings(device_id: str, replica: ReplicaId) -> bool:
+        if replica[:3] in occupied[device_id]:
+            return True  # a leaving copy of the version is still there
         return any(
             other_id[:3] == replica[:3] and assigned == device_id
             for other_id, assigned in assignments.items()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 LOCK_KEY = "berth:reconcile-lock"
 # A load that fails is tried this many times in all (each on another device when one has room).
 MAX_LOAD_ATTEMPTS = 3
+ORPHAN_RESEND_S = 10
 LOCK_TTL_S = 30
 MiB = 1024**2
 
@@ -81,10 +83,14 @@ def _suspects_confirmed(replicas: list[Replica], workers: dict[int, Worker], now
         if worker is None or replica.suspect_at is None or worker.state == Worker.State.DEAD:
             continue
         last_beat = worker.last_heartbeat_at.timestamp()
-        if last_beat < replica.suspect_at.timestamp() and now - last_beat > silent_s:
+        if last_beat >= replica.suspect_at.timestamp() or now - last_beat <= silent_s:
+            continue
+        # Only if no heartbeat came in since it was read: a live worker is never marked dead.
+        if Worker.objects.filter(pk=worker.pk, last_heartbeat_at=worker.last_heartbeat_at).update(
+            state=Worker.State.DEAD
+        ):
             log.warning("worker %s: unreachable from a gateway and silent for %.1f s; dead", worker, now - last_beat)
             worker.state = Worker.State.DEAD
-            worker.save(update_fields=["state"])
 
 
 def _load_failed(replica: Replica, worker: Worker, reason: str, now: float) -> tuple[str, str, dict[str, Any]]:
@@ -139,13 +145,26 @@ def _observe(replicas: list[Replica], workers: dict[int, Worker], now: float) ->
             ),
             None,
         )
+        since = replica.loading_since.timestamp() if replica.loading_since else 0.0
+        if replica.state == Replica.State.LOADING and worker.last_heartbeat_at.timestamp() <= since:
+            continue  # the heartbeat predates the load command: what it says is about an earlier load
         if hosted is None:
+            if replica.state == Replica.State.READY:
+                replica.state, replica.worker, replica.reason = Replica.State.PENDING, None, "its worker lost it"
+                replica.save(update_fields=["state", "worker", "reason"])
+            elif now - since > settings.BERTH_LOAD_TIMEOUT_S:
+                commands.append(
+                    _load_failed(
+                        replica, worker, f"no word of the load within {settings.BERTH_LOAD_TIMEOUT_S:g} s", now
+                    )
+                )
             continue
         if hosted["state"] == "ready" and replica.state != Replica.State.READY:
             replica.state, replica.reason = Replica.State.READY, ""
             replica.reserved_bytes = hosted["reserved_bytes"]
-            replica.save(update_fields=["state", "reason", "reserved_bytes"])
-        elif hosted["state"] == "failed":
+            replica.attempts, replica.failed_on = 0, []
+            replica.save(update_fields=["state", "reason", "reserved_bytes", "attempts", "failed_on"])
+        elif hosted["state"] == "failed" and replica.state == Replica.State.LOADING:
             commands.append(_load_failed(replica, worker, hosted.get("reason") or "the load failed", now))
     return commands
 
@@ -164,22 +183,64 @@ def _retire(
     leaves routing; one out of routing is unloaded once the grace period has passed (gateways
     re-read their tables within it, so no request is sent to a model being unloaded)."""
     commands: list[tuple[str, str, dict[str, Any]]] = []
+    in_use = {
+        (r.worker_id, _key(r))
+        for r in existing.values()
+        if r.worker_id is not None and r.pk is not None and not r.retiring
+    }
     for row in retiring:
         replica_id = (row.version.model.tenant.slug, row.version.model.name, row.version.number, row.index)
         worker = row.worker
         if worker is None or worker.state == Worker.State.DEAD:
             row.delete()
             continue
+        replacement = existing.get(replica_id)
+        taken_back = row.state == Replica.State.READY and worker.state == Worker.State.READY and replica_id in wanted
+        if taken_back and (
+            replacement is None or (replacement.state == Replica.State.PENDING and replacement.worker is None)
+        ):
+            # Its worker was taken back (undrained) before a replacement was placed: keep it.
+            if replacement is not None and replacement.pk is not None:
+                replacement.delete()
+            row.retiring, row.reason = False, ""
+            row.save(update_fields=["retiring", "reason"])
+            existing[replica_id] = row
+            continue
         if row.state != Replica.State.UNLOADING:
-            replacement = existing.get(replica_id)
             if replica_id in wanted and (replacement is None or replacement.state != Replica.State.READY):
                 continue
             _begin_unload(row, now)
         if row.retry_at is not None and row.retry_at.timestamp() > now:
             continue
+        if (worker.pk, _key(row)) in in_use:
+            # A serving replica of the version is on the same worker: its row goes, the model stays.
+            row.delete()
+            continue
         commands.append((worker.queue, UNLOAD_TASK, _key(row).__dict__))
         log.info("replica %s unloaded from %s", row, worker.worker_id)
         row.delete()
+    return commands
+
+
+def _orphans(workers: dict[int, Worker]) -> list[tuple[str, str, dict[str, Any]]]:
+    """Unloads what a live worker hosts that no replica row refers to (a worker marked dead by
+    mistake that came back, a lost command); each at most once per ``ORPHAN_RESEND_S``."""
+    referenced = set(
+        Replica.objects.filter(worker__isnull=False).values_list(
+            "worker_id", "version__model__tenant__slug", "version__model__name", "version__number"
+        )
+    )
+    commands: list[tuple[str, str, dict[str, Any]]] = []
+    for worker in workers.values():
+        if worker.state == Worker.State.DEAD:
+            continue
+        for hosted in worker.hosted:
+            key = ModelKey(tenant=hosted["tenant"], model=hosted["model"], version=hosted["version"])
+            if (worker.pk, key.tenant, key.model, key.version) in referenced:
+                continue
+            if cache.add(f"berth:orphan:{worker.worker_id}:{key.dataplane_name}:{key.version}", 1, ORPHAN_RESEND_S):
+                log.info("worker %s hosts %s, which no replica wants; unloading", worker.worker_id, key)
+                commands.append((worker.queue, UNLOAD_TASK, key.__dict__))
     return commands
 
 
@@ -226,12 +287,14 @@ def _scale(deployment: Deployment, number: int, load: dict[tuple[str, str, int],
 
 def reconcile_once(*, now: float | None = None) -> PassReport | None:
     """One reconcile pass; None when another pass holds the lock."""
-    if not cache.add(LOCK_KEY, "1", timeout=LOCK_TTL_S):
+    token = uuid.uuid4().hex
+    if not cache.add(LOCK_KEY, token, timeout=LOCK_TTL_S):
         return None
     try:
         return _reconcile(now or time.time())
     finally:
-        cache.delete(LOCK_KEY)
+        if cache.get(LOCK_KEY) == token:  # past its timeout the lock may be another pass's
+            cache.delete(LOCK_KEY)
 
 
 @transaction.atomic
@@ -290,6 +353,7 @@ def _reconcile(now: float) -> PassReport:
                         footprint_bytes=version.footprint_bytes or 0,
                         kind=deployment.device_kind,
                         avoid=avoid.get(replica_id, frozenset()),
+                        surplus=index >= max(deployment.min_replicas, 1),
                     )
                 )
     existing = {(r.version.model.tenant.slug, r.version.model.name, r.version.number, r.index): r for r in replicas}
@@ -302,6 +366,15 @@ def _reconcile(now: float) -> PassReport:
         )
         for replica_id, row in existing.items()
         if row.worker is not None and row.state in (Replica.State.LOADING, Replica.State.READY)
+    ] + [
+        Placed(
+            replica=(row.version.model.tenant.slug, row.version.model.name, row.version.number, -row.pk),
+            device_id=row.worker.worker_id,
+            reserved_bytes=row.reserved_bytes,
+            pinned=True,
+        )
+        for row in retiring
+        if row.worker is not None
     ]
     quotas = {
         quota.tenant.slug: Quota(
@@ -323,6 +396,7 @@ def _reconcile(now: float) -> PassReport:
         if row is None:
             row = Replica(deployment=deployment, version=version, index=index)
         row.worker, row.state, row.reason, row.retry_at = worker, Replica.State.LOADING, "", None
+        row.loading_since = datetime.fromtimestamp(now, tz=UTC)
         row.reserved_bytes = version.footprint_bytes or 0
         row.save()
         commands.append((worker.queue, LOAD_TASK, _load_command(row, deployment).to_message()))
@@ -351,6 +425,7 @@ def _reconcile(now: float) -> PassReport:
         for queue, task, message in commands:
             current_app.send_task(task, args=[message], queue=queue)
 
+    commands.extend(_orphans(workers))
     if commands:
         transaction.on_commit(send, robust=True)
     ready = sum(1 for r in existing.values() if r.state == Replica.State.READY)

@@ -15,10 +15,11 @@ def worker_list() -> QuerySet[Worker]:
 
 
 def tenant_deployment_usage(*, tenant: Tenant, kind: str, excluding: Model | None = None) -> tuple[int, int]:
-    """(bytes, replicas) the tenant's deployments of ``kind`` hold at their min_replicas."""
+    """(bytes of ``kind``, replicas of every kind) the tenant's deployments hold at their minimum
+    (``max_replicas`` in the quota counts replicas on every device kind)."""
     from apps.deployments.services import deployment_need
 
-    deployments = Deployment.objects.filter(model__tenant=tenant, device_kind=kind).select_related("model")
+    deployments = Deployment.objects.filter(model__tenant=tenant).select_related("model")
     if excluding is not None:
         deployments = deployments.exclude(model=excluding)
     total_bytes = total_replicas = 0
@@ -31,7 +32,8 @@ def tenant_deployment_usage(*, tenant: Tenant, kind: str, excluding: Model | Non
             traffic=deployment.traffic,
             replicas=max(deployment.min_replicas, 1),
         )
-        total_bytes += size
+        if deployment.device_kind == kind:
+            total_bytes += size
         total_replicas += count
     return total_bytes, total_replicas
 

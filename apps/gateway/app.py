@@ -24,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -285,6 +285,7 @@ class Gateway:
         while True:
             try:
                 await self.refresh()
+                await self._flush_rollups()
                 if self._served and time.monotonic() - flushed >= DEMAND_FLUSH_S:
                     from apps.gateway.services import deployment_record_requests
 
@@ -294,6 +295,47 @@ class Gateway:
             except Exception:
                 log.exception("the gateway could not refresh its routing table; keeping the last one")
             await asyncio.sleep(self.settings.refresh_s)
+
+    async def _flush_rollups(self) -> None:
+        """Hands the seconds that ended to the monitoring pipeline: stored, and pushed to the
+        tenants' dashboards over the channel layer."""
+        cells = metrics.ROLLUPS.drain(time.time())
+        if not cells:
+            return
+        from channels.layers import get_channel_layer
+
+        from apps.monitoring.consumers import tenant_metrics_group
+        from apps.monitoring.selectors import metric_point
+        from apps.monitoring.services import RollupPoint, rollups_record
+
+        points = [
+            RollupPoint(
+                second=cell.second,
+                tenant=cell.labels[0],
+                model=cell.labels[1],
+                version=int(cell.labels[2]),
+                requests=cell.requests,
+                errors=cell.errors,
+                statuses=cell.statuses,
+                latency=cell.latency,
+                inflight_max=cell.inflight_max,
+            )
+            for cell in cells
+        ]
+        await self.database.run(rollups_record, points=points)
+        layer = get_channel_layer()
+        if layer is None or self.snapshot is None:
+            return
+        tenant_ids = {tenant.slug: tenant.tenant_id for tenant in self.snapshot.tenants.values()}
+        by_tenant: dict[int, list[dict[str, Any]]] = {}
+        for cell in cells:
+            tenant_id = tenant_ids.get(cell.labels[0])
+            if tenant_id is not None:
+                start = datetime.fromtimestamp(cell.second, tz=UTC)
+                point = metric_point(start=start, model=cell.labels[1], version=int(cell.labels[2]), rows=[cell])
+                by_tenant.setdefault(tenant_id, []).append(point)
+        for tenant_id, tenant_points in by_tenant.items():
+            await layer.group_send(tenant_metrics_group(tenant_id), {"type": "metrics.update", "points": tenant_points})
 
     async def refresh(self) -> None:
         """Re-reads the routing table; concurrent callers share one read."""
@@ -717,6 +759,25 @@ class GatewayApp:
                 ),
                 labels,
             )
+        with metrics.ROLLUPS.in_flight(labels):
+            return await self._admitted(
+                gateway, tenant, model, version, labels, scope, receive, send, request_id, reply_headers
+            )
+
+    async def _admitted(
+        self,
+        gateway: Gateway,
+        tenant: TenantRoute,
+        model: ModelRoute,
+        version: VersionRoute,
+        labels: tuple[str, str, str],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: bytes,
+        reply_headers: list[tuple[bytes, bytes]],
+    ) -> tuple[int, tuple[str, str, str]]:
+        limit = gateway.settings.max_body_bytes
         try:
             ticket = await gateway.admission.acquire(tenant.slug, tenant.limits)
         except AdmissionRefused as refused:

@@ -6,7 +6,14 @@ serves (to staff or the metrics token, never to a tenant key).
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
 from prometheus_client import Counter, Histogram
+
+from apps.monitoring.histogram import Counts, record
 
 # Log-spaced from 250 µs to 30 s: the same edges the monitoring rollups merge.
 LATENCY_BUCKETS = (
@@ -37,7 +44,68 @@ RETRIES = Counter(
 )
 
 
-def observe(labels: tuple[str, str, str], status: int, seconds: float) -> None:
-    """Counts one answered inference request."""
+Labels = tuple[str, str, str]  # tenant, model, version
+
+
+@dataclass
+class RollupCell:
+    """What this process saw of one model version in one second."""
+
+    second: int
+    labels: Labels
+    requests: int = 0
+    errors: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    latency: Counts = field(default_factory=dict)
+    inflight_max: int = 0
+
+
+class Rollups:
+    """Per-second figures per (tenant, model, version), drained every second for the
+    monitoring pipeline (``apps.monitoring.services.rollups_record``)."""
+
+    def __init__(self) -> None:
+        self._cells: dict[tuple[int, Labels], RollupCell] = {}
+        self._inflight: dict[Labels, int] = {}
+
+    def _cell(self, labels: Labels) -> RollupCell:
+        second = int(time.time())
+        cell = self._cells.get((second, labels))
+        if cell is None:
+            cell = self._cells[(second, labels)] = RollupCell(second=second, labels=labels)
+        return cell
+
+    @contextlib.contextmanager
+    def in_flight(self, labels: Labels) -> Iterator[None]:
+        """Counts a request in flight while the block runs."""
+        now = self._inflight[labels] = self._inflight.get(labels, 0) + 1
+        cell = self._cell(labels)
+        cell.inflight_max = max(cell.inflight_max, now)
+        try:
+            yield
+        finally:
+            self._inflight[labels] -= 1
+
+    def observe(self, labels: Labels, status: int, seconds: float) -> None:
+        cell = self._cell(labels)
+        cell.requests += 1
+        if status >= 400:
+            cell.errors += 1
+        key = str(status)
+        cell.statuses[key] = cell.statuses.get(key, 0) + 1
+        record(cell.latency, seconds)
+
+    def drain(self, now: float) -> list[RollupCell]:
+        """The cells of every second that has ended, removed from this accumulator."""
+        ended = [key for key in self._cells if key[0] < int(now)]
+        return [self._cells.pop(key) for key in sorted(ended)]
+
+
+ROLLUPS = Rollups()
+
+
+def observe(labels: Labels, status: int, seconds: float) -> None:
+    """Counts one answered inference request (Prometheus and the rollups)."""
     REQUESTS.labels(*labels, str(status)).inc()
     LATENCY.labels(*labels).observe(seconds)
+    ROLLUPS.observe(labels, status, seconds)

@@ -9,3 +9,13 @@ from celery import shared_task
 def ping(nonce: str) -> str:
     """Answers with the nonce it was given: proves a broker round trip end to end."""
     return nonce
+
+
+@shared_task(name="berth.monitoring.rollups_compact", ignore_result=True)
+def rollups_compact() -> None:
+    """Merges complete minutes into one-minute rollups and prunes past retention (beat, 30 s)."""
+    from django.utils import timezone
+
+    from apps.monitoring.services import rollups_compact as compact
+
+    compact(now=timezone.now())

@@ -160,6 +160,7 @@ CELERY_BEAT_SCHEDULE = {
     "workers-mark-missing": {"task": "berth.workers_mark_missing", "schedule": 2.0},
     "reconcile": {"task": "berth.reconcile", "schedule": 2.0},
     "requeue-stuck-validations": {"task": "berth.registry.requeue_stuck_validations", "schedule": 60.0},
+    "rollups-compact": {"task": "berth.monitoring.rollups_compact", "schedule": 30.0},
 }
 
 # How long a checked API key (or a refusal) is cached: bounds how long a revoked key works.
@@ -184,6 +185,9 @@ BERTH_SCALE_DOWN_STABILISATION_S = env.float("BERTH_SCALE_DOWN_STABILISATION_S",
 # A replica no longer wanted leaves routing at once and is unloaded this much later (longer
 # than the gateways' refresh, so none of them still sends it requests).
 BERTH_UNLOAD_GRACE_S = env.float("BERTH_UNLOAD_GRACE_S", default=3.0)
+
+# A load no heartbeat has reported on after this long counts as failed (and is retried).
+BERTH_LOAD_TIMEOUT_S = env.float("BERTH_LOAD_TIMEOUT_S", default=120.0)
 
 # A failed load is tried again after this, doubling each time (3 tries in all).
 BERTH_LOAD_RETRY_S = env.float("BERTH_LOAD_RETRY_S", default=2.0)

@@ -361,6 +361,68 @@ def test_metrics_count_requests_per_tenant_and_are_closed_to_tenant_keys(gateway
     assert httpx.get(f"{gateway_platform.base_url}/metrics").status_code in (401, 403)
 
 
+def _session_cookie(platform: Platform, username: str, password: str) -> str:
+    with httpx.Client(base_url=platform.base_url, timeout=10) as browser:
+        form = browser.get("/login/")
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text)
+        assert token, form.text[:500]
+        signed_in = browser.post(
+            "/login/",
+            data={"username": username, "password": password, "csrfmiddlewaretoken": token[1]},
+            headers={"Referer": f"{platform.base_url}/login/"},
+        )
+        assert signed_in.status_code in (200, 302) and "sessionid" in browser.cookies, signed_in.text[:500]
+        return browser.cookies["sessionid"]
+
+
+def test_an_inference_shows_on_the_tenants_live_metrics_socket_within_3_s(gateway_platform: Platform):
+    import asyncio
+
+    import websockets
+
+    from tests.e2e.conftest import ADMIN_PASSWORD
+
+    key = _demo_key(gateway_platform)
+    _wait_ready(gateway_platform, key)
+    cookie = _session_cookie(gateway_platform, "demo-owner", ADMIN_PASSWORD)
+    ws_url = gateway_platform.base_url.replace("http://", "ws://") + f"/ws/tenants/demo/metrics/?model={MODEL}"
+
+    async def watch() -> float:
+        async with websockets.connect(
+            ws_url, additional_headers={"Cookie": f"sessionid={cookie}", "Origin": gateway_platform.base_url}
+        ) as socket:
+            history = json.loads(await socket.recv())
+            assert history["type"] == "metrics.history"
+            sent_at = time.monotonic()
+            await asyncio.to_thread(_infer_json, gateway_platform, key, ONE_ROW)
+            while True:
+                message = json.loads(await asyncio.wait_for(socket.recv(), timeout=5))
+                if message["type"] == "metrics.update" and any(p["requests"] for p in message["points"]):
+                    assert all(p["model"] == MODEL for p in message["points"])
+                    return time.monotonic() - sent_at
+
+    assert asyncio.run(watch()) < 3.0
+    # Without a session the socket is refused at connect (cross-tenant refusals: the consumer tests).
+    refused_url = gateway_platform.base_url.replace("http://", "ws://") + "/ws/tenants/demo/metrics/"
+
+    async def foreign() -> None:
+        # A socket closed before it is accepted is refused in the handshake (HTTP 403).
+        try:
+            async with websockets.connect(refused_url, additional_headers={"Origin": gateway_platform.base_url}) as s:
+                await s.recv()
+        except websockets.InvalidStatus as refused:
+            assert refused.response.status_code == 403
+        else:
+            raise AssertionError("an anonymous socket was accepted")
+
+    asyncio.run(foreign())
+    # The stored series has the request too.
+    series = httpx.get(
+        f"{gateway_platform.base_url}/api/v1/tenants/demo/metrics/?model={MODEL}", headers=_bearer(key)
+    ).json()
+    assert sum(p["requests"] for p in series["points"]) >= 1
+
+
 def test_a_90_10_canary_split_holds_within_5_percent_over_2000_requests(gateway_platform: Platform):
     from apps.registry.demo import demo_model_bytes
 

@@ -53,7 +53,10 @@ def test_a_load_that_does_not_fit_is_refused_naming_needed_and_free(make_host, m
         host.load(load_command(model_files["doubler"], model="b", reservation=50 * MiB))
     message = str(refused.value)
     assert str(50 * MiB) in message and str(40 * MiB) in message
-    assert [s.key.model for s in host.states()] == ["a"]
+    # The refusal is reported like a failed load (heartbeats carry it), holding no memory.
+    states = {s.key.model: s for s in host.states()}
+    assert states["a"].state == "ready"
+    assert states["b"].state == "failed" and states["b"].reserved_bytes == 0 and str(50 * MiB) in states["b"].reason
 
 
 def test_headroom_is_never_reserved(make_host, model_files):

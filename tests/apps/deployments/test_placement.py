@@ -210,3 +210,22 @@ def test_a_replica_wanted_on_another_device_kind_leaves_its_device():
     )
     assert no_gpu.unloads == ((moved, "cpu0"),)
     assert "no cuda device" in no_gpu.pending[0][1]
+
+
+def test_every_deployments_minimum_is_placed_before_anyones_surplus():
+    devices = [Device("cpu0", "cpu", 10 * GiB)]
+    surplus = Wanted(rid("a", "big", 1), 6 * GiB, "cpu", surplus=True)
+    minimum = Wanted(rid("b", "small", 0), 5 * GiB, "cpu")
+    plan = place(devices=devices, placed=[], wanted=[surplus, minimum], quotas={"a": BIG, "b": BIG}, now=0.0)
+    assert plan.loads == ((minimum.replica, "cpu0"),)
+    assert [replica for replica, _ in plan.pending] == [surplus.replica]
+
+
+def test_a_pinned_copy_holds_its_memory_and_its_device():
+    devices = [Device("cpu0", "cpu", 10 * GiB), Device("cpu1", "cpu", 10 * GiB)]
+    leaving = Placed(("t", "m", 1, -7), "cpu0", 4 * GiB, pinned=True)
+    plan = place(
+        devices=devices, placed=[leaving], wanted=[Wanted(rid("t", "m", 0), 4 * GiB, "cpu")], quotas={"t": BIG}, now=0.0
+    )
+    assert plan.loads == ((rid("t", "m", 0), "cpu1"),)  # not beside the leaving copy of its version
+    assert plan.unloads == ()  # a pinned copy is never the plan's to unload

@@ -39,7 +39,12 @@ def run(now: float | None = None) -> PassReport:
     return report
 
 
-def report_hosted(worker: Worker, state: str, reason: str = "") -> None:
+def report_hosted(worker: Worker, state: str, reason: str = "", at: float | None = None) -> None:
+    """A heartbeat from ``worker`` (sent ``at``, default now) reporting the model in ``state``."""
+    import time
+    from datetime import UTC, datetime
+
+    worker.last_heartbeat_at = datetime.fromtimestamp(at if at is not None else time.time() + 0.001, tz=UTC)
     worker.hosted = [
         {
             "tenant": "alpha",
@@ -125,14 +130,14 @@ def test_a_failed_load_is_retried_with_backoff_on_another_device_then_fails_with
     other = replica.worker
     assert other is not None and other != tried  # another device
     report_hosted(tried, "ready")  # (the first worker's state no longer matters)
-    report_hosted(other, "failed", "out of memory")
+    report_hosted(other, "failed", "out of memory", at=now + 12.5)
     reconcile_once(now=now + 13)
     replica.refresh_from_db()
     assert replica.state == "pending" and "in 20 s" in replica.reason
     assert run(now + 34).loads == 1  # both devices failed once: any will do
     replica.refresh_from_db()
     assert replica.worker is not None
-    report_hosted(replica.worker, "failed", "out of memory")
+    report_hosted(replica.worker, "failed", "out of memory", at=now + 34.5)
     reconcile_once(now=now + 35)
     replica.refresh_from_db()
     assert replica.state == "failed"
@@ -189,6 +194,7 @@ def test_an_idle_deployment_scales_to_zero_and_a_cold_start_brings_it_back(deplo
 
 
 def test_a_replica_a_gateway_cannot_reach_marks_its_silent_worker_dead_at_once(deployment):
+    import time
     from datetime import timedelta
 
     from django.utils import timezone
@@ -204,6 +210,7 @@ def test_a_replica_a_gateway_cannot_reach_marks_its_silent_worker_dead_at_once(d
     replica.worker = silent
     replica.state = Replica.State.READY
     replica.save()
+    report_hosted(silent, "ready", at=time.time() - 10)  # its last heartbeat, 10 s ago
     run()
     assert Worker.objects.get(worker_id="w1").state == Worker.State.READY  # silence alone waits for 3 beats
     replica_mark_suspect(replica_id=replica.pk)
@@ -329,3 +336,103 @@ def test_a_ready_replica_no_longer_wanted_leaves_routing_before_it_is_unloaded(
         reconcile_once(now=now + 5)
     assert not Replica.objects.exists()
     assert sent
+
+
+def _rows() -> set[tuple[str | None, int, str, bool]]:
+    return {
+        (r.worker.worker_id if r.worker else None, r.index, r.state, r.retiring)
+        for r in Replica.objects.select_related("worker")
+    }
+
+
+def test_scaling_back_up_within_the_grace_never_lands_on_the_copy_being_unloaded(deployment):
+    import time
+
+    w1, w2 = WorkerFactory.create(worker_id="w1"), WorkerFactory.create(worker_id="w2")
+    now = time.time()
+    run(now)
+    for worker in (w1, w2):
+        report_hosted(worker, "ready", at=now + 0.5)
+    run(now + 1)
+    deployment.min_replicas = deployment.max_replicas = 1
+    deployment.autoscale = {}
+    deployment.save()
+    run(now + 2)
+    leaving = next(r for r in Replica.objects.select_related("worker") if r.retiring)
+    assert leaving.state == "unloading" and leaving.worker is not None
+    deployment.min_replicas = deployment.max_replicas = 2
+    deployment.autoscale = {}
+    deployment.save()
+    run(now + 3)  # within the grace: the version's leaving copy still holds that worker
+    assert (leaving.worker.worker_id, 1, "loading", False) not in _rows()
+    assert (None, 1, "pending", False) in _rows()
+    run(now + 10)  # unloaded after the grace...
+    assert not Replica.objects.filter(retiring=True).exists()
+    run(now + 11)  # ...then placed there again
+    assert (leaving.worker.worker_id, 1, "loading", False) in _rows()
+    assert not Replica.objects.filter(retiring=True).exists()
+
+
+def test_a_ready_replica_its_worker_no_longer_reports_is_placed_again(deployment):
+    deployment.min_replicas = 1
+    deployment.save()
+    worker = WorkerFactory.create(worker_id="w1")
+    run()
+    report_hosted(worker, "ready")
+    run()
+    assert Replica.objects.get().state == "ready"
+    worker.hosted = []  # restarted under the same id, empty
+    worker.save()
+    run()
+    assert Replica.objects.get().state == "loading"  # placed (and loaded) again
+
+
+def test_a_load_never_reported_counts_as_failed_after_the_timeout(deployment, settings):
+    import time
+
+    settings.BERTH_LOAD_TIMEOUT_S = 60
+    deployment.min_replicas = 1
+    deployment.save()
+    worker = WorkerFactory.create(worker_id="w1")
+    now = time.time()
+    run(now)
+    worker.hosted = []
+    worker.last_heartbeat_at = __import__("datetime").datetime.fromtimestamp(now + 30, tz=__import__("datetime").UTC)
+    worker.save()
+    run(now + 30)
+    assert Replica.objects.get().state == "loading"
+    worker.last_heartbeat_at = __import__("datetime").datetime.fromtimestamp(now + 61, tz=__import__("datetime").UTC)
+    worker.save()
+    run(now + 61)
+    replica = Replica.objects.get()
+    assert replica.state == "pending" and replica.attempts == 1 and "no word of the load" in replica.reason
+
+
+def test_an_undrained_worker_keeps_its_replica_when_no_replacement_was_placed(deployment, staff_user):
+    from apps.deployments.services import worker_drain
+    from apps.tenants.access import Actor
+
+    deployment.min_replicas = 1
+    deployment.save()
+    worker = WorkerFactory.create(worker_id="only")
+    run()
+    report_hosted(worker, "ready")
+    run()
+    worker_drain(actor=Actor(user=staff_user), worker=worker)
+    run()
+    assert _rows() == {("only", 0, "ready", True), (None, 0, "pending", False)}  # nowhere to go
+    worker_drain(actor=Actor(user=staff_user), worker=Worker.objects.get(pk=worker.pk), drain=False)
+    run()
+    assert _rows() == {("only", 0, "ready", False)}
+
+
+def test_a_model_no_replica_wants_is_unloaded_from_a_live_worker(deployment, django_capture_on_commit_callbacks):
+    deployment.delete()
+    worker = WorkerFactory.create(worker_id="w1")
+    report_hosted(worker, "ready")  # e.g. it was marked dead by mistake and came back
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        run()
+    assert len(sent) == 1
+    with django_capture_on_commit_callbacks(execute=False) as again:
+        run()
+    assert not again  # not re-sent every pass

@@ -36,3 +36,77 @@ async def test_foreign_origin_is_refused():
     communicator = WebsocketCommunicator(application, "/ws/health/", headers=[(b"origin", b"http://evil.example")])
     connected, _ = await communicator.connect()
     assert not connected
+
+
+async def _socket(path: str, user=None) -> WebsocketCommunicator:
+    from asgiref.sync import sync_to_async
+    from django.test import Client
+
+    headers = [(b"origin", b"http://127.0.0.1")]
+    if user is not None:
+        browser = Client()
+        await sync_to_async(browser.force_login)(user)
+        headers.append((b"cookie", f"sessionid={browser.cookies['sessionid'].value}".encode()))
+    return WebsocketCommunicator(application, path, headers=headers)
+
+
+async def test_a_member_gets_history_then_live_points_of_one_model(world_a):
+    from asgiref.sync import sync_to_async
+    from channels.layers import get_channel_layer
+
+    from apps.monitoring.consumers import tenant_metrics_group
+    from apps.monitoring.services import RollupPoint, rollups_record
+
+    await sync_to_async(rollups_record)(
+        points=[
+            RollupPoint(second=int(__import__("time").time()) - 10, tenant="alpha", model="clf", version=1,
+                        requests=4, errors=1, statuses={"200": 3, "400": 1}, latency={40: 4})
+        ]
+    )  # fmt: skip
+    socket = await _socket("/ws/tenants/alpha/metrics/?model=clf", world_a.users["viewer"])
+    connected, _ = await socket.connect()
+    assert connected
+    history = await socket.receive_json_from()
+    assert history["type"] == "metrics.history"
+    assert [(p["model"], p["requests"], p["errors"]) for p in history["points"]] == [("clf", 4, 1)]
+    layer = get_channel_layer()
+    point = {"t": "2026-01-01T00:00:00+00:00", "model": "clf", "version": 1, "requests": 1}
+    other = {**point, "model": "other"}
+    await layer.group_send(
+        tenant_metrics_group(world_a.tenant.pk), {"type": "metrics.update", "points": [other, point]}
+    )
+    update = await socket.receive_json_from()
+    assert update == {"type": "metrics.update", "points": [point]}  # only the model asked for
+    await socket.disconnect()
+
+
+async def test_another_tenants_metrics_socket_is_refused_like_a_missing_one(world_a, world_b):
+    for path in ("/ws/tenants/bravo/metrics/", "/ws/tenants/no-such-tenant/metrics/"):
+        socket = await _socket(path, world_a.users["owner"])
+        connected, code = await socket.connect()
+        assert not connected and code == 4404, path
+        await socket.disconnect()
+    anonymous = await _socket("/ws/tenants/alpha/metrics/")
+    connected, code = await anonymous.connect()
+    assert not connected and code == 4401
+    await anonymous.disconnect()
+
+
+async def test_the_fleet_socket_is_for_staff_and_shows_each_device_with_its_replicas(staff_user, world_a):
+    from asgiref.sync import sync_to_async
+
+    from tests.apps.deployments.factories import WorkerFactory
+
+    await sync_to_async(WorkerFactory.create)(worker_id="gpu-box-0")
+    refused = await _socket("/ws/fleet/", world_a.users["owner"])
+    connected, code = await refused.connect()
+    assert not connected and code == 4404
+    await refused.disconnect()
+    socket = await _socket("/ws/fleet/", staff_user)
+    connected, _ = await socket.connect()
+    assert connected
+    update = await socket.receive_json_from(timeout=5)
+    assert update["type"] == "fleet.update"
+    assert [d["worker"] for d in update["devices"]] == ["gpu-box-0"]
+    assert update["devices"][0]["capacity_bytes"] > 0 and update["devices"][0]["replicas"] == []
+    await socket.disconnect()

@@ -1,0 +1,82 @@
+"""Rollups: recording, per-minute compaction with merged histograms, retention, series."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from apps.monitoring.histogram import percentile, record
+from apps.monitoring.models import MetricRollup
+from apps.monitoring.selectors import metric_series
+from apps.monitoring.services import RollupPoint, rollups_compact, rollups_record
+
+pytestmark = pytest.mark.django_db
+
+T0 = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
+
+
+def _latency(*seconds: float) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for value in seconds:
+        record(counts, value)
+    return counts
+
+
+def _point(at: datetime, *, requests: int, latency: dict[int, int], errors: int = 0, tenant: str = "alpha"):
+    return RollupPoint(
+        second=int(at.timestamp()),
+        tenant=tenant,
+        model="clf",
+        version=1,
+        requests=requests,
+        errors=errors,
+        statuses={"200": requests - errors, **({"503": errors} if errors else {})},
+        latency=latency,
+    )
+
+
+def test_two_gateways_points_of_one_second_add_up_and_percentiles_come_from_merged_histograms(world_a):
+    fast = _latency(*([0.001] * 90))
+    slow = _latency(*([0.100] * 10))
+    rollups_record(points=[_point(T0, requests=90, latency=fast)])
+    rollups_record(points=[_point(T0, requests=10, latency=slow, errors=2)])
+    (point,) = metric_series(tenant=world_a.tenant, since=T0 - timedelta(seconds=1), resolution="1s")
+    assert point["requests"] == 100 and point["errors"] == 2
+    assert point["p50_ms"] < 1.3  # from the merged histogram: most requests were fast
+    assert 80 < point["p99_ms"] < 120  # the slow tail shows; averaging two p99s would not give this
+
+
+def test_points_of_an_unknown_tenant_are_dropped(world_a):
+    rollups_record(points=[_point(T0, requests=1, latency=_latency(0.01), tenant="ghost")])
+    assert not MetricRollup.objects.exists()
+
+
+def test_complete_minutes_are_compacted_once_and_retention_prunes(world_a):
+    for offset in range(0, 120, 10):  # two minutes of points, 12 seconds with traffic
+        rollups_record(points=[_point(T0 + timedelta(seconds=offset), requests=5, latency=_latency(0.002, 0.004))])
+    made, pruned = rollups_compact(now=T0 + timedelta(minutes=4))
+    assert (made, pruned) == (2, 0)
+    minutes = list(MetricRollup.objects.filter(resolution="1m").order_by("start"))
+    assert [m.start for m in minutes] == [T0, T0 + timedelta(minutes=1)]
+    assert [m.requests for m in minutes] == [30, 30]
+    assert sum(minutes[0].latency.values()) == 12  # 6 seconds x 2 observations, merged
+    assert percentile(minutes[0].latency, 50) is not None
+    assert rollups_compact(now=T0 + timedelta(minutes=4, seconds=10)) == (0, 0)  # idempotent
+    # An hour later the one-second rows are gone; the minutes stay for 30 days.
+    made, pruned = rollups_compact(now=T0 + timedelta(hours=1, minutes=3))
+    assert pruned == 12 and not MetricRollup.objects.filter(resolution="1s").exists()
+    assert MetricRollup.objects.filter(resolution="1m").count() == 2
+    rollups_compact(now=T0 + timedelta(days=31))
+    assert not MetricRollup.objects.exists()
+
+
+def test_the_series_api_serves_members_and_checks_the_range(world_a):
+    rollups_record(points=[_point(datetime.now(tz=UTC) - timedelta(seconds=5), requests=3, latency=_latency(0.01))])
+    viewer = world_a.session("viewer")
+    answer = viewer.get("/api/v1/tenants/alpha/metrics/?range=15m&model=clf")
+    assert answer.status_code == 200, answer.content
+    body = answer.json()
+    assert body["resolution"] == "1s" and [p["requests"] for p in body["points"]] == [3]
+    assert viewer.get("/api/v1/tenants/alpha/metrics/?range=7y").status_code == 400
+    assert viewer.get("/api/v1/tenants/alpha/metrics/?range=30d").json()["resolution"] == "1m"
