@@ -27,6 +27,8 @@ run: $(RUNTIME_STAMP)
 
 test: $(DEV_STAMP)
 	$(PY) -m pytest -m "not browser" $(PYTEST_ARGS)
+	# Real Chromium in its own invocation (exit 5 = nothing selected by PYTEST_ARGS).
+	$(PY) -m pytest -m browser tests/browser $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-e2e: $(DEV_STAMP)
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from control_plane.settings.env import (
     BASE_DIR,
     artifact_storage,
@@ -10,6 +12,7 @@ from control_plane.settings.env import (
     data_dir,
     database,
     env,
+    plotly_js_dir,
     secret_key,
 )
 from inference_workers.broker import broker_config
@@ -111,7 +114,7 @@ BERTH_VALIDATION_DEVICE = env.str("BERTH_VALIDATION_DEVICE", default="cpu")
 STATIC_URL = "/static/"
 STATIC_ROOT = BERTH_DATA_DIR / "staticfiles"
 STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns about a missing STATIC_ROOT
-STATICFILES_DIRS = [BASE_DIR / "frontend" / "static"]
+STATICFILES_DIRS: list[Any] = [BASE_DIR / "frontend" / "static", ("vendor/plotly", plotly_js_dir())]
 # Serve straight from the app and frontend folders, so `make run` needs no collectstatic.
 WHITENOISE_USE_FINDERS = True
 

@@ -7,12 +7,14 @@ broker and the in-memory channel layer under ``BERTH_DATA_DIR``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 from pathlib import Path
 from typing import Any
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -105,3 +107,11 @@ def artifact_storage(folder: Path) -> dict[str, Any]:
         "BACKEND": "django.core.files.storage.FileSystemStorage",
         "OPTIONS": {"location": str(folder / "artifacts")},
     }
+
+
+def plotly_js_dir() -> Path:
+    """The plotly package's folder holding ``plotly.min.js`` (served locally, never from a CDN)."""
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImproperlyConfigured("the plotly package is missing; install requirements.txt")
+    return Path(next(iter(spec.submodule_search_locations))) / "package_data"

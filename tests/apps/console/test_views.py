@@ -42,3 +42,32 @@ def test_non_staff_overview_hides_workers(client, plain_user):
 def test_static_css_is_served_without_collectstatic(client):
     response = client.get("/static/berth/berth.css")
     assert response.status_code == 200
+
+
+def test_members_see_their_tenants_dashboard_with_local_plotly(client, world_a):
+    client.force_login(world_a.users["viewer"])
+    overview = client.get("/").content.decode()
+    assert "/t/alpha/dashboard/" in overview
+    page = client.get("/t/alpha/dashboard/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "/static/vendor/plotly/plotly.min.js" in html and "/static/berth/dashboard.js" in html
+    assert 'data-tenant="alpha"' in html
+    assert "https://" not in html and "http://" not in html  # no CDN
+    assert client.get("/static/vendor/plotly/plotly.min.js").status_code == 200
+
+
+def test_another_tenants_dashboard_is_404_like_a_missing_one(client, world_a, world_b):
+    client.force_login(world_a.users["owner"])
+    assert client.get("/t/bravo/dashboard/").status_code == 404
+    assert client.get("/t/no-such-tenant/dashboard/").status_code == 404
+    assert b"/t/bravo/" not in client.get("/").content
+
+
+def test_the_fleet_page_is_for_staff_only(client, staff_user, world_a):
+    client.force_login(world_a.users["owner"])
+    assert client.get("/fleet/").status_code == 404
+    client.force_login(staff_user)
+    page = client.get("/fleet/")
+    assert page.status_code == 200 and b"/static/berth/fleet.js" in page.content
+    assert client.get("/t/alpha/dashboard/").status_code == 200  # staff act in every tenant

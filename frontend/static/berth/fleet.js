@@ -1,0 +1,41 @@
+// The fleet (staff): each device a bar of its memory, each hosted replica a segment, live.
+(function () {
+  "use strict";
+  const status = document.getElementById("fleet-status");
+  const body = document.querySelector("#fleet-table tbody");
+  const MiB = 1024 * 1024;
+  window.berthFleet = { updates: 0 };
+  function draw(devices) {
+    const labels = devices.map((d) => d.worker);
+    const segments = new Map(); // "tenant/model@v" -> per-device reserved MiB
+    devices.forEach((d, i) => d.replicas.forEach((r) => {
+      const name = `${r.tenant}/${r.model}@v${r.version}`;
+      if (!segments.has(name)) segments.set(name, new Array(devices.length).fill(0));
+      segments.get(name)[i] += r.reserved_bytes / MiB;
+    }));
+    const traces = [...segments].map(([name, values]) => ({ type: "bar", orientation: "h", y: labels, x: values, name: name }));
+    traces.push({ type: "bar", orientation: "h", y: labels, name: "free", marker: { color: "#e3e6ec" },
+      x: devices.map((d) => Math.max(d.capacity_bytes - d.reserved_bytes, 0) / MiB) });
+    traces.push({ type: "scatter", mode: "markers", y: labels, name: "measured use", marker: { symbol: "line-ns-open", size: 24, color: "#d13f3f" },
+      x: devices.map((d) => d.used_bytes / MiB) });
+    Plotly.react("chart-fleet", traces, { barmode: "stack", height: 120 + 60 * devices.length, margin: { l: 140, r: 10, t: 10, b: 40 }, xaxis: { title: "MiB" }, legend: { orientation: "h" } }, { displayModeBar: false, responsive: true });
+    body.replaceChildren(...devices.map((d) => {
+      const row = document.createElement("tr");
+      const cells = [d.worker + " · " + d.device, d.state, (d.reserved_bytes / MiB).toFixed(0) + " MiB", (d.used_bytes / MiB).toFixed(0) + " MiB",
+        (d.capacity_bytes / MiB).toFixed(0) + " MiB", d.replicas.map((r) => `${r.tenant}/${r.model}@v${r.version} (${r.state})`).join(", ")];
+      cells.forEach((text) => { const cell = document.createElement("td"); cell.textContent = text; row.appendChild(cell); });
+      return row;
+    }));
+  }
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const socket = new WebSocket(`${scheme}://${location.host}/ws/fleet/`);
+    socket.onopen = () => { status.textContent = "live"; };
+    socket.onclose = () => { status.textContent = "disconnected; reconnecting…"; setTimeout(connect, 2000); };
+    socket.onmessage = (event) => {
+      const message = JSON.parse(event.data);
+      if (message.type === "fleet.update") { window.berthFleet.updates += 1; draw(message.devices); }
+    };
+  }
+  connect();
+})();

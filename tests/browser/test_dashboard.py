@@ -1,0 +1,91 @@
+"""The live dashboard in real Chromium: sign in, open it, send inference, see the chart move."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import ADMIN_PASSWORD, Platform, boot_platform
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+
+MODEL = "demo-mlp"
+ONE_ROW = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    with boot_platform(tmp_path_factory.mktemp("browser"), BERTH_SEED_DEMO_DEPLOY="1") as running:
+        running.wait_healthy()
+        yield running
+
+
+def _key(platform: Platform) -> str:
+    match = re.search(r"API key (brt_\S+)", platform.log())
+    assert match
+    return match[1]
+
+
+def _sign_in(page, platform: Platform, username: str) -> None:
+    page.goto(f"{platform.base_url}/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", ADMIN_PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{platform.base_url}/")
+
+
+def test_the_dashboard_shows_an_inference_within_seconds(platform: Platform, chromium, screenshots: Path):
+    key = _key(platform)
+    headers = {"Authorization": f"Bearer {key}"}
+    deadline = time.monotonic() + 90
+    while httpx.get(f"{platform.base_url}/v2/models/{MODEL}/ready", headers=headers).status_code != 200:
+        assert time.monotonic() < deadline, platform.log()[-3000:]
+        time.sleep(0.3)
+    context = chromium.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    _sign_in(page, platform, "demo-owner")
+    page.screenshot(path=str(screenshots / "overview.png"), full_page=True)
+    page.click("a[href='/t/demo/dashboard/']")
+    page.wait_for_function("window.berthDashboard && window.berthDashboard.ready")
+    page.wait_for_function("document.getElementById('live-status').textContent === 'live'")
+    before = page.evaluate("window.berthDashboard.updates")
+    for _ in range(5):
+        assert (
+            httpx.post(f"{platform.base_url}/v2/models/{MODEL}/infer", json=ONE_ROW, headers=headers).status_code == 200
+        )
+    page.wait_for_function(
+        f"window.berthDashboard.updates > {before} && window.berthDashboard.lastRequests > 0", timeout=10_000
+    )
+    # The throughput chart's latest point is a real one now.
+    latest = page.evaluate(
+        "(() => { const d = document.getElementById('chart-throughput').data;"
+        " return d.length ? d[0].y[d[0].y.length - 1] : 0; })()"
+    )
+    assert latest > 0
+    page.screenshot(path=str(screenshots / "dashboard.png"), full_page=True)
+    # A narrow window still works.
+    page.set_viewport_size({"width": 420, "height": 900})
+    page.screenshot(path=str(screenshots / "dashboard-narrow.png"), full_page=True)
+    context.close()
+
+
+def test_another_tenants_dashboard_is_404_and_staff_see_the_fleet(platform: Platform, chromium, screenshots: Path):
+    context = chromium.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    _sign_in(page, platform, "demo-owner")
+    assert page.goto(f"{platform.base_url}/t/other-tenant/dashboard/").status == 404
+    assert page.goto(f"{platform.base_url}/fleet/").status == 404
+    context.close()
+    staff = chromium.new_context(viewport={"width": 1280, "height": 800})
+    page = staff.new_page()
+    _sign_in(page, platform, "admin")
+    page.click("a[href='/fleet/']")
+    page.wait_for_function("window.berthFleet && window.berthFleet.updates > 0")
+    assert platform.worker_id in page.inner_text("#fleet-table")
+    page.screenshot(path=str(screenshots / "fleet.png"), full_page=True)
+    staff.close()
