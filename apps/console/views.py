@@ -20,7 +20,7 @@ def home(request: HttpRequest) -> HttpResponse:
     """The console's landing page: the platform at a glance, and the user's tenants."""
     user = request.user
     workers = list(worker_list()) if user.is_staff else []
-    tenants = Tenant.objects.all() if user.is_staff else Tenant.objects.filter(memberships__user_id=user.pk)
+    tenants = Tenant.objects.all() if user.is_staff else Tenant.objects.filter(memberships__user_id=user.pk or 0)
     return render(request, "console/home.html", {"workers": workers, "tenants": list(tenants.order_by("slug"))})
 
 
