@@ -115,8 +115,9 @@ class WorkerRuntime:
         if self.device is not None:
             self.device.close()
 
-    def heartbeat(self) -> WorkerHeartbeat:
-        """Builds the heartbeat describing this worker now."""
+    def heartbeat(self, *, windows: bool = False) -> WorkerHeartbeat:
+        """Builds the heartbeat describing this worker now (``windows``: taking the models'
+        batch windows, which only the heartbeat sent to the control plane does)."""
         assert self.device is not None and self.host is not None, "the runtime is not started"
         device = self.device.state()
         self.metrics.device_used_bytes.set(device.used_bytes)
@@ -129,7 +130,7 @@ class WorkerRuntime:
             state=self.state,
             device=device,
             sent_at=time.time(),
-            models=tuple(self.host.states()),
+            models=tuple(self.host.states(windows=windows)),
         )
 
     def _send_heartbeat(self) -> None:
@@ -138,7 +139,7 @@ class WorkerRuntime:
         with self._app.connection_for_write() as connection:
             self._app.send_task(
                 HEARTBEAT_TASK,
-                args=[self.heartbeat().to_message()],
+                args=[self.heartbeat(windows=True).to_message()],
                 queue=self.settings.control_queue,
                 retry=False,
                 connection=connection,

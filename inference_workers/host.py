@@ -61,8 +61,8 @@ class HostedEntry:
         """Ready with nothing queued or running: safe to evict."""
         return self.state == "ready" and self.batcher is not None and self.batcher.inflight == 0
 
-    def report(self) -> HostedModel:
-        """The heartbeat's view of this model."""
+    def report(self, *, window: bool = False) -> HostedModel:
+        """The heartbeat's view of this model; ``window`` takes (and resets) its batch window."""
         p50, p99 = self.stats.percentiles_ms() if self.stats else (0.0, 0.0)
         return HostedModel(
             key=self.key,
@@ -77,6 +77,7 @@ class HostedEntry:
             p50_ms=round(p50, 3),
             p99_ms=round(p99, 3),
             last_used_at=self.last_used,
+            window=self.stats.take_window() if window and self.stats else None,
         )
 
 
@@ -316,9 +317,10 @@ class ModelHost:
             raise UnavailableError(f"model {entries[0].key} is {entries[0].state}; retry shortly")
         return max(ready, key=lambda entry: entry.key.version)
 
-    def states(self) -> list[HostedModel]:
-        """Every hosted model's report, for heartbeats and ``status``."""
-        return [entry.report() for entry in list(self._entries.values())]
+    def states(self, *, windows: bool = False) -> list[HostedModel]:
+        """Every hosted model's report, for heartbeats (``windows``: with their batch windows,
+        which each heartbeat takes once) and ``status``."""
+        return [entry.report(window=windows) for entry in list(self._entries.values())]
 
     @property
     def inflight(self) -> int:

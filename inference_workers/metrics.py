@@ -7,6 +7,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -14,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from inference_workers.batching import BatchObserver
+from inference_workers.histogram import Counts, record
 from inference_workers.types import HostedModel, ModelKey
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -91,6 +93,34 @@ class _HostCollector(Collector):
         yield from families.values()
 
 
+class _BatchWindow:
+    """Batches since the last heartbeat: sizes, queue and compute times as log-bucket histograms."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.sizes: dict[int, int] = {}
+        self.queue: Counts = {}
+        self.compute: Counts = {}
+        self.compute_s = 0.0
+
+    def add(self, *, size: int, queue_seconds: list[float], compute_seconds: float) -> None:
+        self.batches += 1
+        self.sizes[size] = self.sizes.get(size, 0) + 1
+        for waited in queue_seconds:
+            record(self.queue, waited)
+        record(self.compute, compute_seconds)
+        self.compute_s += compute_seconds
+
+    def message(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "batch_sizes": {str(k): v for k, v in self.sizes.items()},
+            "queue": {str(k): v for k, v in self.queue.items()},
+            "compute": {str(k): v for k, v in self.compute.items()},
+            "compute_s": round(self.compute_s, 6),
+        }
+
+
 class ModelStats(BatchObserver):
     """One hosted model's figures: Prometheus series plus a rolling window for heartbeats."""
 
@@ -109,12 +139,21 @@ class ModelStats(BatchObserver):
         self.requests = 0
         self.errors = 0
         self.last_used = 0.0
+        self._window = _BatchWindow()
 
     def batch_executed(self, *, size: int, queue_seconds: list[float], compute_seconds: float, ok: bool) -> None:
         self._batch_size.observe(size)
         self._compute_seconds.observe(compute_seconds)
         for waited in queue_seconds:
             self._queue_seconds.observe(waited)
+        with self._lock:
+            self._window.add(size=size, queue_seconds=queue_seconds, compute_seconds=compute_seconds)
+
+    def take_window(self) -> dict[str, Any] | None:
+        """What the batches did since the last call (for the heartbeat), or None if nothing ran."""
+        with self._lock:
+            window, self._window = self._window, _BatchWindow()
+        return window.message() if window.batches else None
 
     def request_finished(self, *, seconds: float, ok: bool) -> None:
         (self._ok if ok else self._error).inc()

@@ -229,6 +229,9 @@ class HostedModel:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     last_used_at: float = 0.0
+    # What its batches did since the previous heartbeat: {"batches", "batch_sizes": {size: n},
+    # "queue": histogram, "compute": histogram, "compute_s"} (inference_workers.histogram buckets).
+    window: dict[str, Any] | None = None
 
     @classmethod
     def from_message(cls, message: Any) -> HostedModel:
@@ -251,7 +254,26 @@ class HostedModel:
             p50_ms=float(message.get("p50_ms", 0.0)),
             p99_ms=float(message.get("p99_ms", 0.0)),
             last_used_at=float(message.get("last_used_at", 0.0)),
+            window=_window(message.get("window")),
         )
+
+
+def _window(raw: Any) -> dict[str, Any] | None:
+    """A hosted model's batch window, checked: counts are whole numbers, keys are numbers."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise MessageError("a hosted model's window must be a JSON object")
+    try:
+        return {
+            "batches": int(raw.get("batches", 0)),
+            "batch_sizes": {str(int(k)): int(v) for k, v in dict(raw.get("batch_sizes", {})).items()},
+            "queue": {str(int(k)): int(v) for k, v in dict(raw.get("queue", {})).items()},
+            "compute": {str(int(k)): int(v) for k, v in dict(raw.get("compute", {})).items()},
+            "compute_s": float(raw.get("compute_s", 0.0)),
+        }
+    except (TypeError, ValueError) as exc:
+        raise MessageError(f"a hosted model's window is malformed: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,9 @@ def worker_record_heartbeat(*, heartbeat: WorkerHeartbeat) -> Worker:
     if worker is None:
         try:
             with transaction.atomic():
-                return Worker.objects.create(worker_id=heartbeat.worker_id, **fields)
+                created = Worker.objects.create(worker_id=heartbeat.worker_id, **fields)
+            _record_batches(heartbeat)
+            return created
         except IntegrityError:
             # Two first heartbeats raced; the other one registered the worker.
             worker = Worker.objects.select_for_update().get(worker_id=heartbeat.worker_id)
@@ -79,7 +81,14 @@ def worker_record_heartbeat(*, heartbeat: WorkerHeartbeat) -> Worker:
     for name, value in fields.items():
         setattr(worker, name, value)
     worker.save(update_fields=list(fields))
+    _record_batches(heartbeat)
     return worker
+
+
+def _record_batches(heartbeat: WorkerHeartbeat) -> None:
+    from apps.monitoring.services import rollups_record_worker
+
+    rollups_record_worker(worker_id=heartbeat.worker_id, sent_at=heartbeat.sent_at, models=heartbeat.models)
 
 
 def worker_mark_missing(*, now: datetime, interval_s: float, missed: int) -> int:

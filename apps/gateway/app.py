@@ -284,8 +284,11 @@ class Gateway:
         flushed = time.monotonic()
         while True:
             try:
-                await self.refresh()
                 await self._flush_rollups()
+            except Exception:
+                log.exception("the gateway could not hand its rollups on")
+            try:
+                await self.refresh()
                 if self._served and time.monotonic() - flushed >= DEMAND_FLUSH_S:
                     from apps.gateway.services import deployment_record_requests
 
@@ -322,20 +325,26 @@ class Gateway:
             )
             for cell in cells
         ]
-        await self.database.run(rollups_record, points=points)
         layer = get_channel_layer()
-        if layer is None or self.snapshot is None:
-            return
-        tenant_ids = {tenant.slug: tenant.tenant_id for tenant in self.snapshot.tenants.values()}
-        by_tenant: dict[int, list[dict[str, Any]]] = {}
-        for cell in cells:
-            tenant_id = tenant_ids.get(cell.labels[0])
-            if tenant_id is not None:
-                start = datetime.fromtimestamp(cell.second, tz=UTC)
-                point = metric_point(start=start, model=cell.labels[1], version=int(cell.labels[2]), rows=[cell])
-                by_tenant.setdefault(tenant_id, []).append(point)
-        for tenant_id, tenant_points in by_tenant.items():
-            await layer.group_send(tenant_metrics_group(tenant_id), {"type": "metrics.update", "points": tenant_points})
+        if layer is not None and self.snapshot is not None:
+            # Dashboards first: they stay live even while the database cannot take the rows.
+            tenant_ids = {tenant.slug: tenant.tenant_id for tenant in self.snapshot.tenants.values()}
+            by_tenant: dict[int, list[dict[str, Any]]] = {}
+            for cell in cells:
+                tenant_id = tenant_ids.get(cell.labels[0])
+                if tenant_id is not None:
+                    start = datetime.fromtimestamp(cell.second, tz=UTC)
+                    point = metric_point(start=start, model=cell.labels[1], version=int(cell.labels[2]), rows=[cell])
+                    by_tenant.setdefault(tenant_id, []).append({**point, "step_s": 1})
+            for tenant_id, tenant_points in by_tenant.items():
+                await layer.group_send(
+                    tenant_metrics_group(tenant_id), {"type": "metrics.update", "points": tenant_points}
+                )
+        try:
+            await self.database.run(rollups_record, points=points)
+        except Exception:  # kept for the next flush (bounded), written late; compaction still counts them
+            log.warning("could not store %d rollup points; keeping them for the next flush", len(points), exc_info=True)
+            metrics.ROLLUPS.restore(cells)
 
     async def refresh(self) -> None:
         """Re-reads the routing table; concurrent callers share one read."""

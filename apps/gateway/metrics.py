@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Histogram
 
-from apps.monitoring.histogram import Counts, record
+from inference_workers.histogram import Counts, record
 
-# Log-spaced from 250 µs to 30 s: the same edges the monitoring rollups merge.
+# Log-spaced from 250 µs to 33 s (Prometheus's own; the rollups use inference_workers.histogram's).
 LATENCY_BUCKETS = (
     0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096,
     8.192, 16.384, 32.768,
@@ -94,6 +94,23 @@ class Rollups:
         key = str(status)
         cell.statuses[key] = cell.statuses.get(key, 0) + 1
         record(cell.latency, seconds)
+
+    def restore(self, cells: list[RollupCell], *, most: int = 100_000) -> None:
+        """Puts drained cells back (their store failed), merged into any newer ones; beyond
+        ``most`` cells the oldest are dropped rather than grow without bound."""
+        for cell in cells:
+            if len(self._cells) >= most:
+                return
+            kept = self._cells.setdefault(
+                (cell.second, cell.labels), RollupCell(second=cell.second, labels=cell.labels)
+            )
+            kept.requests += cell.requests
+            kept.errors += cell.errors
+            for code, count in cell.statuses.items():
+                kept.statuses[code] = kept.statuses.get(code, 0) + count
+            for index, count in cell.latency.items():
+                kept.latency[index] = kept.latency.get(index, 0) + count
+            kept.inflight_max = max(kept.inflight_max, cell.inflight_max)
 
     def drain(self, now: float) -> list[RollupCell]:
         """The cells of every second that has ended, removed from this accumulator."""

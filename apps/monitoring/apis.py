@@ -82,6 +82,7 @@ class MetricSeriesApi(TenantApiView):
             {
                 "range": serializers.CharField(),
                 "resolution": serializers.CharField(),
+                "step_s": serializers.IntegerField(),
                 "points": serializers.ListField(child=serializers.DictField()),
             },
         ),
@@ -91,11 +92,12 @@ class MetricSeriesApi(TenantApiView):
         chosen = request.query_params.get("range", "15m")
         if chosen not in RANGES:
             raise ApplicationError(f"range is one of {', '.join(RANGES)}", field_errors={"range": list(RANGES)})
-        resolution, span = RANGES[chosen]
+        resolution, span, step_s = RANGES[chosen]
         points = metric_series(
             tenant=tenant,
             since=timezone.now() - span,
             resolution=resolution,
             model=request.query_params.get("model") or None,
+            step_s=step_s,
         )
-        return Response({"range": chosen, "resolution": resolution, "points": points})
+        return Response({"range": chosen, "resolution": resolution, "step_s": step_s, "points": points})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs
@@ -12,10 +14,13 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.utils import timezone
 
+log = logging.getLogger(__name__)
+
 # Close codes: the browser learns "sign in" or "no such tenant" (foreign and missing read alike).
 UNAUTHENTICATED = 4401
 NOT_FOUND = 4404
 FLEET_INTERVAL_S = 1.0
+RECHECK_S = 60.0
 HISTORY = timedelta(minutes=5)
 
 
@@ -36,49 +41,60 @@ class PlatformHealthConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "health.ok", "user": user.get_username()})
 
 
-def _tenant_for(user: Any, slug: str) -> tuple[int, list[dict[str, Any]]] | None:
-    """The tenant's id and recent points when ``user`` may read it; None otherwise."""
-    from apps.monitoring.selectors import metric_series
+def _tenant_id_for(user: Any, slug: str) -> int | None:
+    """The tenant's id when ``user`` may read it; None otherwise (foreign and missing alike)."""
     from apps.tenants.access import Action, Actor, access_tenant_by_slug
     from control_plane.errors import ApplicationError
 
     try:
-        tenant = access_tenant_by_slug(Actor(user=user), slug, action=Action.READ)
+        return access_tenant_by_slug(Actor(user=user), slug, action=Action.READ).pk
     except ApplicationError:
         return None
-    history = metric_series(tenant=tenant, since=timezone.now() - HISTORY, resolution="1s")
-    return tenant.pk, history
+
+
+def _history(tenant_id: int) -> list[dict[str, Any]]:
+    from apps.monitoring.selectors import metric_series
+    from apps.tenants.models import Tenant
+
+    tenant = Tenant.objects.get(pk=tenant_id)
+    return metric_series(tenant=tenant, since=timezone.now() - HISTORY, resolution="1s")
 
 
 class TenantMetricsConsumer(AsyncJsonWebsocketConsumer):
     """``/ws/tenants/{slug}/metrics/[?model=name]``: a tenant's live metric points.
 
-    Members of the tenant (and staff) only; anyone else is refused at connect, a foreign
-    tenant exactly like a missing one. On connect it sends the last five minutes
-    (``metrics.history``), then every second's new points as gateways flush them
-    (``metrics.update``; with several gateway processes, points of one second and model
-    version arrive once per process: add them up).
+    Members of the tenant (and staff) only; anyone else is closed at once with 4404 (a
+    foreign tenant exactly like a missing one), or 4401 without a session. After joining the
+    tenant's group it sends the last five minutes (``metrics.history``), then every second's
+    new points as gateways flush them (``metrics.update``; with several gateway processes,
+    points of one second and model version arrive once per process: add them up). Access is
+    checked again every minute, so a removed member stops receiving.
     """
 
     group = ""
     model = ""
+    slug = ""
+    checked_at = 0.0
 
     async def connect(self) -> None:
+        # Accept first, then close with a code: a refusal in the handshake would reach the
+        # browser as a bare HTTP 403 it cannot tell from a network error.
+        await self.accept()
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=UNAUTHENTICATED)
             return
-        slug = self.scope["url_route"]["kwargs"]["slug"]
+        self.slug = self.scope["url_route"]["kwargs"]["slug"]
         query = parse_qs(self.scope.get("query_string", b"").decode())
         self.model = (query.get("model") or [""])[0]
-        found = await database_sync_to_async(_tenant_for)(user, slug)
-        if found is None:
+        tenant_id = await database_sync_to_async(_tenant_id_for)(user, self.slug)
+        if tenant_id is None:
             await self.close(code=NOT_FOUND)
             return
-        tenant_id, history = found
         self.group = tenant_metrics_group(tenant_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
-        await self.accept()
+        self.checked_at = time.monotonic()
+        history = await database_sync_to_async(_history)(tenant_id)
         await self.send_json({"type": "metrics.history", "points": self._only_model(history)})
 
     async def disconnect(self, code: int) -> None:
@@ -89,6 +105,12 @@ class TenantMetricsConsumer(AsyncJsonWebsocketConsumer):
         return [p for p in points if p["model"] == self.model] if self.model else points
 
     async def metrics_update(self, event: dict[str, Any]) -> None:
+        if time.monotonic() - self.checked_at > RECHECK_S:
+            self.checked_at = time.monotonic()
+            if await database_sync_to_async(_tenant_id_for)(self.scope["user"], self.slug) is None:
+                await self.close(code=NOT_FOUND)
+                return
+            await self.channel_layer.group_add(self.group, self.channel_name)  # renews the group's expiry
         points = self._only_model(event["points"])
         if points:
             await self.send_json({"type": "metrics.update", "points": points})
@@ -136,6 +158,7 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
     _task: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
+        await self.accept()
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=UNAUTHENTICATED)
@@ -143,18 +166,23 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         if not (user.is_staff and user.is_active):
             await self.close(code=NOT_FOUND)
             return
-        await self.accept()
         self._task = asyncio.get_running_loop().create_task(self._push())
 
     async def _push(self) -> None:
+        failures = 0
         while True:
-            await self.send_json(
-                {
-                    "type": "fleet.update",
-                    "t": timezone.now().isoformat(),
-                    "devices": await database_sync_to_async(_fleet)(),
-                }
-            )
+            try:
+                devices = await database_sync_to_async(_fleet)()
+                await self.send_json({"type": "fleet.update", "t": timezone.now().isoformat(), "devices": devices})
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a database hiccup: say so, and give up after a few in a row
+                failures += 1
+                log.warning("fleet socket: update failed (%d in a row)", failures, exc_info=True)
+                if failures >= 5:
+                    await self.close(code=1011)
+                    return
             await asyncio.sleep(FLEET_INTERVAL_S)
 
     async def disconnect(self, code: int) -> None:

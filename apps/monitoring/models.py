@@ -8,8 +8,10 @@ from django.db import models
 class MetricRollup(models.Model):
     """What one process saw of one model version in one interval.
 
-    Several processes (gateways) may write rows for the same interval and key; readers sum
-    them (counts add, histograms merge), so no write ever needs a lock.
+    Gateways write requests, statuses and latency; workers write their batches (sizes, queue
+    and compute time, device seconds), with zero requests so nothing is counted twice. Several
+    processes may write rows for the same interval and key; readers sum them (counts add,
+    histograms merge), so no write ever needs a lock.
     """
 
     class Resolution(models.TextChoices):
@@ -25,8 +27,14 @@ class MetricRollup(models.Model):
     requests = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0, help_text="answers with status >= 400")
     statuses = models.JSONField(default=dict, help_text="status code → count")
-    latency = models.JSONField(default=dict, help_text="log-bucket histogram (apps.monitoring.histogram)")
+    latency = models.JSONField(default=dict, help_text="log-bucket histogram (inference_workers.histogram)")
     inflight_max = models.PositiveIntegerField(default=0)
+    # From workers' heartbeats (source "worker:<id>"): what the batches did.
+    batches = models.PositiveIntegerField(default=0)
+    batch_sizes = models.JSONField(default=dict, help_text="batch size → batches")
+    queue = models.JSONField(default=dict, help_text="queue-time histogram per request")
+    compute = models.JSONField(default=dict, help_text="compute-time histogram per batch")
+    compute_s = models.FloatField(default=0.0, help_text="device time the batches took")
 
     class Meta:
         indexes = [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +11,9 @@ from django.db import DatabaseError, connections
 from kombu import Connection
 from kombu.exceptions import OperationalError
 
-from apps.monitoring.histogram import merge, percentile
 from apps.monitoring.models import MetricRollup
 from apps.tenants.models import Tenant
+from inference_workers.histogram import merge, percentile
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,13 @@ def metric_point(*, start: datetime, model: str, version: int, rows: list[Any]) 
     latency = merge(row.latency for row in rows)
     requests = sum(row.requests for row in rows)
     errors = sum(row.errors for row in rows)
+    queue = merge(getattr(row, "queue", {}) for row in rows)
+    compute = merge(getattr(row, "compute", {}) for row in rows)
+    sizes = merge(getattr(row, "batch_sizes", {}) for row in rows)
+    batches = sum(getattr(row, "batches", 0) for row in rows)
 
-    def ms(q: float) -> float | None:
-        value = percentile(latency, q)
+    def ms(counts: dict[int, int], q: float) -> float | None:
+        value = percentile(counts, q)
         return None if value is None else round(value * 1000, 3)
 
     return {
@@ -75,28 +79,46 @@ def metric_point(*, start: datetime, model: str, version: int, rows: list[Any]) 
         "requests": requests,
         "errors": errors,
         "error_rate": round(errors / requests, 4) if requests else 0.0,
-        "p50_ms": ms(50),
-        "p95_ms": ms(95),
-        "p99_ms": ms(99),
+        "p50_ms": ms(latency, 50),
+        "p95_ms": ms(latency, 95),
+        "p99_ms": ms(latency, 99),
         "inflight_max": max((row.inflight_max for row in rows), default=0),
+        "batches": batches,
+        "batch_sizes": {str(size): count for size, count in sorted(sizes.items())},
+        "mean_batch_size": round(sum(s * c for s, c in sizes.items()) / batches, 3) if batches else None,
+        "queue_p50_ms": ms(queue, 50),
+        "queue_p95_ms": ms(queue, 95),
+        "compute_p50_ms": ms(compute, 50),
+        "compute_p95_ms": ms(compute, 95),
+        "compute_s": round(sum(getattr(row, "compute_s", 0.0) for row in rows), 6),
     }
 
 
-RANGES = {"15m": ("1s", timedelta(minutes=15)), "1h": ("1s", timedelta(hours=1)), "24h": ("1m", timedelta(days=1)),
-          "30d": ("1m", timedelta(days=30))}  # fmt: skip
+# range → (resolution read, span, step of the points returned): about 720-900 points a series.
+RANGES = {
+    "15m": ("1s", timedelta(minutes=15), 1),
+    "1h": ("1s", timedelta(hours=1), 5),
+    "24h": ("1m", timedelta(days=1), 120),
+    "30d": ("1m", timedelta(days=30), 3600),
+}
 
 
 def metric_series(
-    *, tenant: Tenant, since: datetime, resolution: str, model: str | None = None
+    *, tenant: Tenant, since: datetime, resolution: str, model: str | None = None, step_s: int = 1
 ) -> list[dict[str, Any]]:
-    """A tenant's chart points since ``since``, one per (interval, model, version)."""
-    rows = MetricRollup.objects.filter(tenant=tenant, resolution=resolution, start__gte=since)
+    """A tenant's chart points since ``since``, one per (step, model, version): rows of every
+    gateway process and interval in a step are summed, their histograms merged."""
+    rows = MetricRollup.objects.filter(tenant=tenant, resolution=resolution, start__gte=since).defer(
+        "statuses", "source", "tenant"
+    )
     if model:
         rows = rows.filter(model_name=model)
-    groups: dict[tuple[datetime, str, int], list[MetricRollup]] = {}
-    for row in rows.order_by("start", "model_name", "version"):
-        groups.setdefault((row.start, row.model_name, row.version), []).append(row)
+    groups: dict[tuple[int, str, int], list[MetricRollup]] = {}
+    for row in rows.order_by("start").iterator(chunk_size=2000):
+        bucket = int(row.start.timestamp()) // step_s * step_s
+        groups.setdefault((bucket, row.model_name, row.version), []).append(row)
     return [
-        metric_point(start=start, model=name, version=version, rows=group)
-        for (start, name, version), group in groups.items()
-    ]
+        {**metric_point(start=datetime.fromtimestamp(bucket, tz=UTC), model=name, version=version, rows=group),
+         "step_s": step_s}
+        for (bucket, name, version), group in sorted(groups.items())
+    ]  # fmt: skip

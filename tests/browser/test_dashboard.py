@@ -67,6 +67,17 @@ def test_the_dashboard_shows_an_inference_within_seconds(platform: Platform, chr
         " return d.length ? d[0].y[d[0].y.length - 1] : 0; })()"
     )
     assert latest > 0
+    # The workers' side (batch sizes, queue vs compute) arrives with their heartbeats.
+    deadline = time.monotonic() + 15
+    batches = 0
+    while batches == 0:
+        assert time.monotonic() < deadline, "no batch-size bars"
+        page.click("button.range[data-range='15m']")
+        page.wait_for_timeout(700)
+        batches = page.evaluate(
+            "(() => document.getElementById('chart-batches').data.reduce("
+            "(n, t) => n + t.y.reduce((a, b) => a + b, 0), 0))()"
+        )
     page.screenshot(path=str(screenshots / "dashboard.png"), full_page=True)
     # A narrow window still works.
     page.set_viewport_size({"width": 420, "height": 900})

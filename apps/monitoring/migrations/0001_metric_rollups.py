@@ -25,7 +25,7 @@ class Migration(migrations.Migration):
                 ('requests', models.PositiveIntegerField(default=0)),
                 ('errors', models.PositiveIntegerField(default=0, help_text='answers with status >= 400')),
                 ('statuses', models.JSONField(default=dict, help_text='status code → count')),
-                ('latency', models.JSONField(default=dict, help_text='log-bucket histogram (apps.monitoring.histogram)')),
+                ('latency', models.JSONField(default=dict, help_text='log-bucket histogram (inference_workers.histogram)')),
                 ('inflight_max', models.PositiveIntegerField(default=0)),
                 ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='tenants.tenant')),
             ],

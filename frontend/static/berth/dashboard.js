@@ -7,6 +7,9 @@
   const status = document.getElementById("live-status");
   const points = new Map(); // "t|model|version" -> point (points of one key from several gateways add up)
   let range = "15m";
+  let loading = 0; // sequence of range loads: only the latest one's answer is drawn
+  let retry = 1000;
+  const spans = { "15m": 15 * 60e3, "1h": 3600e3, "24h": 86400e3, "30d": 30 * 86400e3 };
   const live = (window.berthDashboard = { ready: false, updates: 0, lastPointTime: null, lastRequests: 0 });
 
   function key(p) { return p.t + "|" + p.model + "|" + p.version; }
@@ -22,21 +25,29 @@
       points.set(k, Object.assign({}, p));
     }
   }
+  function prune() {
+    const oldest = new Date(Date.now() - spans[range]).toISOString();
+    for (const [k, p] of points) if (p.t < oldest) points.delete(k);
+  }
   function series() {
     const byVersion = new Map();
-    const seconds = range === "15m" || range === "1h" ? 1 : 60;
     [...points.values()].sort((a, b) => (a.t < b.t ? -1 : 1)).forEach((p) => {
       const name = (model ? "" : p.model + " ") + "v" + p.version;
-      if (!byVersion.has(name)) byVersion.set(name, { t: [], rps: [], err: [], p50: [], p95: [], p99: [] });
+      if (!byVersion.has(name)) byVersion.set(name, { t: [], rps: [], err: [], p50: [], p95: [], p99: [], bt: [], queue: [], compute: [], sizes: new Map() });
       const s = byVersion.get(name);
-      s.t.push(p.t);
-      s.rps.push(p.requests / seconds);
-      s.err.push(p.requests ? p.errors / p.requests : 0);
-      s.p50.push(p.p50_ms); s.p95.push(p.p95_ms); s.p99.push(p.p99_ms);
+      if (p.requests) {
+        s.t.push(p.t);
+        s.rps.push(p.requests / (p.step_s || 1));
+        s.err.push(p.errors / p.requests);
+        s.p50.push(p.p50_ms); s.p95.push(p.p95_ms); s.p99.push(p.p99_ms);
+      }
+      if (p.batches) { // from the workers' heartbeats
+        s.bt.push(p.t); s.queue.push(p.queue_p50_ms); s.compute.push(p.compute_p50_ms);
+        Object.entries(p.batch_sizes || {}).forEach(([size, n]) => s.sizes.set(Number(size), (s.sizes.get(Number(size)) || 0) + n));
+      }
     });
     return byVersion;
   }
-  const spans = { "15m": 15 * 60e3, "1h": 3600e3, "24h": 86400e3, "30d": 30 * 86400e3 };
   const layout = (y) => {
     const now = Date.now();
     return { margin: { t: 10, r: 10, b: 40, l: 50 }, height: 240, legend: { orientation: "h" },
@@ -46,23 +57,33 @@
   const config = { displayModeBar: false, responsive: true };
   function draw() {
     const byVersion = series();
-    const throughput = [], latency = [], errors = [];
+    const throughput = [], latency = [], errors = [], stages = [], sizes = [];
     byVersion.forEach((s, name) => {
       throughput.push({ x: s.t, y: s.rps, name: name, mode: "lines+markers", type: "scatter" });
       errors.push({ x: s.t, y: s.err, name: name, mode: "lines+markers", type: "scatter" });
       latency.push({ x: s.t, y: s.p50, name: name + " p50", mode: "lines+markers", type: "scatter" });
       latency.push({ x: s.t, y: s.p95, name: name + " p95", mode: "lines+markers", type: "scatter", line: { dash: "dot" } });
       latency.push({ x: s.t, y: s.p99, name: name + " p99", mode: "lines+markers", type: "scatter", line: { dash: "dash" } });
+      stages.push({ x: s.bt, y: s.queue, name: name + " queue", mode: "lines+markers", type: "scatter", line: { dash: "dot" } });
+      stages.push({ x: s.bt, y: s.compute, name: name + " compute", mode: "lines+markers", type: "scatter" });
+      const order = [...s.sizes.keys()].sort((a, b) => a - b);
+      sizes.push({ x: order.map(String), y: order.map((k) => s.sizes.get(k)), name: name, type: "bar" });
     });
     Plotly.react("chart-throughput", throughput, layout("req/s"), config);
     Plotly.react("chart-latency", latency, layout("ms"), config);
     Plotly.react("chart-errors", errors, layout("share"), config);
+    Plotly.react("chart-stages", stages, layout("ms"), config);
+    Plotly.react("chart-batches", sizes, { margin: { t: 10, r: 10, b: 40, l: 50 }, height: 240, barmode: "group",
+      xaxis: { title: "batch size", type: "category" }, yaxis: { title: "batches", rangemode: "tozero" }, legend: { orientation: "h" } }, config);
   }
   async function load() {
+    const mine = ++loading;
     const query = new URLSearchParams({ range: range });
     if (model) query.set("model", model);
     const answer = await fetch(`/api/v1/tenants/${tenant}/metrics/?${query}`, { credentials: "same-origin" });
+    if (!answer.ok) { status.textContent = `could not load the series (${answer.status})`; return; }
     const body = await answer.json();
+    if (mine !== loading) return; // a later range was chosen meanwhile
     points.clear();
     body.points.forEach((p) => add(p, false));
     draw();
@@ -71,12 +92,18 @@
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const socket = new WebSocket(`${scheme}://${location.host}/ws/tenants/${tenant}/metrics/${model ? "?model=" + encodeURIComponent(model) : ""}`);
-    socket.onopen = () => { status.textContent = "live"; };
-    socket.onclose = () => { status.textContent = "disconnected; reconnecting…"; setTimeout(connect, 2000); };
+    socket.onopen = () => { status.textContent = "live"; retry = 1000; };
+    socket.onclose = (event) => {
+      if (event.code === 4401 || event.code === 4404) { status.textContent = "not signed in, or no access to this tenant"; return; }
+      status.textContent = "disconnected; reconnecting…";
+      setTimeout(() => { load().then(connect); }, retry + Math.random() * 1000); // refetch what was missed
+      retry = Math.min(retry * 2, 30000);
+    };
     socket.onmessage = (event) => {
       const message = JSON.parse(event.data);
       if (message.type !== "metrics.update" || (range !== "15m" && range !== "1h")) return;
       message.points.forEach((p) => add(p, true));
+      prune();
       const latest = message.points[message.points.length - 1];
       live.updates += 1;
       live.lastPointTime = latest.t;
@@ -93,4 +120,7 @@
     });
   });
   load().then(connect);
+  // Worker figures (batches, queue vs compute) and server-merged percentiles come with the
+  // series; re-read it now and then while the range is live.
+  setInterval(() => { if (range === "15m" || range === "1h") load(); }, 15000);
 })();

@@ -5,6 +5,7 @@
   const body = document.querySelector("#fleet-table tbody");
   const MiB = 1024 * 1024;
   window.berthFleet = { updates: 0 };
+  let retry = 1000;
   function draw(devices) {
     const labels = devices.map((d) => d.worker);
     const segments = new Map(); // "tenant/model@v" -> per-device reserved MiB
@@ -21,7 +22,7 @@
     Plotly.react("chart-fleet", traces, { barmode: "stack", height: 120 + 60 * devices.length, margin: { l: 140, r: 10, t: 10, b: 40 }, xaxis: { title: "MiB" }, legend: { orientation: "h" } }, { displayModeBar: false, responsive: true });
     body.replaceChildren(...devices.map((d) => {
       const row = document.createElement("tr");
-      const cells = [d.worker + " · " + d.device, d.state, (d.reserved_bytes / MiB).toFixed(0) + " MiB", (d.used_bytes / MiB).toFixed(0) + " MiB",
+      const cells = [d.worker + " · " + d.device + (d.utilisation_pct == null ? "" : ` (${d.utilisation_pct.toFixed(0)} % busy)`), d.state, (d.reserved_bytes / MiB).toFixed(0) + " MiB", (d.used_bytes / MiB).toFixed(0) + " MiB",
         (d.capacity_bytes / MiB).toFixed(0) + " MiB", d.replicas.map((r) => `${r.tenant}/${r.model}@v${r.version} (${r.state})`).join(", ")];
       cells.forEach((text) => { const cell = document.createElement("td"); cell.textContent = text; row.appendChild(cell); });
       return row;
@@ -30,8 +31,13 @@
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const socket = new WebSocket(`${scheme}://${location.host}/ws/fleet/`);
-    socket.onopen = () => { status.textContent = "live"; };
-    socket.onclose = () => { status.textContent = "disconnected; reconnecting…"; setTimeout(connect, 2000); };
+    socket.onopen = () => { status.textContent = "live"; retry = 1000; };
+    socket.onclose = (event) => {
+      if (event.code === 4401 || event.code === 4404) { status.textContent = "for platform staff only"; return; }
+      status.textContent = "disconnected; reconnecting…";
+      setTimeout(connect, retry + Math.random() * 1000);
+      retry = Math.min(retry * 2, 30000);
+    };
     socket.onmessage = (event) => {
       const message = JSON.parse(event.data);
       if (message.type === "fleet.update") { window.berthFleet.updates += 1; draw(message.devices); }

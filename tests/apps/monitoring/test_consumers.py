@@ -83,13 +83,19 @@ async def test_a_member_gets_history_then_live_points_of_one_model(world_a):
 async def test_another_tenants_metrics_socket_is_refused_like_a_missing_one(world_a, world_b):
     for path in ("/ws/tenants/bravo/metrics/", "/ws/tenants/no-such-tenant/metrics/"):
         socket = await _socket(path, world_a.users["owner"])
-        connected, code = await socket.connect()
-        assert not connected and code == 4404, path
-        await socket.disconnect()
+        assert await _closed_with(socket) == 4404, path
     anonymous = await _socket("/ws/tenants/alpha/metrics/")
-    connected, code = await anonymous.connect()
-    assert not connected and code == 4401
-    await anonymous.disconnect()
+    assert await _closed_with(anonymous) == 4401
+
+
+async def _closed_with(socket: WebsocketCommunicator) -> int:
+    """Accepted, then closed at once with a code the browser can read; nothing else sent."""
+    connected, _ = await socket.connect()
+    assert connected
+    message = await socket.receive_output(timeout=5)
+    assert message["type"] == "websocket.close", message
+    await socket.disconnect()
+    return int(message["code"])
 
 
 async def test_the_fleet_socket_is_for_staff_and_shows_each_device_with_its_replicas(staff_user, world_a):
@@ -99,9 +105,7 @@ async def test_the_fleet_socket_is_for_staff_and_shows_each_device_with_its_repl
 
     await sync_to_async(WorkerFactory.create)(worker_id="gpu-box-0")
     refused = await _socket("/ws/fleet/", world_a.users["owner"])
-    connected, code = await refused.connect()
-    assert not connected and code == 4404
-    await refused.disconnect()
+    assert await _closed_with(refused) == 4404
     socket = await _socket("/ws/fleet/", staff_user)
     connected, _ = await socket.connect()
     assert connected

@@ -1,5 +1,9 @@
 """Latency histograms with fixed log-spaced buckets: mergeable across processes and time.
 
+Shared by both planes (the worker counts queue and compute time into it, the gateway request
+latency, the control plane merges them); it lives here because the data plane never imports
+Django or the apps.
+
 Every process (gateway, worker) counts into the same bucket edges, so histograms from
 many processes and many seconds merge by adding counts, and percentiles are read from the
 merged counts, never by averaging percentiles. Edges grow by 2^(1/4) (about 19 %) from

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apps.monitoring.histogram import GROWTH, bounds, bucket_of, merge, percentile, record
+from inference_workers.histogram import GROWTH, bounds, bucket_of, merge, percentile, record
 
 
 def histogram_of(samples) -> dict[int, int]:

@@ -1,0 +1,37 @@
+"""The batch window a heartbeat carries: sizes, queue and compute time since the last one."""
+
+from __future__ import annotations
+
+import pytest
+
+from inference_workers.histogram import percentile
+from inference_workers.metrics import ModelStats, WorkerMetrics
+from inference_workers.types import HostedModel, MessageError, ModelKey
+
+
+def test_a_heartbeat_takes_the_window_once_and_it_starts_afresh():
+    stats = ModelStats(ModelKey("acme", "clf", 1), WorkerMetrics())
+    assert stats.take_window() is None
+    stats.batch_executed(size=4, queue_seconds=[0.001, 0.002, 0.002, 0.004], compute_seconds=0.010, ok=True)
+    stats.batch_executed(size=1, queue_seconds=[0.0005], compute_seconds=0.003, ok=True)
+    window = stats.take_window()
+    assert window is not None
+    assert window["batches"] == 2 and window["batch_sizes"] == {"4": 1, "1": 1}
+    assert sum(window["queue"].values()) == 5 and sum(window["compute"].values()) == 2
+    assert window["compute_s"] == pytest.approx(0.013)
+    slowest = percentile(window["compute"], 99)
+    assert slowest is not None and 0.008 <= slowest <= 0.012
+    assert stats.take_window() is None
+
+
+def test_the_window_travels_in_the_heartbeat_message_and_bad_ones_are_refused():
+    window = {"batches": 1, "batch_sizes": {"2": 1}, "queue": {"10": 2}, "compute": {"30": 1}, "compute_s": 0.01}
+    model = HostedModel(
+        key=ModelKey("acme", "clf", 1), state="ready", reserved_bytes=1, measured_bytes=1, window=window
+    )
+    message = {**model.__dict__, "key": model.key.__dict__}
+    assert HostedModel.from_message(message).window == window
+    with pytest.raises(MessageError):
+        HostedModel.from_message({**message, "window": {"batch_sizes": {"two": 1}}})
+    with pytest.raises(MessageError):
+        HostedModel.from_message({**message, "window": [1, 2]})
