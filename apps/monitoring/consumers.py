@@ -41,6 +41,20 @@ class PlatformHealthConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "health.ok", "user": user.get_username()})
 
 
+async def _signed_in(consumer: AsyncJsonWebsocketConsumer) -> Any | None:
+    """Accepts the socket and returns its signed-in user, or closes it with 4401 (None).
+
+    Accepting first, then closing with a code: a refusal in the handshake would reach the
+    browser as a bare HTTP 403 it cannot tell from a network error.
+    """
+    await consumer.accept()
+    user = consumer.scope.get("user")
+    if user is None or not user.is_authenticated:
+        await consumer.close(code=UNAUTHENTICATED)
+        return None
+    return user
+
+
 def _tenant_id_for(user: Any, slug: str) -> int | None:
     """The tenant's id when ``user`` may read it; None otherwise (foreign and missing alike)."""
     from apps.tenants.access import Action, Actor, access_tenant_by_slug
@@ -77,12 +91,8 @@ class TenantMetricsConsumer(AsyncJsonWebsocketConsumer):
     checked_at = 0.0
 
     async def connect(self) -> None:
-        # Accept first, then close with a code: a refusal in the handshake would reach the
-        # browser as a bare HTTP 403 it cannot tell from a network error.
-        await self.accept()
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            await self.close(code=UNAUTHENTICATED)
+        user = await _signed_in(self)
+        if user is None:
             return
         self.slug = self.scope["url_route"]["kwargs"]["slug"]
         query = parse_qs(self.scope.get("query_string", b"").decode())
@@ -158,10 +168,8 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
     _task: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
-        await self.accept()
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            await self.close(code=UNAUTHENTICATED)
+        user = await _signed_in(self)
+        if user is None:
             return
         if not (user.is_staff and user.is_active):
             await self.close(code=NOT_FOUND)

@@ -71,3 +71,24 @@ def test_the_fleet_page_is_for_staff_only(client, staff_user, world_a):
     page = client.get("/fleet/")
     assert page.status_code == 200 and b"/static/berth/fleet.js" in page.content
     assert client.get("/t/alpha/dashboard/").status_code == 200  # staff act in every tenant
+
+
+def test_every_tenant_scoped_console_page_is_404_for_another_tenant_and_asks_strangers_to_sign_in(
+    client, world_a, world_b
+):
+    from django.urls import URLPattern, URLResolver, get_resolver
+
+    console = next(r for r in get_resolver().url_patterns if isinstance(r, URLResolver) and r.app_name == "console")
+    templates = [
+        "/" + str(p.pattern).replace("<slug:slug>", "{slug}")
+        for p in console.url_patterns
+        if isinstance(p, URLPattern) and "<slug:slug>" in str(p.pattern)
+    ]
+    assert "/t/{slug}/dashboard/" in templates  # the walk finds the console's tenant pages
+    for template in templates:
+        assert client.get(template.format(slug="bravo")).status_code == 302, template  # sign in first
+    client.force_login(world_a.users["owner"])
+    for template in templates:
+        assert client.get(template.format(slug="bravo")).status_code == 404, template
+        assert client.get(template.format(slug="no-such-tenant")).status_code == 404, template
+        assert client.get(template.format(slug="alpha")).status_code == 200, template
