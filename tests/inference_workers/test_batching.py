@@ -149,7 +149,7 @@ async def test_a_full_queue_rejects_at_once():
     started = time.perf_counter()
     with pytest.raises(QueueFullError):
         await batcher.submit(row(9.0))
-    assert time.perf_counter() - started < 0.05
+    assert time.perf_counter() - started < 0.2  # not after the busy instance (0.3 s)
     await asyncio.gather(running, *queued)
     await batcher.close()
 
