@@ -102,9 +102,13 @@ class _BatchWindow:
         self.queue: Counts = {}
         self.compute: Counts = {}
         self.compute_s = 0.0
+        self.compute_us = 0  # whole microseconds, summed per batch: what cost attribution charges
+        self.requests = 0  # requests answered by batches that succeeded (predictions)
 
-    def add(self, *, size: int, queue_seconds: list[float], compute_seconds: float) -> None:
+    def add(self, *, size: int, queue_seconds: list[float], compute_seconds: float, ok: bool = True) -> None:
         self.batches += 1
+        self.compute_us += round(compute_seconds * 1_000_000)
+        self.requests += len(queue_seconds) if ok else 0
         self.sizes[size] = self.sizes.get(size, 0) + 1
         for waited in queue_seconds:
             record(self.queue, waited)
@@ -118,6 +122,8 @@ class _BatchWindow:
             "queue": {str(k): v for k, v in self.queue.items()},
             "compute": {str(k): v for k, v in self.compute.items()},
             "compute_s": round(self.compute_s, 6),
+            "compute_us": self.compute_us,
+            "requests": self.requests,
         }
 
 
@@ -147,7 +153,7 @@ class ModelStats(BatchObserver):
         for waited in queue_seconds:
             self._queue_seconds.observe(waited)
         with self._lock:
-            self._window.add(size=size, queue_seconds=queue_seconds, compute_seconds=compute_seconds)
+            self._window.add(size=size, queue_seconds=queue_seconds, compute_seconds=compute_seconds, ok=ok)
 
     def take_window(self) -> dict[str, Any] | None:
         """What the batches did since the last call (for the heartbeat), or None if nothing ran."""

@@ -230,7 +230,8 @@ class HostedModel:
     p99_ms: float = 0.0
     last_used_at: float = 0.0
     # What its batches did since the previous heartbeat: {"batches", "batch_sizes": {size: n},
-    # "queue": histogram, "compute": histogram, "compute_s"} (inference_workers.histogram buckets).
+    # "queue": histogram, "compute": histogram, "compute_s", "compute_us", "requests"} (histograms
+    # in inference_workers.histogram buckets; requests: those answered by successful batches).
     window: dict[str, Any] | None = None
 
     @classmethod
@@ -271,6 +272,8 @@ def _window(raw: Any) -> dict[str, Any] | None:
             "queue": {str(int(k)): int(v) for k, v in dict(raw.get("queue", {})).items()},
             "compute": {str(int(k)): int(v) for k, v in dict(raw.get("compute", {})).items()},
             "compute_s": float(raw.get("compute_s", 0.0)),
+            "compute_us": max(0, int(raw.get("compute_us", round(float(raw.get("compute_s", 0.0)) * 1_000_000)))),
+            "requests": max(0, int(raw.get("requests", 0))),
         }
     except (TypeError, ValueError) as exc:
         raise MessageError(f"a hosted model's window is malformed: {exc}") from None

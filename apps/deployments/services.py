@@ -71,24 +71,27 @@ def worker_record_heartbeat(*, heartbeat: WorkerHeartbeat) -> Worker:
         try:
             with transaction.atomic():
                 created = Worker.objects.create(worker_id=heartbeat.worker_id, **fields)
-            _record_batches(heartbeat)
+            _record_batches(heartbeat, since=None)
             return created
         except IntegrityError:
             # Two first heartbeats raced; the other one registered the worker.
             worker = Worker.objects.select_for_update().get(worker_id=heartbeat.worker_id)
             if worker.last_heartbeat_at >= seen_at:
                 return worker
+    previous = worker.last_heartbeat_at
     for name, value in fields.items():
         setattr(worker, name, value)
     worker.save(update_fields=list(fields))
-    _record_batches(heartbeat)
+    _record_batches(heartbeat, since=previous)
     return worker
 
 
-def _record_batches(heartbeat: WorkerHeartbeat) -> None:
+def _record_batches(heartbeat: WorkerHeartbeat, *, since: datetime | None) -> None:
+    """Stores the heartbeat's batch windows, the cost of the device time since the previous
+    heartbeat (``since``; none for a worker's first) and a sample of its device."""
     from apps.monitoring.services import rollups_record_worker
 
-    rollups_record_worker(worker_id=heartbeat.worker_id, sent_at=heartbeat.sent_at, models=heartbeat.models)
+    rollups_record_worker(heartbeat=heartbeat, since=since)
 
 
 def worker_mark_missing(*, now: datetime, interval_s: float, missed: int) -> int:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import hmac
+import io
+from datetime import date, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -10,17 +14,22 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from rest_framework import serializers
 from rest_framework.authentication import SessionAuthentication
+from rest_framework.permissions import IsAdminUser
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.monitoring.selectors import RANGES, broker_health, database_health, metric_series
+from apps.monitoring.cost import price_text
+from apps.monitoring.prometheus import ControlPlaneCollector
+from apps.monitoring.selectors import RANGES, broker_health, database_health, metric_series, usage_report
+from apps.monitoring.services import device_price_set, device_prices
 from apps.tenants.access import Action, access_tenant_by_slug
 from apps.tenants.apis import TenantApiView
-from apps.tenants.authentication import ApiKeyAuthentication, StaffBasicAuthentication
+from apps.tenants.authentication import ApiKeyAuthentication, StaffBasicAuthentication, actor_from_request
 from control_plane.errors import ApplicationError, PermissionDeniedError
 
 
@@ -51,19 +60,21 @@ class PrometheusMetricsApi(APIView):
     permission_classes: list[type] = []
     schema = None  # for Prometheus, not part of the REST API's schema
 
-    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+    def get_authenticators(self) -> list[Any]:
+        # Decided before DRF builds the request: the token holder is no API-key holder.
         token = settings.BERTH_METRICS_TOKEN
-        presented = request._request.headers.get("Authorization", "")
+        presented = self.request.headers.get("Authorization", "")
         self.token_ok = bool(token) and hmac.compare_digest(presented.encode(), f"Bearer {token}".encode())
-        if self.token_ok:
-            self.authentication_classes = []
-        super().initial(request, *args, **kwargs)
+        return [] if self.token_ok else super().get_authenticators()
 
     def get(self, request: Request) -> HttpResponse:
         user = request.user
         if not self.token_ok and not (user is not None and user.is_authenticated and user.is_staff):
             raise PermissionDeniedError("/metrics is for platform staff or the metrics token (BERTH_METRICS_TOKEN)")
-        return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+        aggregates = CollectorRegistry(auto_describe=False)
+        aggregates.register(ControlPlaneCollector())
+        text = generate_latest(REGISTRY) + generate_latest(aggregates)
+        return HttpResponse(text, content_type=CONTENT_TYPE_LATEST)
 
 
 class MetricSeriesApi(TenantApiView):
@@ -101,3 +112,130 @@ class MetricSeriesApi(TenantApiView):
             step_s=step_s,
         )
         return Response({"range": chosen, "resolution": resolution, "step_s": step_s, "points": points})
+
+
+class UsageCsvRenderer(BaseRenderer):
+    """``?format=csv``: one line per day and model version (errors: one ``error`` line)."""
+
+    media_type = "text/csv"
+    format = "csv"
+    charset = "utf-8"
+    COLUMNS = [
+        "date", "model", "version", "requests", "errors", "predictions",
+        "compute_s", "idle_s", "device_s", "cost", "cost_per_1000",
+    ]  # fmt: skip
+
+    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        if isinstance(data, dict) and "days" in data:
+            writer.writerow([*self.COLUMNS, "currency"])
+            for line in data["days"]:
+                writer.writerow([*("" if line[c] is None else line[c] for c in self.COLUMNS), data["currency"]])
+        else:
+            writer.writerow(["error"])
+            writer.writerow([data.get("error", data) if isinstance(data, dict) else data])
+        return out.getvalue().encode()
+
+
+USAGE_MAX_DAYS = 31  # one-minute rollups, which usage reads, are kept for 30 days
+
+
+def _day(request: Request, name: str, default: date) -> date:
+    raw = request.query_params.get(name)
+    if not raw:
+        return default
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise ApplicationError(f"{name} is a date as YYYY-MM-DD", field_errors={name: ["YYYY-MM-DD"]}) from None
+
+
+class UsageApi(TenantApiView):
+    """``GET`` a tenant's usage and cost: ``?from=YYYY-MM-DD&to=YYYY-MM-DD`` (UTC days,
+    default the last 30), optional ``model``; daily lines per model version, totals per
+    version and for the tenant; ``?format=csv`` gives the daily lines as CSV."""
+
+    renderer_classes = [JSONRenderer, UsageCsvRenderer]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("from", str, required=False, description="first UTC day, YYYY-MM-DD"),
+            OpenApiParameter("to", str, required=False, description="last UTC day, YYYY-MM-DD"),
+            OpenApiParameter("model", str, required=False),
+            OpenApiParameter("format", str, enum=["json", "csv"], required=False),
+        ],
+        responses=inline_serializer(
+            "Usage",
+            {
+                "tenant": serializers.CharField(),
+                "currency": serializers.CharField(),
+                "prices": serializers.DictField(child=serializers.CharField()),
+                "from": serializers.DateField(),
+                "to": serializers.DateField(),
+                "days": serializers.ListField(child=serializers.DictField()),
+                "models": serializers.ListField(child=serializers.DictField()),
+                "total": serializers.DictField(),
+            },
+        ),
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        tenant = access_tenant_by_slug(self.actor, slug, action=Action.READ)
+        today = timezone.now().date()
+        last = _day(request, "to", today)
+        first = _day(request, "from", last - timedelta(days=29))
+        if first > last:
+            raise ApplicationError("from must not be after to", field_errors={"from": ["after to"]})
+        if (last - first).days >= USAGE_MAX_DAYS:
+            too_long = f"ask for at most {USAGE_MAX_DAYS} days at a time"
+            raise ApplicationError(too_long, field_errors={"from": [too_long]})
+        report = usage_report(
+            tenant=tenant, first_day=first, last_day=last, model=request.query_params.get("model") or None
+        )
+        prices = {kind: price_text(price) for kind, price in device_prices().items()}
+        response = Response({**report, "currency": settings.BERTH_CURRENCY, "prices": prices})
+        if request.accepted_renderer.format == "csv":
+            response["Content-Disposition"] = f'attachment; filename="berth-usage-{tenant.slug}-{first}-{last}.csv"'
+        return response
+
+
+class PriceListApi(TenantApiView):
+    """``GET`` the price of one device-hour per device kind (anyone signed in or with a key)."""
+
+    @extend_schema(
+        responses=inline_serializer(
+            "Prices",
+            {"currency": serializers.CharField(), "prices": serializers.DictField(child=serializers.CharField())},
+        )
+    )
+    def get(self, request: Request) -> Response:
+        prices = {kind: price_text(price) for kind, price in device_prices().items()}
+        return Response({"currency": settings.BERTH_CURRENCY, "prices": prices})
+
+
+class PriceApi(APIView):
+    """Staff only: ``PUT`` sets the price of one device-hour of a kind from now on."""
+
+    permission_classes = [IsAdminUser]
+
+    class InputSerializer(serializers.Serializer):
+        price_per_hour = serializers.DecimalField(max_digits=12, decimal_places=6, min_value=Decimal(0))
+
+        class Meta:
+            ref_name = "PriceInput"
+
+    @extend_schema(
+        request=InputSerializer,
+        responses=inline_serializer(
+            "Price", {"device_kind": serializers.CharField(), "price_per_hour": serializers.CharField()}
+        ),
+    )
+    def put(self, request: Request, device_kind: str) -> Response:
+        body = self.InputSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        price = device_price_set(
+            actor=actor_from_request(request),
+            device_kind=device_kind,
+            price_per_hour=body.validated_data["price_per_hour"],
+        )
+        return Response({"device_kind": price.device_kind, "price_per_hour": price_text(price.price_per_hour)})

@@ -35,6 +35,11 @@ class MetricRollup(models.Model):
     queue = models.JSONField(default=dict, help_text="queue-time histogram per request")
     compute = models.JSONField(default=dict, help_text="compute-time histogram per batch")
     compute_s = models.FloatField(default=0.0, help_text="device time the batches took")
+    # Cost (apps.monitoring.cost): device time charged to this model version, and its price.
+    predictions = models.PositiveIntegerField(default=0, help_text="requests answered by successful batches")
+    compute_us = models.BigIntegerField(default=0, help_text="device time charged for its batches")
+    idle_us = models.BigIntegerField(default=0, help_text="idle device time charged by footprint share")
+    cost_micros = models.BigIntegerField(default=0, help_text="cost of compute_us + idle_us, in millionths")
 
     class Meta:
         indexes = [
@@ -45,3 +50,51 @@ class MetricRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.resolution} {self.start:%H:%M:%S} {self.model_name}@{self.version}"
+
+
+class DevicePrice(models.Model):
+    """What one device-hour of a kind costs (staff edit it; settings give the default)."""
+
+    class DeviceKind(models.TextChoices):
+        CPU = "cpu", "CPU"
+        CUDA = "cuda", "CUDA GPU"
+
+    device_kind = models.CharField(max_length=8, choices=DeviceKind.choices, unique=True)
+    price_per_hour = models.DecimalField(max_digits=12, decimal_places=6)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["device_kind"]
+
+    def __str__(self) -> str:
+        return f"{self.device_kind}: {self.price_per_hour}/h"
+
+
+class DeviceSample(models.Model):
+    """One device's memory and utilisation at one moment (per heartbeat for an hour, then
+    one per minute for 30 days): the per-device series of the fleet dashboards."""
+
+    class Resolution(models.TextChoices):
+        HEARTBEAT = "hb", "per heartbeat"
+        MINUTE = "1m", "1 minute"
+
+    resolution = models.CharField(max_length=4, choices=Resolution.choices)
+    at = models.DateTimeField()
+    worker_id = models.CharField(max_length=128)
+    device_kind = models.CharField(max_length=8)
+    device_index = models.PositiveIntegerField(default=0)
+    capacity_bytes = models.BigIntegerField(default=0)
+    used_bytes = models.BigIntegerField(default=0, help_text="measured: NVML on a GPU, process RSS on a CPU")
+    reserved_bytes = models.BigIntegerField(default=0)
+    utilisation_pct = models.FloatField(null=True, blank=True)
+    replicas = models.JSONField(default=dict, help_text="tenant/model@version → reserved bytes")
+    idle_us = models.BigIntegerField(default=0, help_text="device time no batch used")
+    unattributed_us = models.BigIntegerField(default=0, help_text="idle time of unreserved capacity")
+
+    class Meta:
+        indexes = [models.Index(fields=["resolution", "at"], name="device_sample_time")]
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.resolution} {self.at:%H:%M:%S} {self.worker_id}"

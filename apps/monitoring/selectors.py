@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
 from django.db import DatabaseError, connections
+from django.db.models import QuerySet, Sum
+from django.db.models.functions import TruncDate
 from kombu import Connection
 from kombu.exceptions import OperationalError
 
+from apps.monitoring.cost import money
 from apps.monitoring.models import MetricRollup
 from apps.tenants.models import Tenant
 from inference_workers.histogram import merge, percentile
@@ -122,3 +125,86 @@ def metric_series(
          "step_s": step_s}
         for (bucket, name, version), group in sorted(groups.items())
     ]  # fmt: skip
+
+
+USAGE_FIELDS = ("requests", "errors", "predictions", "compute_us", "idle_us", "cost_micros")
+
+
+def rollups_between(
+    rows: QuerySet[MetricRollup], *, since: datetime, until: datetime
+) -> tuple[QuerySet[MetricRollup], QuerySet[MetricRollup]]:
+    """``rows`` from ``since`` to ``until`` without counting anything twice: the one-minute
+    rows up to the last compacted minute, the one-second rows after it."""
+    latest_minute = (
+        MetricRollup.objects.filter(resolution=MetricRollup.Resolution.MINUTE)
+        .order_by("-start")
+        .values_list("start", flat=True)
+        .first()
+    )
+    boundary = since if latest_minute is None else max(since, min(until, latest_minute + timedelta(minutes=1)))
+    return (
+        rows.filter(resolution=MetricRollup.Resolution.MINUTE, start__gte=since, start__lt=boundary),
+        rows.filter(resolution=MetricRollup.Resolution.SECOND, start__gte=boundary, start__lt=until),
+    )
+
+
+def _usage_rows(rows: QuerySet[MetricRollup]) -> list[dict[str, Any]]:
+    return list(
+        rows.annotate(day=TruncDate("start", tzinfo=UTC))
+        .values("day", "model_name", "version")
+        .annotate(**{name: Sum(name) for name in USAGE_FIELDS})
+    )
+
+
+def _usage_line(figures: dict[str, int]) -> dict[str, Any]:
+    predictions = figures["predictions"]
+    return {
+        "requests": figures["requests"],
+        "errors": figures["errors"],
+        "predictions": predictions,
+        "compute_s": round(figures["compute_us"] / 1_000_000, 6),
+        "idle_s": round(figures["idle_us"] / 1_000_000, 6),
+        "device_s": round((figures["compute_us"] + figures["idle_us"]) / 1_000_000, 6),
+        "cost": str(money(figures["cost_micros"])),
+        "cost_per_1000": str(money(figures["cost_micros"] * 1000 // predictions)) if predictions else None,
+    }
+
+
+def usage_report(*, tenant: Tenant, first_day: date, last_day: date, model: str | None = None) -> dict[str, Any]:
+    """A tenant's usage and cost per day and model version from ``first_day`` to ``last_day``
+    (UTC, inclusive): requests (gateway), predictions (answered by the workers' batches),
+    device seconds charged (compute, and reserved-but-idle by footprint share), cost and cost
+    per 1,000 predictions; with totals per model version and for the tenant. Compacted minutes
+    are read where they exist, seconds after them, so nothing counts twice."""
+    since = datetime.combine(first_day, time.min, tzinfo=UTC)
+    until = datetime.combine(last_day + timedelta(days=1), time.min, tzinfo=UTC)
+    mine = MetricRollup.objects.filter(tenant=tenant)
+    if model:
+        mine = mine.filter(model_name=model)
+    minutes, seconds = rollups_between(mine, since=since, until=until)
+    cells: dict[tuple[date, str, int], dict[str, int]] = {}
+    for row in _usage_rows(minutes) + _usage_rows(seconds):
+        cell = cells.setdefault((row["day"], row["model_name"], row["version"]), dict.fromkeys(USAGE_FIELDS, 0))
+        for name in USAGE_FIELDS:
+            cell[name] += row[name] or 0
+    per_version: dict[tuple[str, int], dict[str, int]] = {}
+    overall = dict.fromkeys(USAGE_FIELDS, 0)
+    for (_, name, version), figures in cells.items():
+        total = per_version.setdefault((name, version), dict.fromkeys(USAGE_FIELDS, 0))
+        for field in USAGE_FIELDS:
+            total[field] += figures[field]
+            overall[field] += figures[field]
+    return {
+        "tenant": tenant.slug,
+        "from": first_day.isoformat(),
+        "to": last_day.isoformat(),
+        "days": [
+            {"date": day.isoformat(), "model": name, "version": version, **_usage_line(figures)}
+            for (day, name, version), figures in sorted(cells.items())
+        ],
+        "models": [
+            {"model": name, "version": version, **_usage_line(figures)}
+            for (name, version), figures in sorted(per_version.items())
+        ],
+        "total": _usage_line(overall),
+    }

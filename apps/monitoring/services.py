@@ -6,15 +6,21 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 
-from apps.monitoring.models import MetricRollup
+from apps.monitoring.cost import Charge, ReplicaUse, attribute_window, cost_micros, price_text
+from apps.monitoring.models import DevicePrice, DeviceSample, MetricRollup
+from apps.tenants.access import Actor, require_staff
 from apps.tenants.models import Tenant
+from apps.tenants.services import audit_event_create
+from control_plane.errors import ApplicationError
 from inference_workers.histogram import merge
-from inference_workers.types import HostedModel
+from inference_workers.types import WorkerHeartbeat
 
 SECOND_RETENTION = timedelta(hours=1)
 MINUTE_RETENTION = timedelta(days=30)
@@ -80,31 +86,116 @@ def _merge_rows(rows: Sequence[MetricRollup]) -> dict[str, Any]:
         "queue": _json_counts(merge(r.queue for r in rows)),
         "compute": _json_counts(merge(r.compute for r in rows)),
         "compute_s": sum(r.compute_s for r in rows),
+        "predictions": sum(r.predictions for r in rows),
+        "compute_us": sum(r.compute_us for r in rows),
+        "idle_us": sum(r.idle_us for r in rows),
+        "cost_micros": sum(r.cost_micros for r in rows),
     }
 
 
-def rollups_record_worker(*, worker_id: str, sent_at: float, models: Sequence[HostedModel]) -> int:
-    """Stores what a heartbeat says the worker's batches did since its previous one (one row
-    per model with a window, at the heartbeat's second); returns how many rows."""
-    windows = [model for model in models if model.window]
-    tenants = dict(Tenant.objects.filter(slug__in={m.key.tenant for m in windows}).values_list("slug", "pk"))
-    rows = [
-        MetricRollup(
-            resolution=MetricRollup.Resolution.SECOND,
-            start=datetime.fromtimestamp(int(sent_at), tz=UTC),
-            tenant_id=tenants[model.key.tenant],
-            model_name=model.key.model,
-            version=model.key.version,
-            source=f"worker:{worker_id}"[:32],
-            batches=model.window["batches"],
-            batch_sizes=model.window["batch_sizes"],
-            queue=model.window["queue"],
-            compute=model.window["compute"],
-            compute_s=model.window["compute_s"],
+def device_prices() -> dict[str, Decimal]:
+    """The price of one device-hour per device kind: staff's, else the settings' default."""
+    prices = {kind: Decimal(price) for kind, price in settings.BERTH_PRICE_PER_HOUR.items()}
+    prices.update(DevicePrice.objects.values_list("device_kind", "price_per_hour"))
+    return prices
+
+
+def device_price_set(*, actor: Actor, device_kind: str, price_per_hour: Decimal) -> DevicePrice:
+    """Sets what one device-hour of a kind costs from now on (staff); audited. Device time
+    already charged keeps the price it was charged at."""
+    require_staff(actor, doing="set device prices")
+    if device_kind not in DevicePrice.DeviceKind.values:
+        raise ApplicationError(f"device_kind is one of {', '.join(DevicePrice.DeviceKind.values)}")
+    if not price_per_hour.is_finite() or not (0 <= price_per_hour < 10**6):
+        raise ApplicationError("price_per_hour must be between 0 and 1000000")
+    before = device_prices().get(device_kind)
+    price, _ = DevicePrice.objects.update_or_create(
+        device_kind=device_kind, defaults={"price_per_hour": price_per_hour, "updated_by": actor.label[:200]}
+    )
+    audit_event_create(
+        actor=actor,
+        tenant=None,
+        action="price.set",
+        target=f"device-hour/{device_kind}",
+        details={"before": None if before is None else price_text(before), "after": price_text(price_per_hour)},
+    )
+    return price
+
+
+def _compute_us(window: dict[str, Any] | None) -> int:
+    if not window:
+        return 0
+    return int(window.get("compute_us", round(window.get("compute_s", 0.0) * 1_000_000)))
+
+
+def rollups_record_worker(*, heartbeat: WorkerHeartbeat, since: datetime | None) -> int:
+    """Stores what a heartbeat says: the worker's batches since its previous heartbeat (one
+    row per model at the heartbeat's second), the device time of that window charged to the
+    hosted replicas (``apps.monitoring.cost``: compute as measured, idle by footprint share)
+    at the current price, and a sample of the device. Returns how many rollup rows."""
+    sent = datetime.fromtimestamp(int(heartbeat.sent_at), tz=UTC)
+    window_us = 0
+    if since is not None:
+        gap = heartbeat.sent_at - since.timestamp()
+        # A gap with heartbeats missing is charged up to the dead-worker horizon only.
+        cap = settings.BERTH_HEARTBEAT_INTERVAL_S * settings.BERTH_HEARTBEATS_MISSED_FOR_DEAD
+        window_us = round(max(0.0, min(gap, cap)) * 1_000_000)
+    holding = [model for model in heartbeat.models if model.state != "failed"]
+    uses = [
+        ReplicaUse(
+            key=model.key,
+            reserved_bytes=max(0, model.reserved_bytes),
+            compute_us=_compute_us(model.window),
         )
-        for model in windows
-        if model.window is not None and model.key.tenant in tenants
+        for model in holding
     ]
+    charged = attribute_window(window_us=window_us, capacity_bytes=heartbeat.device.total_bytes, uses=uses)
+    price = device_prices().get(heartbeat.device.kind, Decimal(0))
+    reported = {model.key: model for model in heartbeat.models}
+    keys = [key for key in reported if reported[key].window or key in charged.charges]
+    tenants = dict(Tenant.objects.filter(slug__in={key.tenant for key in keys}).values_list("slug", "pk"))
+    rows = []
+    for key in keys:
+        if key.tenant not in tenants:
+            continue
+        window = reported[key].window or {}
+        charge = charged.charges.get(key, Charge(0, 0))
+        if not window and charge.total_us == 0:
+            continue
+        rows.append(
+            MetricRollup(
+                resolution=MetricRollup.Resolution.SECOND,
+                start=sent,
+                tenant_id=tenants[key.tenant],
+                model_name=key.model,
+                version=key.version,
+                source=f"worker:{heartbeat.worker_id}"[:32],
+                batches=window.get("batches", 0),
+                batch_sizes=window.get("batch_sizes", {}),
+                queue=window.get("queue", {}),
+                compute=window.get("compute", {}),
+                compute_s=window.get("compute_s", 0.0),
+                predictions=window.get("requests", 0),
+                compute_us=charge.compute_us,
+                idle_us=charge.idle_us,
+                cost_micros=cost_micros(device_us=charge.total_us, price_per_hour=price),
+            )
+        )
+    device = heartbeat.device
+    DeviceSample.objects.create(
+        resolution=DeviceSample.Resolution.HEARTBEAT,
+        at=sent,
+        worker_id=heartbeat.worker_id,
+        device_kind=device.kind,
+        device_index=device.index,
+        capacity_bytes=device.total_bytes,
+        used_bytes=device.used_bytes,
+        reserved_bytes=sum(use.reserved_bytes for use in uses),
+        utilisation_pct=device.utilisation_pct,
+        replicas={f"{m.key.tenant}/{m.key.model}@{m.key.version}": m.reserved_bytes for m in holding},
+        idle_us=charged.idle_us,
+        unattributed_us=charged.unattributed_us,
+    )
     return len(MetricRollup.objects.bulk_create(rows))
 
 
@@ -171,6 +262,7 @@ def _compact(now: datetime) -> tuple[int, int]:
             for (minute, tenant_id, model_name, version, source), rows in sorted(groups.items())
         ]
     )
+    _compact_devices(since=since, horizon=horizon, now=now)
     pruned, _ = MetricRollup.objects.filter(
         resolution=MetricRollup.Resolution.SECOND, start__lt=now - SECOND_RETENTION
     ).delete()
@@ -178,3 +270,37 @@ def _compact(now: datetime) -> tuple[int, int]:
         resolution=MetricRollup.Resolution.MINUTE, start__lt=now - MINUTE_RETENTION
     ).delete()
     return len(made), pruned + old_minutes
+
+
+def _compact_devices(*, since: datetime, horizon: datetime, now: datetime) -> None:
+    """Per-device series: each worker's heartbeat samples of a minute become one sample (the
+    most memory used and reserved, mean utilisation, the last replicas, idle time summed);
+    heartbeat samples are kept for an hour, minute samples for 30 days."""
+    groups: dict[tuple[datetime, str], list[DeviceSample]] = {}
+    samples = DeviceSample.objects.filter(resolution=DeviceSample.Resolution.HEARTBEAT, at__gte=since, at__lt=horizon)
+    for sample in samples.order_by("at", "id"):
+        groups.setdefault((sample.at.replace(second=0, microsecond=0), sample.worker_id), []).append(sample)
+    DeviceSample.objects.filter(resolution=DeviceSample.Resolution.MINUTE, at__gte=since, at__lt=horizon).delete()
+    minutes = []
+    for (minute, worker_id), group in sorted(groups.items()):
+        last = group[-1]
+        utilisation = [s.utilisation_pct for s in group if s.utilisation_pct is not None]
+        minutes.append(
+            DeviceSample(
+                resolution=DeviceSample.Resolution.MINUTE,
+                at=minute,
+                worker_id=worker_id,
+                device_kind=last.device_kind,
+                device_index=last.device_index,
+                capacity_bytes=last.capacity_bytes,
+                used_bytes=max(s.used_bytes for s in group),
+                reserved_bytes=max(s.reserved_bytes for s in group),
+                utilisation_pct=round(sum(utilisation) / len(utilisation), 3) if utilisation else None,
+                replicas=last.replicas,
+                idle_us=sum(s.idle_us for s in group),
+                unattributed_us=sum(s.unattributed_us for s in group),
+            )
+        )
+    DeviceSample.objects.bulk_create(minutes)
+    DeviceSample.objects.filter(resolution=DeviceSample.Resolution.HEARTBEAT, at__lt=now - SECOND_RETENTION).delete()
+    DeviceSample.objects.filter(resolution=DeviceSample.Resolution.MINUTE, at__lt=now - MINUTE_RETENTION).delete()

@@ -13,6 +13,7 @@ from control_plane.settings.env import (
     database,
     env,
     plotly_js_dir,
+    price_per_hour,
     secret_key,
 )
 from inference_workers.broker import broker_config
@@ -198,6 +199,14 @@ BERTH_LOAD_RETRY_S = env.float("BERTH_LOAD_RETRY_S", default=2.0)
 # A worker that has missed this many heartbeats is taken for dead.
 BERTH_HEARTBEAT_INTERVAL_S = env.float("BERTH_HEARTBEAT_INTERVAL_S", default=2.0)
 BERTH_HEARTBEATS_MISSED_FOR_DEAD = 3
+
+# Cost per prediction: the default price of one device-hour per device kind (staff may set
+# others in the console or with PUT /api/v1/prices/{kind}/), in BERTH_CURRENCY.
+BERTH_CURRENCY = env.str("BERTH_CURRENCY", default="USD")
+BERTH_PRICE_PER_HOUR = {
+    "cpu": price_per_hour("BERTH_PRICE_PER_HOUR_CPU", default="0.10"),
+    "cuda": price_per_hour("BERTH_PRICE_PER_HOUR_CUDA", default="3.50"),
+}
 
 LOGGING = {
     "version": 1,

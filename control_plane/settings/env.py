@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import secrets
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,15 @@ def plotly_js_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ImproperlyConfigured("the plotly package is missing; install requirements.txt")
     return Path(next(iter(spec.submodule_search_locations))) / "package_data"
+
+
+def price_per_hour(name: str, *, default: str) -> Decimal:
+    """A price per device-hour from ``name``: a decimal number, zero or more."""
+    raw = os.environ.get(name, default).strip()
+    try:
+        price = Decimal(raw)
+    except InvalidOperation:
+        raise ImproperlyConfigured(f"{name} must be a decimal number such as 2.50, not {raw!r}") from None
+    if not price.is_finite() or price < 0 or price >= Decimal(10**6):
+        raise ImproperlyConfigured(f"{name} must be between 0 and 1000000, not {raw!r}")
+    return price

@@ -19,6 +19,8 @@ def test_a_heartbeat_takes_the_window_once_and_it_starts_afresh():
     assert window["batches"] == 2 and window["batch_sizes"] == {"4": 1, "1": 1}
     assert sum(window["queue"].values()) == 5 and sum(window["compute"].values()) == 2
     assert window["compute_s"] == pytest.approx(0.013)
+    # For cost: whole microseconds summed per batch, and the requests the batches answered.
+    assert window["compute_us"] == 13_000 and window["requests"] == 5
     slowest = percentile(window["compute"], 99)
     assert slowest is not None and 0.008 <= slowest <= 0.012
     assert stats.take_window() is None
@@ -30,8 +32,17 @@ def test_the_window_travels_in_the_heartbeat_message_and_bad_ones_are_refused():
         key=ModelKey("acme", "clf", 1), state="ready", reserved_bytes=1, measured_bytes=1, window=window
     )
     message = {**model.__dict__, "key": model.key.__dict__}
-    assert HostedModel.from_message(message).window == window
+    # An older worker's window (no compute_us / requests) is read with them filled in.
+    assert HostedModel.from_message(message).window == {**window, "compute_us": 10_000, "requests": 0}
     with pytest.raises(MessageError):
         HostedModel.from_message({**message, "window": {"batch_sizes": {"two": 1}}})
     with pytest.raises(MessageError):
         HostedModel.from_message({**message, "window": [1, 2]})
+
+
+def test_a_failed_batch_counts_no_predictions():
+    stats = ModelStats(ModelKey("acme", "clf", 1), WorkerMetrics())
+    stats.batch_executed(size=3, queue_seconds=[0.001] * 3, compute_seconds=0.0, ok=False)
+    stats.batch_executed(size=2, queue_seconds=[0.001] * 2, compute_seconds=0.002, ok=True)
+    window = stats.take_window()
+    assert window is not None and window["requests"] == 2 and window["compute_us"] == 2_000
