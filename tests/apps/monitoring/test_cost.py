@@ -17,7 +17,7 @@ from apps.monitoring.cost import ReplicaUse, apportion, attribute_window, cost_m
 from apps.monitoring.models import DeviceSample, MetricRollup
 from apps.monitoring.services import RollupPoint, rollups_compact, rollups_record
 from apps.tenants.models import AuditEvent
-from inference_workers.types import DeviceState, HostedModel, ModelKey, WorkerHeartbeat
+from inference_workers.types import DeviceKind, DeviceState, HostedModel, ModelKey, WorkerHeartbeat
 
 # ---------------------------------------------------------------- attribution (pure, property)
 
@@ -82,7 +82,7 @@ def test_worked_example_and_money():
 # ---------------------------------------------------------------- from heartbeats to rows
 
 
-def _heartbeat(sent_at: float, *models: HostedModel, kind: str = "cpu", capacity: int = 1000) -> WorkerHeartbeat:
+def _heartbeat(sent_at: float, *models: HostedModel, kind: DeviceKind = "cpu", capacity: int = 1000) -> WorkerHeartbeat:
     return WorkerHeartbeat(
         worker_id="w1",
         host="h",
