@@ -305,3 +305,52 @@ def _to_bytes(array: np.ndarray, datatype: str) -> bytes:
 def error_body(message: str) -> bytes:
     """``{"error": message}`` as bytes."""
     return orjson.dumps({"error": message})
+
+
+def decode_tensors(
+    body: bytes, *, header_length: str | None, key: str, max_elements: int = 4096
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Reads the tensors under ``key`` ("inputs" or "outputs") of a v2 body that has already
+    been served, for prediction logs: each as name, datatype, shape and its elements as a flat
+    JSON list (at most ``max_elements``; ``truncated`` when there were more), binary ones
+    included. Returns the JSON header too. Lenient: what it cannot read it leaves out.
+
+    Raises:
+        InvalidInputError: The body's JSON header cannot be read at all.
+    """
+    header, binary = _split_body(body, header_length)
+    if not isinstance(header, dict):
+        raise InvalidInputError("the body is not a JSON object")
+    tensors: list[dict[str, Any]] = []
+    offset = 0
+    for item in header.get(key) or []:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            continue
+        datatype = str(item.get("datatype", ""))
+        raw_shape = item.get("shape")
+        shape: list[Any] = raw_shape if isinstance(raw_shape, list) else []
+        entry: dict[str, Any] = {"name": item["name"], "datatype": datatype, "shape": shape}
+        size = (
+            (item.get("parameters") or {}).get("binary_data_size") if isinstance(item.get("parameters"), dict) else None
+        )
+        data: list[Any] | None = None
+        if isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= len(binary) - offset:
+            raw = binary[offset : offset + size]
+            offset += size
+            if datatype == "BYTES":
+                try:
+                    count = math.prod([int(d) for d in shape])
+                    data = [e.decode("utf-8", "replace") for e in _bytes_elements(raw, count, item["name"])]
+                except (InvalidInputError, ValueError, TypeError):
+                    data = None
+            elif datatype in NUMPY_DTYPES:
+                dtype = NUMPY_DTYPES[datatype].newbyteorder("<")
+                usable = len(raw) - len(raw) % dtype.itemsize
+                data = np.frombuffer(raw[:usable], dtype=dtype)[: max_elements + 1].tolist()
+        elif "data" in item:
+            data = _flatten(item["data"]) if isinstance(item["data"], list) else [item["data"]]
+        if data is not None:
+            entry["truncated"] = len(data) > max_elements
+            entry["data"] = data[:max_elements]
+        tensors.append(entry)
+    return header, tensors

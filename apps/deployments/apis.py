@@ -103,6 +103,11 @@ class DeploymentApi(TenantApiView):
         target_inflight_per_replica = serializers.IntegerField(min_value=1, max_value=100_000, default=8)
         scale_to_zero_after_s = serializers.IntegerField(min_value=0, max_value=10**7, default=0)
         device_kind = serializers.ChoiceField(choices=Deployment.DeviceKind.choices, default="cpu")
+        prediction_log = serializers.DictField(
+            required=False,
+            default=dict,
+            help_text="opt-in: sample_rate (0-1), retention_days (1-90), task (classification|regression), output",
+        )
 
         class Meta:
             ref_name = "DeploymentInput"
@@ -138,6 +143,7 @@ class DeploymentApi(TenantApiView):
                 "target_inflight_per_replica",
                 "scale_to_zero_after_s",
                 "device_kind",
+                "prediction_log",
                 "created_at",
                 "updated_at",
                 "replicas",

@@ -68,6 +68,11 @@ class Deployment(models.Model):
     autoscale = models.JSONField(
         default=dict, blank=True, help_text="per version: replicas wanted after the last pass, and when last needed"
     )
+    prediction_log = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="opt-in prediction logging: sample_rate (0-1), retention_days, task, output",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

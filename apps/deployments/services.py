@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -145,6 +145,48 @@ class DeploymentSpec:
     target_inflight_per_replica: int
     scale_to_zero_after_s: int
     device_kind: str
+    prediction_log: dict[str, Any] = field(default_factory=dict)
+
+
+PREDICTION_LOG_MAX_RETENTION_DAYS = 90
+
+
+def prediction_log_config(raw: dict[str, Any], *, versions: dict[str, ModelVersion]) -> dict[str, Any]:
+    """Checks a deployment's prediction logging and fills in defaults: ``sample_rate`` (0-1,
+    0 = off), ``retention_days`` (1-90, default 7), ``task`` (``classification`` or
+    ``regression``, how feedback is scored) and ``output`` (the output scored; default the
+    first). Empty means off."""
+    if not raw:
+        return {}
+    unknown = sorted(set(raw) - {"sample_rate", "retention_days", "task", "output"})
+    if unknown:
+        raise ApplicationError(
+            f"prediction_log has no {', '.join(unknown)}; it takes sample_rate, retention_days, task, output",
+            field_errors={"prediction_log": [f"unknown: {', '.join(unknown)}"]},
+        )
+
+    def refuse(message: str) -> ApplicationError:
+        return ApplicationError(f"prediction_log: {message}", field_errors={"prediction_log": [message]})
+
+    rate = raw.get("sample_rate", 1.0)
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+        raise refuse("sample_rate is a number from 0 to 1")
+    days = raw.get("retention_days", 7)
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= PREDICTION_LOG_MAX_RETENTION_DAYS:
+        raise refuse(f"retention_days is a whole number from 1 to {PREDICTION_LOG_MAX_RETENTION_DAYS}")
+    task = raw.get("task", "classification")
+    if task not in ("classification", "regression"):
+        raise refuse("task is classification or regression")
+    output = raw.get("output")
+    if output is not None:
+        for key, version in versions.items():
+            names = [spec.get("name") for spec in version.outputs or []]
+            if output not in names:
+                raise refuse(f"version {key} has no output '{output}' (it has {names})")
+    config = {"sample_rate": float(rate), "retention_days": days, "task": task}
+    if output is not None:
+        config["output"] = output
+    return config
 
 
 def _versions_for(model: Model, traffic: dict[str, int]) -> dict[str, ModelVersion]:
@@ -192,6 +234,7 @@ def _check_spec(model: Model, spec: DeploymentSpec) -> dict[str, ModelVersion]:
                 f"{version.max_batch_size}",
                 field_errors={"batching": [f"max_batch_size at most {version.max_batch_size}"]},
             )
+    prediction_log_config(spec.prediction_log, versions=versions)
     return versions
 
 
@@ -241,6 +284,7 @@ def deployment_put(*, actor: Actor, model: Model, spec: DeploymentSpec) -> Deplo
             "target_inflight_per_replica": spec.target_inflight_per_replica,
             "scale_to_zero_after_s": spec.scale_to_zero_after_s,
             "device_kind": spec.device_kind,
+            "prediction_log": prediction_log_config(spec.prediction_log, versions=versions),
             # An operator's change applies now: no stabilisation holds the old count.
             "autoscale": {},
         },
@@ -268,6 +312,7 @@ def deployment_spec_of(deployment: Deployment) -> DeploymentSpec:
         target_inflight_per_replica=deployment.target_inflight_per_replica,
         scale_to_zero_after_s=deployment.scale_to_zero_after_s,
         device_kind=deployment.device_kind,
+        prediction_log=dict(deployment.prediction_log),
     )
 
 

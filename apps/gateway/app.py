@@ -20,18 +20,25 @@ import random
 import re
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from apps.gateway import metrics
 from apps.gateway.admission import Admission, AdmissionRefused, AdmissionUnavailable, admission_for
-from apps.gateway.routing import ModelRoute, ReplicaRoute, RoutingSnapshot, TenantRoute, VersionRoute, replica_choose
+from apps.gateway.routing import (
+    ModelRoute,
+    ReplicaRoute,
+    RoutingSnapshot,
+    TenantRoute,
+    VersionRoute,
+    replica_choose,
+)
 from apps.gateway.upstream import Upstream, UpstreamBrokenError, UpstreamConnectError, UpstreamResponse
 from apps.tenants.access import Action, ApiKeyPrincipal
 
@@ -40,6 +47,9 @@ log = logging.getLogger(__name__)
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+if TYPE_CHECKING:
+    from apps.monitoring.services import LoggedPrediction
+
 T = TypeVar("T")
 
 SERVER_NAME = "berth"
@@ -54,6 +64,8 @@ _KEY_SHAPE = re.compile(r"^brt_[0-9a-f]{8}_[A-Za-z0-9_\-]{20,}$")
 SUSPECT_S = 5.0
 # How often the deployments a gateway served are marked as used (scale to zero).
 DEMAND_FLUSH_S = 1.0
+# Sampled predictions waiting for the next flush (the oldest are dropped past this).
+PREDICTION_BUFFER = 10_000
 
 
 class GatewayError(Exception):
@@ -273,6 +285,54 @@ class Gateway:
         self._loop_task: asyncio.Task[None] | None = None
         self._rng = random.Random()
         self.background: set[asyncio.Task[None]] = set()
+        self.predictions: deque[LoggedPrediction] = deque(maxlen=PREDICTION_BUFFER)
+
+    # Prediction logs ----------------------------------------------------------------
+    def log_prediction(
+        self,
+        model: ModelRoute,
+        version: VersionRoute,
+        request_id: bytes,
+        scope: Scope,
+        body: bytes,
+        response: UpstreamResponse,
+    ) -> None:
+        """Keeps a sampled answered request for the prediction log (written at the next flush;
+        decoding waits until then, off the request path). A full buffer drops the oldest."""
+        from apps.monitoring.services import LoggedPrediction
+
+        log = model.log
+        if log is None or self._rng.random() >= log.sample_rate:
+            return
+        request_length = _header(scope, HEADER_LENGTH)
+        response_length = next((v for k, v in response.headers if k.lower() == HEADER_LENGTH), None)
+        self.predictions.append(
+            LoggedPrediction(
+                tenant=model.tenant_slug,
+                model=model.name,
+                version=version.number,
+                request_id=request_id.decode("latin-1"),
+                at=time.time(),
+                request_body=body,
+                request_header_length=request_length.decode("latin-1") if request_length else None,
+                response_body=response.body,
+                response_header_length=response_length.decode("latin-1") if response_length else None,
+                retention_days=log.retention_days,
+            )
+        )
+
+    async def _flush_predictions(self) -> None:
+        if not self.predictions:
+            return
+        from apps.monitoring.services import prediction_logs_record
+
+        entries = list(self.predictions)
+        self.predictions.clear()
+        try:
+            await self.database.run(prediction_logs_record, entries=entries)
+        except Exception:  # kept (bounded by the buffer) for the next flush
+            log.warning("could not store %d prediction logs; keeping them for later", len(entries), exc_info=True)
+            self.predictions.extendleft(reversed(entries))
 
     # Routing table ------------------------------------------------------------------
     def start(self) -> None:
@@ -287,6 +347,10 @@ class Gateway:
                 await self._flush_rollups()
             except Exception:
                 log.exception("the gateway could not hand its rollups on")
+            try:
+                await self._flush_predictions()
+            except Exception:
+                log.exception("the gateway could not store its prediction logs")
             try:
                 await self.refresh()
                 if self._served and time.monotonic() - flushed >= DEMAND_FLUSH_S:
@@ -825,6 +889,8 @@ class GatewayApp:
             else:
                 passed.append((header, value))
         await _send(send, response.status, response.body, passed, content_type=content_type)
+        if model.log is not None and response.status == 200:
+            gateway.log_prediction(model, version, request_id, scope, body, response)
         return response.status, labels
 
     @staticmethod

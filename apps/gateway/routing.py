@@ -40,6 +40,14 @@ class VersionRoute:
 
 
 @dataclass(frozen=True)
+class LogRoute:
+    """A deployment's prediction logging: the share of answered requests kept, and how long."""
+
+    sample_rate: float
+    retention_days: int
+
+
+@dataclass(frozen=True)
 class ModelRoute:
     """A tenant's model: its versions and, when deployed, its traffic split."""
 
@@ -49,6 +57,7 @@ class ModelRoute:
     deployment_id: int | None
     versions: Mapping[int, VersionRoute]
     traffic: tuple[tuple[int, int], ...] = ()  # (version, weight > 0), weights sum to 100
+    log: LogRoute | None = None  # prediction logging, when the deployment opted in
 
     def pick_version(self, draw: float) -> int:
         """The version a request goes to for ``draw`` in [0, 1): weighted by the traffic split."""

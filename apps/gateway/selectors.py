@@ -7,7 +7,7 @@ from typing import Any
 
 from apps.deployments.models import Deployment, Replica, Worker
 from apps.gateway.admission import Limits
-from apps.gateway.routing import ModelRoute, ReplicaRoute, RoutingSnapshot, TenantRoute, VersionRoute
+from apps.gateway.routing import LogRoute, ModelRoute, ReplicaRoute, RoutingSnapshot, TenantRoute, VersionRoute
 from apps.registry.models import Model, ModelVersion
 from apps.tenants.models import Quota, Tenant
 
@@ -19,6 +19,12 @@ def _limits(quota: Quota | None) -> Limits:
     return Limits(rate_per_s=float(rate), burst=max(rate, 1), max_concurrent=quota.max_concurrent_requests)
 
 
+def _log_route(config: dict[str, Any] | None) -> LogRoute | None:
+    if not config or not config.get("sample_rate"):
+        return None
+    return LogRoute(sample_rate=float(config["sample_rate"]), retention_days=int(config.get("retention_days", 7)))
+
+
 def routing_snapshot_load() -> RoutingSnapshot:
     """What the gateway routes by: active tenants, their models, versions, ready replicas."""
     tenants = list(Tenant.objects.filter(active=True).select_related("quota"))
@@ -28,7 +34,9 @@ def routing_snapshot_load() -> RoutingSnapshot:
         "id", "model_id", "number", "status", "platform", "inputs", "outputs", "failure_reason"
     ):
         versions.setdefault(version_row["model_id"], []).append(dict(version_row))
-    deployments = {row["model_id"]: row for row in Deployment.objects.values("id", "model_id", "traffic")}
+    deployments = {
+        row["model_id"]: row for row in Deployment.objects.values("id", "model_id", "traffic", "prediction_log")
+    }
     replicas: dict[int, list[dict[str, Any]]] = {}
     for replica_row in Replica.objects.values(
         "id", "version_id", "state", "reason", "worker__worker_id", "worker__dataplane_url", "worker__state"
@@ -70,6 +78,7 @@ def routing_snapshot_load() -> RoutingSnapshot:
             deployment_id=deployment["id"] if deployment else None,
             versions={row["number"]: version_route(row) for row in versions.get(model["id"], [])},
             traffic=traffic,
+            log=_log_route(deployment["prediction_log"]) if deployment else None,
         )
     routes = {
         tenant.pk: TenantRoute(

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from rest_framework import serializers
 from rest_framework.authentication import SessionAuthentication
@@ -24,11 +24,21 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.monitoring.cost import price_text
+from apps.monitoring.models import PredictionLog
 from apps.monitoring.prometheus import ControlPlaneCollector
-from apps.monitoring.selectors import RANGES, broker_health, database_health, metric_series, usage_report
-from apps.monitoring.services import device_price_set, device_prices
-from apps.tenants.access import Action, access_tenant_by_slug
-from apps.tenants.apis import TenantApiView
+from apps.monitoring.selectors import (
+    ACCURACY_RANGES,
+    RANGES,
+    accuracy_series,
+    broker_health,
+    database_health,
+    metric_series,
+    prediction_logs_list,
+    usage_report,
+)
+from apps.monitoring.services import device_price_set, device_prices, feedback_record
+from apps.tenants.access import Action, access_model_by_name, access_tenant_by_slug
+from apps.tenants.apis import TenantApiView, page_of
 from apps.tenants.authentication import ApiKeyAuthentication, StaffBasicAuthentication, actor_from_request
 from control_plane.errors import ApplicationError, PermissionDeniedError
 
@@ -239,3 +249,127 @@ class PriceApi(APIView):
             price_per_hour=body.validated_data["price_per_hour"],
         )
         return Response({"device_kind": price.device_kind, "price_per_hour": price_text(price.price_per_hour)})
+
+
+FEEDBACK_MAX_ITEMS = 1000
+
+
+class FeedbackApi(TenantApiView):
+    """``POST`` ground truth for logged predictions (callers with ``infer``): each item names
+    a request (the X-Request-ID the gateway returned, or the v2 body's ``id``) and its
+    ``ground_truth`` (one value, or one per row); each is scored against what the model
+    predicted. Answers one result per item: ``scored``, ``unknown`` (not logged: not
+    sampled, expired or never made) or ``error`` with why."""
+
+    class ItemSerializer(serializers.Serializer):
+        request_id = serializers.CharField(max_length=128)
+        ground_truth = serializers.JSONField()
+
+        class Meta:
+            ref_name = "FeedbackItem"
+
+        def validate_ground_truth(self, value: Any) -> Any:
+            values = value if isinstance(value, list) else [value]
+            if not values or len(values) > 4096:
+                raise serializers.ValidationError("one value, or a list of 1 to 4096 (one per row)")
+            if any(isinstance(v, dict | list) or v is None for v in values):
+                raise serializers.ValidationError("values are numbers or strings")
+            return value
+
+    class InputSerializer(serializers.Serializer):
+        feedback = serializers.ListField(min_length=1, max_length=FEEDBACK_MAX_ITEMS)
+
+        class Meta:
+            ref_name = "FeedbackInput"
+
+    @extend_schema(
+        request=inline_serializer(
+            "FeedbackRequest",
+            {"feedback": serializers.ListField(child=serializers.DictField(), min_length=1, max_length=1000)},
+        ),
+        responses=inline_serializer(
+            "FeedbackResult",
+            {"scored": serializers.IntegerField(), "results": serializers.ListField(child=serializers.DictField())},
+        ),
+    )
+    def post(self, request: Request, slug: str, name: str) -> Response:
+        model = access_model_by_name(self.actor, slug, name, action=Action.INFER)
+        body = self.InputSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        items = self.ItemSerializer(data=body.validated_data["feedback"], many=True)
+        if not items.is_valid():
+            errors = {f"feedback[{i}]": error for i, error in enumerate(items.errors) if error}
+            first = next(iter(errors.items()))
+            raise ApplicationError(f"{first[0]}: {first[1]}", field_errors=errors)
+        results = feedback_record(tenant=model.tenant, model_name=model.name, items=items.validated_data)
+        return Response({"scored": sum(1 for r in results if r["status"] == "scored"), "results": results})
+
+
+class AccuracyApi(TenantApiView):
+    """``GET`` a model's accuracy (classification) or mean absolute error (regression) from
+    feedback, per version over time: ``?range=24h|7d|30d`` (points per hour, 6 hours, day)."""
+
+    @extend_schema(
+        parameters=[OpenApiParameter("range", str, enum=list(ACCURACY_RANGES), required=False)],
+        responses=inline_serializer(
+            "Accuracy",
+            {
+                "model": serializers.CharField(),
+                "range": serializers.CharField(),
+                "step_s": serializers.IntegerField(),
+                "task": serializers.CharField(allow_null=True),
+                "points": serializers.ListField(child=serializers.DictField()),
+                "versions": serializers.ListField(child=serializers.DictField()),
+            },
+        ),
+    )
+    def get(self, request: Request, slug: str, name: str) -> Response:
+        model = access_model_by_name(self.actor, slug, name, action=Action.READ)
+        chosen = request.query_params.get("range", "24h")
+        if chosen not in ACCURACY_RANGES:
+            known = list(ACCURACY_RANGES)
+            raise ApplicationError(f"range is one of {', '.join(known)}", field_errors={"range": known})
+        span, step_s = ACCURACY_RANGES[chosen]
+        series = accuracy_series(tenant=model.tenant, model_name=model.name, since=timezone.now() - span, step_s=step_s)
+        deployment = getattr(model, "deployment", None)
+        task = (deployment.prediction_log or {}).get("task") if deployment is not None else None
+        return Response({"model": model.name, "range": chosen, "step_s": step_s, "task": task, **series})
+
+
+class PredictionLogListApi(TenantApiView):
+    """``GET`` a model's logged predictions, newest first (``limit`` ≤ 200, ``offset``), each
+    with its inputs, outputs and feedback."""
+
+    class OutputSerializer(serializers.ModelSerializer):
+        feedback = serializers.SerializerMethodField()
+
+        class Meta:
+            model = PredictionLog
+            ref_name = "PredictionLogOutput"
+            fields = [
+                "request_id", "inference_id", "version", "created_at", "expires_at", "inputs", "outputs", "feedback",
+            ]  # fmt: skip
+
+        @extend_schema_field(serializers.DictField(allow_null=True))
+        def get_feedback(self, log: PredictionLog) -> dict[str, Any] | None:
+            feedback = getattr(log, "feedback", None)
+            if feedback is None:
+                return None
+            return {
+                "ground_truth": feedback.ground_truth,
+                "predicted": feedback.predicted,
+                "rows": feedback.rows,
+                "correct": feedback.correct,
+                "abs_error_sum": feedback.abs_error_sum,
+                "received_at": feedback.received_at,
+            }
+
+    @extend_schema(
+        parameters=[OpenApiParameter("limit", int, required=False), OpenApiParameter("offset", int, required=False)],
+        responses=OutputSerializer(many=True),
+    )
+    def get(self, request: Request, slug: str, name: str) -> Response:
+        model = access_model_by_name(self.actor, slug, name, action=Action.READ)
+        limit, offset = page_of(request, default=50, most=200)
+        logs = prediction_logs_list(tenant=model.tenant, model_name=model.name, limit=limit, offset=offset)
+        return Response(self.OutputSerializer(logs, many=True).data)

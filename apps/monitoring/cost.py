@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 
 US_PER_HOUR = 3_600_000_000
-MICROS = Decimal(1_000_000)  # money is stored in millionths of the currency unit
+NANOS = Decimal(1_000_000_000)  # money is stored in billionths of the currency unit
 
 
 def apportion(total: int, weights: Sequence[int]) -> list[int]:
@@ -112,15 +112,16 @@ def attribute_window(*, window_us: int, capacity_bytes: int, uses: Sequence[Repl
     return WindowCharges(charges=charges, idle_us=idle, unattributed_us=idle - idle_charged)
 
 
-def cost_micros(*, device_us: int, price_per_hour: Decimal) -> int:
-    """The cost of ``device_us`` of device time at ``price_per_hour``, in millionths."""
-    exact = Decimal(device_us) * price_per_hour * MICROS / US_PER_HOUR
+def cost_nanos(*, device_us: int, price_per_hour: Decimal) -> int:
+    """The cost of ``device_us`` of device time at ``price_per_hour``, in billionths."""
+    exact = Decimal(device_us) * price_per_hour * NANOS / US_PER_HOUR
     return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 
 
-def money(micros: int) -> Decimal:
-    """Millionths of the currency unit as a decimal amount (6 places)."""
-    return (Decimal(micros) / MICROS).quantize(Decimal("0.000001"))
+def money(nanos: int) -> str:
+    """Billionths of the currency unit as a decimal amount with 9 places (a CPU-millisecond
+    at 0.10 an hour is 0.000000028)."""
+    return f"{(Decimal(nanos) / NANOS).quantize(Decimal('0.000000001')):f}"
 
 
 def price_text(price: Decimal) -> str:

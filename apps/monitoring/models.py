@@ -39,7 +39,7 @@ class MetricRollup(models.Model):
     predictions = models.PositiveIntegerField(default=0, help_text="requests answered by successful batches")
     compute_us = models.BigIntegerField(default=0, help_text="device time charged for its batches")
     idle_us = models.BigIntegerField(default=0, help_text="idle device time charged by footprint share")
-    cost_micros = models.BigIntegerField(default=0, help_text="cost of compute_us + idle_us, in millionths")
+    cost_nanos = models.BigIntegerField(default=0, help_text="cost of compute_us + idle_us, in billionths")
 
     class Meta:
         indexes = [
@@ -98,3 +98,61 @@ class DeviceSample(models.Model):
 
     def __str__(self) -> str:
         return f"{self.resolution} {self.at:%H:%M:%S} {self.worker_id}"
+
+
+class PredictionLog(models.Model):
+    """One sampled inference: what went in and what came out (opt-in per deployment, with a
+    sampling rate and a retention), so ground truth sent later can be joined to it."""
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    model_name = models.CharField(max_length=63)
+    version = models.PositiveIntegerField()
+    request_id = models.CharField(max_length=128, help_text="the gateway's X-Request-ID")
+    inference_id = models.CharField(max_length=128, blank=True, help_text='the v2 body\'s "id", if any')
+    created_at = models.DateTimeField()
+    inputs = models.JSONField(default=list)
+    outputs = models.JSONField(default=list)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["tenant", "model_name", "request_id"], name="prediction_by_request"),
+            models.Index(fields=["tenant", "model_name", "inference_id"], name="prediction_by_inference_id"),
+            models.Index(fields=["expires_at"], name="prediction_expiry"),
+        ]
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.model_name}@{self.version} {self.request_id}"
+
+
+class Feedback(models.Model):
+    """Ground truth for one logged prediction, scored when it arrives. It keeps its own copy
+    of what was predicted, so accuracy history outlives the prediction log's retention."""
+
+    class Task(models.TextChoices):
+        CLASSIFICATION = "classification", "classification"
+        REGRESSION = "regression", "regression"
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    prediction = models.OneToOneField(
+        PredictionLog, null=True, blank=True, on_delete=models.SET_NULL, related_name="feedback"
+    )
+    model_name = models.CharField(max_length=63)
+    version = models.PositiveIntegerField()
+    request_id = models.CharField(max_length=128)
+    task = models.CharField(max_length=16, choices=Task.choices)
+    predicted = models.JSONField(help_text="per row: the class or value the model gave")
+    ground_truth = models.JSONField(help_text="per row: the true class or value")
+    rows = models.PositiveIntegerField()
+    correct = models.PositiveIntegerField(null=True, help_text="classification: rows predicted right")
+    abs_error_sum = models.FloatField(null=True, help_text="regression: sum of |predicted - ground truth|")
+    predicted_at = models.DateTimeField()
+    received_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "model_name", "predicted_at"], name="feedback_by_time")]
+        ordering = ["predicted_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.model_name}@{self.version} {self.request_id}: {self.predicted} vs {self.ground_truth}"

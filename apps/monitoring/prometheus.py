@@ -83,7 +83,7 @@ class ControlPlaneCollector(Collector):
         today: dict[str, dict[str, int]] = {}
         for rows in rollups_between(MetricRollup.objects.all(), since=midnight, until=now + timedelta(days=1)):
             sums = rows.values("tenant__slug").annotate(
-                p=Sum("predictions"), c=Sum("compute_us"), i=Sum("idle_us"), m=Sum("cost_micros")
+                p=Sum("predictions"), c=Sum("compute_us"), i=Sum("idle_us"), m=Sum("cost_nanos")
             )
             for row in sums.order_by():
                 cell = today.setdefault(row["tenant__slug"], {"p": 0, "d": 0, "m": 0})
@@ -96,5 +96,5 @@ class ControlPlaneCollector(Collector):
         for slug, cell in sorted(today.items()):
             predictions.add_metric([slug], cell["p"])
             device.add_metric([slug], cell["d"] / 1_000_000)
-            cost.add_metric([slug, settings.BERTH_CURRENCY], cell["m"] / 1_000_000)
+            cost.add_metric([slug, settings.BERTH_CURRENCY], cell["m"] / 1_000_000_000)
         yield from (predictions, device, cost)

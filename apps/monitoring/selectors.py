@@ -14,7 +14,7 @@ from kombu import Connection
 from kombu.exceptions import OperationalError
 
 from apps.monitoring.cost import money
-from apps.monitoring.models import MetricRollup
+from apps.monitoring.models import Feedback, MetricRollup, PredictionLog
 from apps.tenants.models import Tenant
 from inference_workers.histogram import merge, percentile
 
@@ -127,7 +127,7 @@ def metric_series(
     ]  # fmt: skip
 
 
-USAGE_FIELDS = ("requests", "errors", "predictions", "compute_us", "idle_us", "cost_micros")
+USAGE_FIELDS = ("requests", "errors", "predictions", "compute_us", "idle_us", "cost_nanos")
 
 
 def rollups_between(
@@ -165,8 +165,8 @@ def _usage_line(figures: dict[str, int]) -> dict[str, Any]:
         "compute_s": round(figures["compute_us"] / 1_000_000, 6),
         "idle_s": round(figures["idle_us"] / 1_000_000, 6),
         "device_s": round((figures["compute_us"] + figures["idle_us"]) / 1_000_000, 6),
-        "cost": str(money(figures["cost_micros"])),
-        "cost_per_1000": str(money(figures["cost_micros"] * 1000 // predictions)) if predictions else None,
+        "cost": money(figures["cost_nanos"]),
+        "cost_per_1000": money(figures["cost_nanos"] * 1000 // predictions) if predictions else None,
     }
 
 
@@ -208,3 +208,62 @@ def usage_report(*, tenant: Tenant, first_day: date, last_day: date, model: str 
         ],
         "total": _usage_line(overall),
     }
+
+
+# range → (span, step of the points): accuracy by when the predictions were made.
+ACCURACY_RANGES = {
+    "24h": (timedelta(days=1), 3600),
+    "7d": (timedelta(days=7), 6 * 3600),
+    "30d": (timedelta(days=30), 86400),
+}
+
+
+@dataclass
+class _Quality:
+    scored: int = 0  # classification rows
+    correct: int = 0
+    measured: int = 0  # regression rows
+    abs_error: float = 0.0
+
+    def add(self, rows: int, correct: int | None, abs_error: float | None) -> None:
+        if correct is not None:
+            self.scored += rows
+            self.correct += correct
+        if abs_error is not None:
+            self.measured += rows
+            self.abs_error += abs_error
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.scored + self.measured,
+            "accuracy": round(self.correct / self.scored, 4) if self.scored else None,
+            "mae": round(self.abs_error / self.measured, 6) if self.measured else None,
+        }
+
+
+def accuracy_series(*, tenant: Tenant, model_name: str, since: datetime, step_s: int) -> dict[str, Any]:
+    """A model's quality from feedback, per step of prediction time and per version:
+    accuracy (rows predicted right / rows scored) for classification, mean absolute error
+    for regression; and per version over the whole span."""
+    cells: dict[tuple[int, int], _Quality] = {}
+    totals: dict[int, _Quality] = {}
+    feedback = Feedback.objects.filter(tenant=tenant, model_name=model_name, predicted_at__gte=since)
+    for at, version, rows, correct, abs_error in feedback.values_list(
+        "predicted_at", "version", "rows", "correct", "abs_error_sum"
+    ):
+        bucket = int(at.timestamp()) // step_s * step_s
+        cells.setdefault((bucket, version), _Quality()).add(rows, correct, abs_error)
+        totals.setdefault(version, _Quality()).add(rows, correct, abs_error)
+    return {
+        "points": [
+            {"t": datetime.fromtimestamp(bucket, tz=UTC).isoformat(), "version": version, **cell.as_dict()}
+            for (bucket, version), cell in sorted(cells.items())
+        ],
+        "versions": [{"version": version, **cell.as_dict()} for version, cell in sorted(totals.items())],
+    }
+
+
+def prediction_logs_list(*, tenant: Tenant, model_name: str, limit: int, offset: int) -> list[PredictionLog]:
+    """A model's logged predictions, newest first, with their feedback when given."""
+    rows = PredictionLog.objects.filter(tenant=tenant, model_name=model_name).select_related("feedback")
+    return list(rows.order_by("-created_at", "-id")[offset : offset + limit])

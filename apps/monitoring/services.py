@@ -11,10 +11,10 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import transaction
+from django.db import models, transaction
 
-from apps.monitoring.cost import Charge, ReplicaUse, attribute_window, cost_micros, price_text
-from apps.monitoring.models import DevicePrice, DeviceSample, MetricRollup
+from apps.monitoring.cost import Charge, ReplicaUse, attribute_window, cost_nanos, price_text
+from apps.monitoring.models import DevicePrice, DeviceSample, Feedback, MetricRollup, PredictionLog
 from apps.tenants.access import Actor, require_staff
 from apps.tenants.models import Tenant
 from apps.tenants.services import audit_event_create
@@ -89,7 +89,7 @@ def _merge_rows(rows: Sequence[MetricRollup]) -> dict[str, Any]:
         "predictions": sum(r.predictions for r in rows),
         "compute_us": sum(r.compute_us for r in rows),
         "idle_us": sum(r.idle_us for r in rows),
-        "cost_micros": sum(r.cost_micros for r in rows),
+        "cost_nanos": sum(r.cost_nanos for r in rows),
     }
 
 
@@ -178,7 +178,7 @@ def rollups_record_worker(*, heartbeat: WorkerHeartbeat, since: datetime | None)
                 predictions=window.get("requests", 0),
                 compute_us=charge.compute_us,
                 idle_us=charge.idle_us,
-                cost_micros=cost_micros(device_us=charge.total_us, price_per_hour=price),
+                cost_nanos=cost_nanos(device_us=charge.total_us, price_per_hour=price),
             )
         )
     device = heartbeat.device
@@ -304,3 +304,174 @@ def _compact_devices(*, since: datetime, horizon: datetime, now: datetime) -> No
     DeviceSample.objects.bulk_create(minutes)
     DeviceSample.objects.filter(resolution=DeviceSample.Resolution.HEARTBEAT, at__lt=now - SECOND_RETENTION).delete()
     DeviceSample.objects.filter(resolution=DeviceSample.Resolution.MINUTE, at__lt=now - MINUTE_RETENTION).delete()
+
+
+# ---------------------------------------------------------------- prediction logs and feedback
+
+
+@dataclass(frozen=True)
+class LoggedPrediction:
+    """One sampled inference as a gateway keeps it until its next flush (raw bodies)."""
+
+    tenant: str
+    model: str
+    version: int
+    request_id: str
+    at: float
+    request_body: bytes
+    request_header_length: str | None
+    response_body: bytes
+    response_header_length: str | None
+    retention_days: int
+
+
+# Bodies larger than this are logged without their tensors (and cannot be scored).
+PREDICTION_LOG_MAX_BODY = 1 << 20
+
+
+def prediction_logs_record(*, entries: Sequence[LoggedPrediction]) -> int:
+    """Stores sampled predictions (one INSERT): inputs and outputs decoded from the v2 bodies
+    (binary tensors included, up to 4,096 elements each). Returns how many were stored."""
+    from inference_workers.codec import decode_tensors
+    from inference_workers.errors import InvalidInputError
+
+    def tensors(body: bytes, header_length: str | None, key: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        if len(body) > PREDICTION_LOG_MAX_BODY:
+            return {}, [{"omitted": f"body of {len(body)} bytes is over the log's {PREDICTION_LOG_MAX_BODY}"}]
+        try:
+            return decode_tensors(body, header_length=header_length, key=key)
+        except InvalidInputError as exc:
+            return {}, [{"omitted": str(exc)}]
+
+    tenants = dict(Tenant.objects.filter(slug__in={e.tenant for e in entries}).values_list("slug", "pk"))
+    rows = []
+    for entry in entries:
+        if entry.tenant not in tenants:
+            continue
+        request_header, inputs = tensors(entry.request_body, entry.request_header_length, "inputs")
+        _, outputs = tensors(entry.response_body, entry.response_header_length, "outputs")
+        at = datetime.fromtimestamp(entry.at, tz=UTC)
+        inference_id = request_header.get("id")
+        rows.append(
+            PredictionLog(
+                tenant_id=tenants[entry.tenant],
+                model_name=entry.model,
+                version=entry.version,
+                request_id=entry.request_id[:128],
+                inference_id=str(inference_id)[:128] if inference_id is not None else "",
+                created_at=at,
+                inputs=inputs,
+                outputs=outputs,
+                expires_at=at + timedelta(days=entry.retention_days),
+            )
+        )
+    return len(PredictionLog.objects.bulk_create(rows))
+
+
+def prediction_logs_prune(*, now: datetime) -> int:
+    """Deletes prediction logs past their deployment's retention (feedback keeps its scores)."""
+    deleted, _ = PredictionLog.objects.filter(expires_at__lt=now).delete()
+    return deleted
+
+
+class FeedbackError(ValueError):
+    """Why one feedback item cannot be scored (reported per item, not as a failed call)."""
+
+
+def _rows_of(tensor: dict[str, Any], truths: int) -> list[list[Any]]:
+    if tensor.get("truncated") or "data" not in tensor:
+        raise FeedbackError(f"output '{tensor.get('name')}' was too large to log, so it cannot be scored")
+    data, shape = tensor["data"], tensor.get("shape") or [len(tensor["data"])]
+    if len(shape) >= 2:
+        rows = int(shape[0])
+        width = len(data) // rows if rows else 0
+        return [data[i * width : (i + 1) * width] for i in range(rows)]
+    if truths == len(data) and truths > 1:
+        return [[value] for value in data]  # one value per row
+    return [data]  # one row of scores
+
+
+def _predicted(row: list[Any], task: str, datatype: str) -> Any:
+    if task == Feedback.Task.REGRESSION:
+        if len(row) != 1:
+            raise FeedbackError(f"regression scores one value per row; this output has {len(row)} per row")
+        return float(row[0])
+    if datatype == "BYTES" or len(row) == 1:
+        value = row[0]
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+    return max(range(len(row)), key=lambda i: row[i])  # the class with the highest score
+
+
+def _score(task: str, predicted: list[Any], truths: list[Any]) -> tuple[int | None, float | None]:
+    if task == Feedback.Task.REGRESSION:
+        try:
+            return None, sum(abs(p - float(t)) for p, t in zip(predicted, truths, strict=True))
+        except (TypeError, ValueError):
+            raise FeedbackError("regression ground truth must be numbers") from None
+    return sum(1 for p, t in zip(predicted, truths, strict=True) if p == t or str(p) == str(t)), None
+
+
+def feedback_record(*, tenant: Tenant, model_name: str, items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Joins ground truth to logged predictions by request id (the gateway's X-Request-ID or
+    the v2 body's ``id``) and scores each: accuracy for classification (the highest-scoring
+    class, or the label the model gave), absolute error for regression. Feedback sent again
+    for a request replaces the earlier. Returns one result per item: ``scored`` (with
+    ``correct`` or ``abs_error``), ``unknown`` (no logged prediction: not sampled, expired or
+    never made) or ``error`` (with why)."""
+    from apps.deployments.models import Deployment
+
+    deployment = Deployment.objects.filter(model__tenant=tenant, model__name=model_name).first()
+    config = deployment.prediction_log if deployment is not None else {}
+    task = config.get("task", Feedback.Task.CLASSIFICATION)
+    ids = [str(item["request_id"]) for item in items]
+    logs = PredictionLog.objects.filter(tenant=tenant, model_name=model_name).filter(
+        models.Q(request_id__in=ids) | models.Q(inference_id__in=ids)
+    )
+    by_id: dict[str, PredictionLog] = {}
+    for logged in logs.order_by("created_at"):  # the newest of a reused id wins
+        by_id[logged.request_id] = logged
+        if logged.inference_id:
+            by_id[logged.inference_id] = logged
+    results: list[dict[str, Any]] = []
+    for request_id, item in zip(ids, items, strict=True):
+        log = by_id.get(request_id)
+        if log is None:
+            results.append({"request_id": request_id, "status": "unknown"})
+            continue
+        truth = item["ground_truth"]
+        truths = truth if isinstance(truth, list) else [truth]
+        try:
+            outputs = [t for t in log.outputs if "name" in t]
+            wanted = config.get("output")
+            tensor = next((t for t in outputs if t["name"] == wanted), None) if wanted else (outputs or [None])[0]
+            if tensor is None:
+                raise FeedbackError(f"the logged prediction has no output '{wanted or ''}' to score")
+            rows = _rows_of(tensor, len(truths))
+            if len(rows) != len(truths):
+                raise FeedbackError(f"ground_truth has {len(truths)} value(s); the prediction has {len(rows)} row(s)")
+            predicted = [_predicted(row, task, tensor.get("datatype", "")) for row in rows]
+            correct, abs_error = _score(task, predicted, truths)
+        except FeedbackError as exc:
+            results.append({"request_id": request_id, "status": "error", "error": str(exc)})
+            continue
+        Feedback.objects.update_or_create(
+            prediction=log,
+            defaults={
+                "tenant": tenant,
+                "model_name": model_name,
+                "version": log.version,
+                "request_id": log.request_id,
+                "task": task,
+                "predicted": predicted,
+                "ground_truth": truths,
+                "rows": len(truths),
+                "correct": correct,
+                "abs_error_sum": abs_error,
+                "predicted_at": log.created_at,
+            },
+        )
+        result: dict[str, Any] = {"request_id": request_id, "status": "scored", "version": log.version}
+        result.update({"predicted": predicted, "correct": correct} if correct is not None else {})
+        result.update({"predicted": predicted, "abs_error": abs_error} if abs_error is not None else {})
+        results.append(result)
+    return results

@@ -19,3 +19,13 @@ def rollups_compact() -> None:
     from apps.monitoring.services import rollups_compact as compact
 
     compact(now=timezone.now())
+
+
+@shared_task(name="berth.monitoring.prediction_logs_prune", ignore_result=True)
+def prediction_logs_prune() -> None:
+    """Deletes prediction logs past their deployment's retention (beat, every 10 minutes)."""
+    from django.utils import timezone
+
+    from apps.monitoring.services import prediction_logs_prune as prune
+
+    prune(now=timezone.now())

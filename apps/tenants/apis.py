@@ -52,7 +52,7 @@ class TenantApiView(APIView):
         return actor_from_request(self.request)
 
 
-def _page(request: Request, *, default: int = 100, most: int = 500) -> tuple[int, int]:
+def page_of(request: Request, *, default: int = 100, most: int = 500) -> tuple[int, int]:
     def number(name: str, fallback: int) -> int:
         raw = request.query_params.get(name, "")
         if raw == "":
@@ -329,6 +329,6 @@ class AuditEventListApi(TenantApiView):
     )
     def get(self, request: Request, slug: str) -> Response:
         tenant = access_tenant_by_slug(self.actor, slug, action=Action.AUDIT)
-        limit, offset = _page(request)
+        limit, offset = page_of(request)
         events = audit_event_list(tenant=tenant)[offset : offset + limit]
         return Response(AuditEventOutput(events, many=True).data)

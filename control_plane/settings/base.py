@@ -165,6 +165,7 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile": {"task": "berth.reconcile", "schedule": 2.0},
     "requeue-stuck-validations": {"task": "berth.registry.requeue_stuck_validations", "schedule": 60.0},
     "rollups-compact": {"task": "berth.monitoring.rollups_compact", "schedule": 30.0},
+    "prediction-logs-prune": {"task": "berth.monitoring.prediction_logs_prune", "schedule": 600.0},
 }
 
 # How long a checked API key (or a refusal) is cached: bounds how long a revoked key works.

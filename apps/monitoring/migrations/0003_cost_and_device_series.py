@@ -30,8 +30,8 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name='metricrollup',
-            name='cost_micros',
-            field=models.BigIntegerField(default=0, help_text='cost of compute_us + idle_us, in millionths'),
+            name='cost_nanos',
+            field=models.BigIntegerField(default=0, help_text='cost of compute_us + idle_us, in billionths'),
         ),
         migrations.AddField(
             model_name='metricrollup',

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apps.deployments.services import worker_record_heartbeat
-from apps.monitoring.cost import ReplicaUse, apportion, attribute_window, cost_micros, share_equally
+from apps.monitoring.cost import ReplicaUse, apportion, attribute_window, cost_nanos, share_equally
 from apps.monitoring.models import DeviceSample, MetricRollup
 from apps.monitoring.services import RollupPoint, rollups_compact, rollups_record
 from apps.tenants.models import AuditEvent
@@ -75,8 +75,8 @@ def test_worked_example_and_money():
     # 1.6 s idle; half the device is reserved: 0.8 s charged, 3:2 between a and b.
     assert result.charges["a"].compute_us == 400_000 and result.charges["a"].idle_us == 480_000
     assert result.charges["b"].idle_us == 320_000 and result.unattributed_us == 800_000
-    assert cost_micros(device_us=3_600_000_000, price_per_hour=Decimal("2.50")) == 2_500_000
-    assert cost_micros(device_us=880_000, price_per_hour=Decimal("3.60")) == 880
+    assert cost_nanos(device_us=3_600_000_000, price_per_hour=Decimal("2.50")) == 2_500_000_000
+    assert cost_nanos(device_us=880_000, price_per_hour=Decimal("3.60")) == 880_000
 
 
 # ---------------------------------------------------------------- from heartbeats to rows
@@ -134,7 +134,7 @@ def test_heartbeats_charge_compute_and_idle_at_the_kinds_price(world_a, world_b,
     assert set(rows) == {"clf", "reg"}  # nothing reserved, nothing computed: no row for bravo
     assert (rows["clf"].compute_us, rows["clf"].idle_us, rows["clf"].predictions) == (400_000, 480_000, 8)
     assert (rows["reg"].compute_us, rows["reg"].idle_us, rows["reg"].predictions) == (0, 320_000, 0)
-    assert rows["clf"].cost_micros == 880 and rows["reg"].cost_micros == 320  # 3.60 per hour = 1 per µs-hour/1000
+    assert rows["clf"].cost_nanos == 880_000 and rows["reg"].cost_nanos == 320_000  # 3.60/h: 1 nano per µs
     sample = DeviceSample.objects.latest("at")
     assert (sample.idle_us, sample.unattributed_us, sample.reserved_bytes) == (1_600_000, 800_000, 500)
 
@@ -153,7 +153,7 @@ def test_a_long_silence_is_charged_only_up_to_the_dead_worker_horizon(world_a):
 
 def _usage_world(world_a):
     day_before = datetime.now(tz=UTC).replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=1)
-    for at, clf_cost in ((day_before, 2_000_000), (datetime.now(tz=UTC) - timedelta(seconds=30), 1_000_000)):
+    for at, clf_cost in ((day_before, 2_000_000_000), (datetime.now(tz=UTC) - timedelta(seconds=30), 1_000_000_000)):
         rollups_record(points=[RollupPoint(int(at.timestamp()), "alpha", "clf", 1, requests=1000, errors=0)])
         MetricRollup.objects.create(
             resolution="1s",
@@ -165,7 +165,7 @@ def _usage_world(world_a):
             predictions=1000,
             compute_us=500_000,
             idle_us=100_000,
-            cost_micros=clf_cost,
+            cost_nanos=clf_cost,
         )
     return day_before
 
@@ -182,11 +182,11 @@ def test_usage_per_day_and_version_with_cost_per_1000(world_a):
     days = {line["date"]: line for line in body["days"]}
     yesterday = days[str(day_before.date())]
     assert yesterday["predictions"] == 1000 and yesterday["requests"] == 1000
-    assert yesterday["cost"] == "2.000000" and yesterday["cost_per_1000"] == "2.000000"
+    assert yesterday["cost"] == "2.000000000" and yesterday["cost_per_1000"] == "2.000000000"
     assert yesterday["compute_s"] == 0.5 and yesterday["idle_s"] == 0.1 and yesterday["device_s"] == 0.6
     (model,) = body["models"]
-    assert model["predictions"] == 2000 and model["cost"] == "3.000000" and model["cost_per_1000"] == "1.500000"
-    assert body["total"]["cost"] == "3.000000"
+    assert model["predictions"] == 2000 and model["cost"] == "3.000000000" and model["cost_per_1000"] == "1.500000000"
+    assert body["total"]["cost"] == "3.000000000"
 
 
 @pytest.mark.django_db
@@ -197,7 +197,7 @@ def test_usage_as_csv(world_a):
     assert answer["Content-Type"].startswith("text/csv") and "attachment" in answer["Content-Disposition"]
     lines = list(csv.DictReader(io.StringIO(answer.content.decode())))
     assert [line["date"] for line in lines] == sorted(line["date"] for line in lines) and len(lines) == 2
-    assert {line["cost"] for line in lines} == {"2.000000", "1.000000"} and lines[0]["currency"] == "USD"
+    assert {line["cost"] for line in lines} == {"2.000000000", "1.000000000"} and lines[0]["currency"] == "USD"
 
 
 @pytest.mark.django_db
@@ -207,7 +207,7 @@ def test_usage_is_for_the_tenants_own_members_only(world_a, world_b):
     assert world_b.bearer("read").get("/api/v1/tenants/alpha/usage/").status_code == 404
     assert world_b.bearer("read").get("/api/v1/tenants/alpha/usage/?format=csv").status_code == 404
     own = world_b.session("owner").get("/api/v1/tenants/bravo/usage/").json()
-    assert own["days"] == [] and own["total"]["cost"] == "0.000000"
+    assert own["days"] == [] and own["total"]["cost"] == "0.000000000"
 
 
 @pytest.mark.django_db

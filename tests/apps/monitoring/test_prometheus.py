@@ -37,11 +37,11 @@ def _fleet(world_a, world_b):
         deployment = Deployment.objects.create(model=model, traffic={"1": 100})
         Replica.objects.create(deployment=deployment, version=version, worker=worker, state=state, reserved_bytes=300)
     now = timezone.now()
-    for world, requests, cost in ((world_a, 7, 2_500_000), (world_b, 3, 0)):
+    for world, requests, cost in ((world_a, 7, 2_500_000_000), (world_b, 3, 0)):
         MetricRollup.objects.create(
             resolution="1s", start=now - timedelta(seconds=5), tenant=world.tenant, model_name="m", version=1,
             requests=requests, errors=1, predictions=requests, compute_us=1_500_000, idle_us=500_000,
-            cost_micros=cost,
+            cost_nanos=cost,
         )  # fmt: skip
 
 
