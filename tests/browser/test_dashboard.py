@@ -100,3 +100,47 @@ def test_another_tenants_dashboard_is_404_and_staff_see_the_fleet(platform: Plat
     assert platform.worker_id in page.inner_text("#fleet-table")
     page.screenshot(path=str(screenshots / "fleet.png"), full_page=True)
     staff.close()
+
+
+def test_the_dashboard_shows_cost_per_prediction_and_accuracy_from_feedback(
+    platform: Platform, chromium, screenshots: Path
+):
+    key = _key(platform)
+    headers = {"Authorization": f"Bearer {key}"}
+    base = f"/api/v1/tenants/demo/models/{MODEL}"
+    with platform.admin() as admin:
+        config = {"prediction_log": {"sample_rate": 1.0, "task": "classification"}}
+        assert admin.patch(f"{base}/deployment/", json=config).status_code == 200
+        time.sleep(1.5)  # the gateway re-reads its routing table
+        truth = []
+        for n in range(4):
+            answer = httpx.post(
+                f"{platform.base_url}/v2/models/{MODEL}/infer",
+                json=ONE_ROW,
+                headers={**headers, "X-Request-ID": f"browser-{n}"},
+            )
+            assert answer.status_code == 200
+            scores = answer.json()["outputs"][0]["data"]
+            top = max(range(len(scores)), key=lambda i: scores[i])
+            truth.append({"request_id": f"browser-{n}", "ground_truth": top if n else (top + 1) % 3})
+        deadline = time.monotonic() + 15
+        while len(admin.get(f"{base}/predictions/").json()) < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        scored = httpx.post(f"{platform.base_url}{base}/feedback/", json={"feedback": truth}, headers=headers)
+        assert scored.json()["scored"] == 4, scored.text
+        while not admin.get("/api/v1/tenants/demo/usage/").json()["total"]["predictions"]:
+            assert time.monotonic() < deadline, "no usage charged from the worker's heartbeats"
+            time.sleep(0.5)
+    context = chromium.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    _sign_in(page, platform, "demo-owner")
+    page.goto(f"{platform.base_url}/t/demo/dashboard/?model={MODEL}")
+    page.wait_for_function("window.berthQuality && berthQuality.usageLoaded && berthQuality.accuracyLoaded")
+    assert "75.0% over 4 rows" in page.inner_text("#accuracy-summary")
+    row = page.inner_text("#cost-rows tr")
+    assert MODEL in row and "USD" in row
+    assert page.evaluate("document.getElementById('chart-accuracy').data[0].y.slice(-1)[0]") == 0.75
+    page.locator("#cost").scroll_into_view_if_needed()
+    page.screenshot(path=str(screenshots / "dashboard-quality.png"), full_page=True)
+    context.close()
