@@ -47,4 +47,6 @@ def fleet(request: HttpRequest) -> HttpResponse:
     """Staff: every device as a bar of its memory, hosted replicas as segments, live."""
     if not request.user.is_staff:
         raise Http404("no such page")
-    return render(request, "console/fleet.html", {})
+    from apps.monitoring.selectors import DEVICE_RANGES
+
+    return render(request, "console/fleet.html", {"device_ranges": list(DEVICE_RANGES)})

@@ -28,10 +28,12 @@ from apps.monitoring.models import PredictionLog
 from apps.monitoring.prometheus import ControlPlaneCollector
 from apps.monitoring.selectors import (
     ACCURACY_RANGES,
+    DEVICE_RANGES,
     RANGES,
     accuracy_series,
     broker_health,
     database_health,
+    device_series,
     metric_series,
     prediction_logs_list,
     usage_report,
@@ -373,3 +375,39 @@ class PredictionLogListApi(TenantApiView):
         limit, offset = page_of(request, default=50, most=200)
         logs = prediction_logs_list(tenant=model.tenant, model_name=model.name, limit=limit, offset=offset)
         return Response(self.OutputSerializer(logs, many=True).data)
+
+
+class DeviceSeriesApi(APIView):
+    """Staff only: ``GET`` every device's memory and utilisation over time
+    (``?range=1h|24h|30d``, optional ``worker``): capacity, measured use, reserved bytes and
+    each replica's reservation, utilisation, idle seconds."""
+
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("range", str, enum=list(DEVICE_RANGES), required=False),
+            OpenApiParameter("worker", str, required=False),
+        ],
+        responses=inline_serializer(
+            "DeviceSeries",
+            {
+                "range": serializers.CharField(),
+                "step_s": serializers.IntegerField(),
+                "points": serializers.ListField(child=serializers.DictField()),
+            },
+        ),
+    )
+    def get(self, request: Request) -> Response:
+        chosen = request.query_params.get("range", "1h")
+        if chosen not in DEVICE_RANGES:
+            known = list(DEVICE_RANGES)
+            raise ApplicationError(f"range is one of {', '.join(known)}", field_errors={"range": known})
+        resolution, span, step_s = DEVICE_RANGES[chosen]
+        points = device_series(
+            since=timezone.now() - span,
+            resolution=resolution,
+            step_s=step_s,
+            worker_id=request.query_params.get("worker") or None,
+        )
+        return Response({"range": chosen, "step_s": step_s, "points": points})

@@ -14,7 +14,7 @@ from kombu import Connection
 from kombu.exceptions import OperationalError
 
 from apps.monitoring.cost import money
-from apps.monitoring.models import Feedback, MetricRollup, PredictionLog
+from apps.monitoring.models import DeviceSample, Feedback, MetricRollup, PredictionLog
 from apps.tenants.models import Tenant
 from inference_workers.histogram import merge, percentile
 
@@ -267,3 +267,42 @@ def prediction_logs_list(*, tenant: Tenant, model_name: str, limit: int, offset:
     """A model's logged predictions, newest first, with their feedback when given."""
     rows = PredictionLog.objects.filter(tenant=tenant, model_name=model_name).select_related("feedback")
     return list(rows.order_by("-created_at", "-id")[offset : offset + limit])
+
+
+# range → (resolution read, span, step): per-device series for the fleet page.
+DEVICE_RANGES = {
+    "1h": ("hb", timedelta(hours=1), 10),
+    "24h": ("1m", timedelta(days=1), 120),
+    "30d": ("1m", timedelta(days=30), 3600),
+}
+
+
+def device_series(
+    *, since: datetime, resolution: str, step_s: int, worker_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Each device's memory (capacity, measured use, reserved and per replica) and
+    utilisation over time, one point per step: the most memory seen in the step, mean
+    utilisation, idle seconds summed."""
+    samples = DeviceSample.objects.filter(resolution=resolution, at__gte=since)
+    if worker_id:
+        samples = samples.filter(worker_id=worker_id)
+    groups: dict[tuple[str, int], list[DeviceSample]] = {}
+    for sample in samples.order_by("at", "id").iterator(chunk_size=2000):
+        groups.setdefault((sample.worker_id, int(sample.at.timestamp()) // step_s * step_s), []).append(sample)
+    points = []
+    for (worker, bucket), group in sorted(groups.items()):
+        busy = [s.utilisation_pct for s in group if s.utilisation_pct is not None]
+        points.append(
+            {
+                "t": datetime.fromtimestamp(bucket, tz=UTC).isoformat(),
+                "worker": worker,
+                "device_kind": group[-1].device_kind,
+                "capacity_bytes": group[-1].capacity_bytes,
+                "used_bytes": max(s.used_bytes for s in group),
+                "reserved_bytes": max(s.reserved_bytes for s in group),
+                "replicas": group[-1].replicas,
+                "utilisation_pct": round(sum(busy) / len(busy), 3) if busy else None,
+                "idle_s": round(sum(s.idle_us for s in group) / 1_000_000, 6),
+            }
+        )
+    return points

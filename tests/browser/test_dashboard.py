@@ -98,6 +98,11 @@ def test_another_tenants_dashboard_is_404_and_staff_see_the_fleet(platform: Plat
     page.click("a[href='/fleet/']")
     page.wait_for_function("window.berthFleet && window.berthFleet.updates > 0")
     assert platform.worker_id in page.inner_text("#fleet-table")
+    # The stored per-device series: the worker's measured memory over the last hour.
+    page.wait_for_function(
+        "window.berthFleet.seriesLoaded > 0 && document.getElementById('chart-device-memory').data.length > 0"
+    )
+    assert page.evaluate("document.getElementById('chart-device-memory').data[0].y.some((v) => v > 0)")
     page.screenshot(path=str(screenshots / "fleet.png"), full_page=True)
     staff.close()
 

@@ -43,5 +43,37 @@
       if (message.type === "fleet.update") { window.berthFleet.updates += 1; draw(message.devices); }
     };
   }
+  // Stored per-device series (measured use and reserved per device; utilisation), re-read each 30 s.
+  let range = "1h";
+  window.berthFleet.seriesLoaded = 0;
+  async function history() {
+    const answer = await fetch(`/api/v1/devices/series/?range=${range}`, { credentials: "same-origin" });
+    if (!answer.ok) return;
+    const body = await answer.json();
+    const byWorker = new Map();
+    body.points.forEach((p) => {
+      if (!byWorker.has(p.worker)) byWorker.set(p.worker, { t: [], used: [], reserved: [], busy: [] });
+      const s = byWorker.get(p.worker);
+      s.t.push(p.t); s.used.push(p.used_bytes / MiB); s.reserved.push(p.reserved_bytes / MiB); s.busy.push(p.utilisation_pct);
+    });
+    const memory = [], busy = [];
+    byWorker.forEach((s, worker) => {
+      memory.push({ x: s.t, y: s.used, name: worker + " measured", mode: "lines", type: "scatter" });
+      memory.push({ x: s.t, y: s.reserved, name: worker + " reserved", mode: "lines", type: "scatter", line: { dash: "dot" } });
+      busy.push({ x: s.t, y: s.busy, name: worker, mode: "lines", type: "scatter" });
+    });
+    const layout = (y) => ({ margin: { t: 10, r: 10, b: 40, l: 60 }, height: 240, legend: { orientation: "h" }, xaxis: { type: "date" }, yaxis: { title: y, rangemode: "tozero" } });
+    Plotly.react("chart-device-memory", memory, layout("MiB"), { displayModeBar: false, responsive: true });
+    Plotly.react("chart-device-busy", busy, layout("% busy"), { displayModeBar: false, responsive: true });
+    window.berthFleet.seriesLoaded += 1;
+  }
+  document.querySelectorAll("button.range").forEach((button) => button.addEventListener("click", () => {
+    document.querySelectorAll("button.range").forEach((b) => b.classList.remove("active"));
+    button.classList.add("active");
+    range = button.dataset.range;
+    history();
+  }));
   connect();
+  history();
+  setInterval(history, 30000);
 })();

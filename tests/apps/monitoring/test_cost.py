@@ -269,3 +269,18 @@ def test_a_bad_default_price_stops_start_up_naming_the_variable(raw, monkeypatch
         price_per_hour("BERTH_PRICE_PER_HOUR_CUDA", default="3.50")
     monkeypatch.setenv("BERTH_PRICE_PER_HOUR_CUDA", " 2.75 ")
     assert price_per_hour("BERTH_PRICE_PER_HOUR_CUDA", default="3.50") == Decimal("2.75")
+
+
+@pytest.mark.django_db
+def test_device_series_are_for_staff_and_follow_heartbeats(world_a, staff_client):
+    now = time.time() - 30
+    worker_record_heartbeat(heartbeat=_heartbeat(now, _hosted("clf", 300)))
+    worker_record_heartbeat(heartbeat=_heartbeat(now + 2, _hosted("clf", 300), _hosted("reg", 200)))
+    answer = staff_client.get("/api/v1/devices/series/?range=1h&worker=w1")
+    assert answer.status_code == 200, answer.json()
+    points = answer.json()["points"]
+    assert points and points[-1]["reserved_bytes"] == 500 and points[-1]["used_bytes"] == 420
+    assert points[-1]["replicas"] == {"alpha/clf@1": 300, "alpha/reg@1": 200}
+    assert staff_client.get("/api/v1/devices/series/?range=2y").status_code == 400
+    for client in (world_a.session("owner"), world_a.bearer("read")):
+        assert client.get("/api/v1/devices/series/").status_code == 403  # names every tenant's replicas
