@@ -35,10 +35,19 @@ def tenant_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
         raise PermissionDenied(refused.message) from None
     models = [model.name for model in model_list(tenant=tenant)]
     chosen = request.GET.get("model", "")
+    from apps.console.tenant_views import allowed_actions
+
+    can = allowed_actions(request, tenant)
     return render(
         request,
         "console/dashboard.html",
-        {"tenant": tenant, "models": models, "model": chosen if chosen in models else "", "ranges": list(RANGES)},
+        {
+            "tenant": tenant,
+            "models": models,
+            "model": chosen if chosen in models else "",
+            "ranges": list(RANGES),
+            "can": {action.value: action in can for action in Action},
+        },
     )
 
 
@@ -49,4 +58,4 @@ def fleet(request: HttpRequest) -> HttpResponse:
         raise Http404("no such page")
     from apps.monitoring.selectors import DEVICE_RANGES
 
-    return render(request, "console/fleet.html", {"device_ranges": list(DEVICE_RANGES)})
+    return render(request, "console/fleet.html", {"device_ranges": list(DEVICE_RANGES), "workers": list(worker_list())})

@@ -73,22 +73,82 @@ def test_the_fleet_page_is_for_staff_only(client, staff_user, world_a):
     assert client.get("/t/alpha/dashboard/").status_code == 200  # staff act in every tenant
 
 
-def test_every_tenant_scoped_console_page_is_404_for_another_tenant_and_asks_strangers_to_sign_in(
-    client, world_a, world_b
-):
+def _tenant_pages():
     from django.urls import URLPattern, URLResolver, get_resolver
 
     console = next(r for r in get_resolver().url_patterns if isinstance(r, URLResolver) and r.app_name == "console")
-    templates = [
-        "/" + str(p.pattern).replace("<slug:slug>", "{slug}")
+    return [
+        "/" + str(p.pattern).replace("<slug:slug>", "{slug}").replace("<str:", "{").replace(">", "}")
         for p in console.url_patterns
-        if isinstance(p, URLPattern) and "<slug:slug>" in str(p.pattern)
+        if isinstance(p, URLPattern) and "<slug:slug>" in str(p.pattern) and not str(p.pattern).startswith("staff/")
     ]
-    assert "/t/{slug}/dashboard/" in templates  # the walk finds the console's tenant pages
+
+
+def _objects(world):
+    return {
+        "slug": world.tenant.slug,
+        "name": world.model_name,
+        "prefix": world.key_rows["read"].prefix,
+        "username": world.users["member"].username,
+    }
+
+
+POST_ONLY = {"/t/{slug}/keys/{prefix}/revoke/", "/t/{slug}/members/{username}/"}
+
+
+def test_every_tenant_scoped_console_page_is_404_for_another_tenant_and_asks_strangers_to_sign_in(
+    client, world_a, world_b
+):
+    templates = _tenant_pages()
+    # The walk finds the console's tenant pages, including those naming a model, key or member.
+    for page in ("/t/{slug}/dashboard/", "/t/{slug}/models/{name}/deployment/", "/t/{slug}/keys/{prefix}/revoke/"):
+        assert page in templates
     for template in templates:
-        assert client.get(template.format(slug="bravo")).status_code == 302, template  # sign in first
+        assert client.get(template.format(**_objects(world_b))).status_code == 302, template  # sign in first
     client.force_login(world_a.users["owner"])
+    missing = {**_objects(world_b), "slug": "no-such-tenant"}
     for template in templates:
-        assert client.get(template.format(slug="bravo")).status_code == 404, template
-        assert client.get(template.format(slug="no-such-tenant")).status_code == 404, template
-        assert client.get(template.format(slug="alpha")).status_code == 200, template
+        # bravo's real objects, named by alpha's owner: as if they did not exist; a write too.
+        assert client.get(template.format(**_objects(world_b))).status_code in (404, 405), template
+        assert client.post(template.format(**_objects(world_b)), {"role": "owner"}).status_code == 404, template
+        assert client.get(template.format(**missing)).status_code in (404, 405), template
+        if template not in POST_ONLY:
+            assert client.get(template.format(**_objects(world_a))).status_code == 200, template
+    # Nothing of bravo's changed.
+    assert world_b.key_rows["read"].__class__.objects.get(pk=world_b.key_rows["read"].pk).revoked_at is None
+    assert world_b.tenant.memberships.get(user=world_b.users["member"]).role == "member"
+
+
+def test_viewers_see_read_only_pages_and_cannot_change_anything(client, world_a):
+    from apps.tenants.models import AuditEvent
+
+    client.force_login(world_a.users["viewer"])
+    objects = _objects(world_a)
+    before = AuditEvent.objects.count()
+    for page in ("/t/{slug}/models/", "/t/{slug}/models/{name}/", "/t/{slug}/models/{name}/deployment/",
+                 "/t/{slug}/members/", "/t/{slug}/quota/", "/t/{slug}/usage/"):  # fmt: skip
+        html = client.get(page.format(**objects)).content.decode()
+        assert '<form method="post" id=' not in html, page  # no create/edit form is offered
+        assert 'id="upload"' not in html
+    assert client.get("/t/alpha/keys/").status_code == 403  # keys are for those who manage access
+    assert client.get("/t/alpha/audit/").status_code == 403
+    writes = [
+        ("/t/alpha/models/", {"name": "sneaky"}),
+        ("/t/alpha/models/alpha-model/deployment/", {"action": "save", "traffic_1": 100, "min_replicas": 1,
+          "max_replicas": 1, "target_inflight_per_replica": 8, "scale_to_zero_after_s": 0, "device_kind": "cpu"}),
+        ("/t/alpha/keys/", {"name": "k", "scopes": ["read"]}),
+        (f"/t/alpha/keys/{objects['prefix']}/revoke/", {}),
+        ("/t/alpha/members/", {"username": "alpha-viewer", "role": "owner"}),
+        ("/t/alpha/members/alpha-viewer/", {"role": "owner"}),
+    ]  # fmt: skip
+    for url, body in writes:
+        assert client.post(url, body).status_code == 403, url
+    assert AuditEvent.objects.count() == before
+
+
+def test_staff_pages_are_404_to_tenant_owners(client, world_a):
+    client.force_login(world_a.users["owner"])
+    for url in ("/staff/tenants/", "/staff/tenants/alpha/", "/fleet/"):
+        assert client.get(url).status_code == 404, url
+    assert client.post("/staff/tenants/", {"slug": "mine", "name": "Mine"}).status_code == 404
+    assert client.post("/staff/workers/w1/drain/").status_code == 404
