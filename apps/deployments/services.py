@@ -31,6 +31,9 @@ def worker_record_heartbeat(*, heartbeat: WorkerHeartbeat) -> Worker:
     seen_at = min(sent_at, timezone.now())
     worker = Worker.objects.select_for_update().filter(worker_id=heartbeat.worker_id).first()
     if worker is not None and worker.last_heartbeat_at >= seen_at:
+        # Delivered late: its state is stale, but its batch window is its own (windows never
+        # overlap), so its batches still count; the idle time it covered was charged already.
+        _record_batches(heartbeat, since=None, sample=False)
         return worker
     device = heartbeat.device
     state: str = heartbeat.state
@@ -86,12 +89,12 @@ def worker_record_heartbeat(*, heartbeat: WorkerHeartbeat) -> Worker:
     return worker
 
 
-def _record_batches(heartbeat: WorkerHeartbeat, *, since: datetime | None) -> None:
+def _record_batches(heartbeat: WorkerHeartbeat, *, since: datetime | None, sample: bool = True) -> None:
     """Stores the heartbeat's batch windows, the cost of the device time since the previous
     heartbeat (``since``; none for a worker's first) and a sample of its device."""
     from apps.monitoring.services import rollups_record_worker
 
-    rollups_record_worker(heartbeat=heartbeat, since=since)
+    rollups_record_worker(heartbeat=heartbeat, since=since, sample=sample)
 
 
 def worker_mark_missing(*, now: datetime, interval_s: float, missed: int) -> int:

@@ -64,8 +64,11 @@ _KEY_SHAPE = re.compile(r"^brt_[0-9a-f]{8}_[A-Za-z0-9_\-]{20,}$")
 SUSPECT_S = 5.0
 # How often the deployments a gateway served are marked as used (scale to zero).
 DEMAND_FLUSH_S = 1.0
-# Sampled predictions waiting for the next flush (the oldest are dropped past this).
-PREDICTION_BUFFER = 10_000
+# Sampled predictions waiting for the next flush: at most this many bytes of bodies (past it,
+# new samples are skipped), and bodies over the log's limit are not kept at all.
+PREDICTION_BUFFER_BYTES = 64 << 20
+# Rollup points a failed store left behind, kept for the next flushes (the oldest go first).
+UNSAVED_POINTS_MAX = 100_000
 
 
 class GatewayError(Exception):
@@ -285,7 +288,9 @@ class Gateway:
         self._loop_task: asyncio.Task[None] | None = None
         self._rng = random.Random()
         self.background: set[asyncio.Task[None]] = set()
-        self.predictions: deque[LoggedPrediction] = deque(maxlen=PREDICTION_BUFFER)
+        self.predictions: deque[LoggedPrediction] = deque()
+        self._prediction_bytes = 0
+        self._unsaved_points: list[Any] = []
 
     # Prediction logs ----------------------------------------------------------------
     def log_prediction(
@@ -304,8 +309,15 @@ class Gateway:
         log = model.log
         if log is None or self._rng.random() >= log.sample_rate:
             return
+        from apps.monitoring.services import PREDICTION_LOG_MAX_BODY
+
         request_length = _header(scope, HEADER_LENGTH)
         response_length = next((v for k, v in response.headers if k.lower() == HEADER_LENGTH), None)
+        too_large = max(len(body), len(response.body)) > PREDICTION_LOG_MAX_BODY
+        size = 0 if too_large else len(body) + len(response.body)
+        if self._prediction_bytes + size > PREDICTION_BUFFER_BYTES:
+            return  # the database is behind: skip this sample rather than grow without bound
+        self._prediction_bytes += size
         self.predictions.append(
             LoggedPrediction(
                 tenant=model.tenant_slug,
@@ -313,11 +325,12 @@ class Gateway:
                 version=version.number,
                 request_id=request_id.decode("latin-1"),
                 at=time.time(),
-                request_body=body,
+                request_body=b"" if too_large else body,
                 request_header_length=request_length.decode("latin-1") if request_length else None,
-                response_body=response.body,
+                response_body=b"" if too_large else response.body,
                 response_header_length=response_length.decode("latin-1") if response_length else None,
                 retention_days=log.retention_days,
+                too_large=max(len(body), len(response.body)) if too_large else 0,
             )
         )
 
@@ -330,9 +343,11 @@ class Gateway:
         self.predictions.clear()
         try:
             await self.database.run(prediction_logs_record, entries=entries)
-        except Exception:  # kept (bounded by the buffer) for the next flush
+        except Exception:  # kept for the next flush, ahead of newer ones (the byte cap still holds)
             log.warning("could not store %d prediction logs; keeping them for later", len(entries), exc_info=True)
             self.predictions.extendleft(reversed(entries))
+        else:
+            self._prediction_bytes -= sum(len(e.request_body) + len(e.response_body) for e in entries)
 
     # Routing table ------------------------------------------------------------------
     def start(self) -> None:
@@ -367,7 +382,7 @@ class Gateway:
         """Hands the seconds that ended to the monitoring pipeline: stored, and pushed to the
         tenants' dashboards over the channel layer."""
         cells = metrics.ROLLUPS.drain(time.time())
-        if not cells:
+        if not cells and not self._unsaved_points:
             return
         from channels.layers import get_channel_layer
 
@@ -399,16 +414,21 @@ class Gateway:
                 if tenant_id is not None:
                     start = datetime.fromtimestamp(cell.second, tz=UTC)
                     point = metric_point(start=start, model=cell.labels[1], version=int(cell.labels[2]), rows=[cell])
-                    by_tenant.setdefault(tenant_id, []).append({**point, "step_s": 1})
+                    # With the histogram, so a page merges several gateways' points exactly.
+                    latency = {str(index): count for index, count in cell.latency.items()}
+                    by_tenant.setdefault(tenant_id, []).append({**point, "step_s": 1, "latency": latency})
             for tenant_id, tenant_points in by_tenant.items():
                 await layer.group_send(
                     tenant_metrics_group(tenant_id), {"type": "metrics.update", "points": tenant_points}
                 )
+        # Points a failed store left are written with these, never pushed live again.
+        unsaved, self._unsaved_points = self._unsaved_points, []
         try:
-            await self.database.run(rollups_record, points=points)
-        except Exception:  # kept for the next flush (bounded), written late; compaction still counts them
-            log.warning("could not store %d rollup points; keeping them for the next flush", len(points), exc_info=True)
-            metrics.ROLLUPS.restore(cells)
+            await self.database.run(rollups_record, points=unsaved + points)
+        except Exception:  # kept for the next flush (bounded: the oldest go first), written late
+            kept = (unsaved + points)[-UNSAVED_POINTS_MAX:]
+            log.warning("could not store %d rollup points; keeping %d", len(points), len(kept), exc_info=True)
+            self._unsaved_points = kept
 
     async def refresh(self) -> None:
         """Re-reads the routing table; concurrent callers share one read."""

@@ -95,23 +95,6 @@ class Rollups:
         cell.statuses[key] = cell.statuses.get(key, 0) + 1
         record(cell.latency, seconds)
 
-    def restore(self, cells: list[RollupCell], *, most: int = 100_000) -> None:
-        """Puts drained cells back (their store failed), merged into any newer ones; beyond
-        ``most`` cells the oldest are dropped rather than grow without bound."""
-        for cell in cells:
-            if len(self._cells) >= most:
-                return
-            kept = self._cells.setdefault(
-                (cell.second, cell.labels), RollupCell(second=cell.second, labels=cell.labels)
-            )
-            kept.requests += cell.requests
-            kept.errors += cell.errors
-            for code, count in cell.statuses.items():
-                kept.statuses[code] = kept.statuses.get(code, 0) + count
-            for index, count in cell.latency.items():
-                kept.latency[index] = kept.latency.get(index, 0) + count
-            kept.inflight_max = max(kept.inflight_max, cell.inflight_max)
-
     def drain(self, now: float) -> list[RollupCell]:
         """The cells of every second that has ended, removed from this accumulator."""
         ended = [key for key in self._cells if key[0] < int(now)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -128,7 +129,7 @@ def _compute_us(window: dict[str, Any] | None) -> int:
     return int(window.get("compute_us", round(window.get("compute_s", 0.0) * 1_000_000)))
 
 
-def rollups_record_worker(*, heartbeat: WorkerHeartbeat, since: datetime | None) -> int:
+def rollups_record_worker(*, heartbeat: WorkerHeartbeat, since: datetime | None, sample: bool = True) -> int:
     """Stores what a heartbeat says: the worker's batches since its previous heartbeat (one
     row per model at the heartbeat's second), the device time of that window charged to the
     hosted replicas (``apps.monitoring.cost``: compute as measured, idle by footprint share)
@@ -182,6 +183,8 @@ def rollups_record_worker(*, heartbeat: WorkerHeartbeat, since: datetime | None)
             )
         )
     device = heartbeat.device
+    if not sample:
+        return len(MetricRollup.objects.bulk_create(rows))
     DeviceSample.objects.create(
         resolution=DeviceSample.Resolution.HEARTBEAT,
         at=sent,
@@ -230,7 +233,8 @@ def _compact(now: datetime) -> tuple[int, int]:
         .first()
     )
     since = horizon - RECOMPUTE if last is None else min(last + timedelta(minutes=1), horizon - RECOMPUTE)
-    since = max(since, now - SECOND_RETENTION + timedelta(minutes=1))  # only minutes whose seconds are all kept
+    # Seconds are pruned only below, after their minutes are built: however long compaction did
+    # not run, every second still kept is compacted before it goes.
     if last is None:
         earliest = (
             MetricRollup.objects.filter(resolution=MetricRollup.Resolution.SECOND)
@@ -323,6 +327,7 @@ class LoggedPrediction:
     response_body: bytes
     response_header_length: str | None
     retention_days: int
+    too_large: int = 0  # the larger body's size when it was over the log's limit (bodies dropped)
 
 
 # Bodies larger than this are logged without their tensors (and cannot be scored).
@@ -348,8 +353,13 @@ def prediction_logs_record(*, entries: Sequence[LoggedPrediction]) -> int:
     for entry in entries:
         if entry.tenant not in tenants:
             continue
-        request_header, inputs = tensors(entry.request_body, entry.request_header_length, "inputs")
-        _, outputs = tensors(entry.response_body, entry.response_header_length, "outputs")
+        if entry.too_large:
+            omitted = [{"omitted": f"body of {entry.too_large} bytes is over the log's {PREDICTION_LOG_MAX_BODY}"}]
+            request_header: dict[str, Any] = {}
+            inputs, outputs = omitted, omitted
+        else:
+            request_header, inputs = tensors(entry.request_body, entry.request_header_length, "inputs")
+            _, outputs = tensors(entry.response_body, entry.response_header_length, "outputs")
         at = datetime.fromtimestamp(entry.at, tz=UTC)
         inference_id = request_header.get("id")
         rows.append(
@@ -405,9 +415,12 @@ def _predicted(row: list[Any], task: str, datatype: str) -> Any:
 def _score(task: str, predicted: list[Any], truths: list[Any]) -> tuple[int | None, float | None]:
     if task == Feedback.Task.REGRESSION:
         try:
-            return None, sum(abs(p - float(t)) for p, t in zip(predicted, truths, strict=True))
+            values = [float(t) for t in truths]
         except (TypeError, ValueError):
             raise FeedbackError("regression ground truth must be numbers") from None
+        if not all(math.isfinite(v) for v in [*values, *predicted]):
+            raise FeedbackError("regression ground truth and predictions must be finite numbers")
+        return None, sum(abs(p - v) for p, v in zip(predicted, values, strict=True))
     return sum(1 for p, t in zip(predicted, truths, strict=True) if p == t or str(p) == str(t)), None
 
 

@@ -54,6 +54,11 @@ def test_the_dashboard_shows_an_inference_within_seconds(platform: Platform, chr
     page.wait_for_function("window.berthDashboard && window.berthDashboard.ready")
     page.wait_for_function("document.getElementById('live-status').textContent === 'live'")
     before = page.evaluate("window.berthDashboard.updates")
+    latest_point = (
+        "(() => { const d = document.getElementById('chart-throughput').data;"
+        " return d.length && d[0].x.length ? [d[0].x[d[0].x.length - 1], d[0].y[d[0].y.length - 1]] : null; })()"
+    )
+    point_before = page.evaluate(latest_point)
     for _ in range(5):
         assert (
             httpx.post(f"{platform.base_url}/v2/models/{MODEL}/infer", json=ONE_ROW, headers=headers).status_code == 200
@@ -61,12 +66,9 @@ def test_the_dashboard_shows_an_inference_within_seconds(platform: Platform, chr
     page.wait_for_function(
         f"window.berthDashboard.updates > {before} && window.berthDashboard.lastRequests > 0", timeout=10_000
     )
-    # The throughput chart's latest point is a real one now.
-    latest = page.evaluate(
-        "(() => { const d = document.getElementById('chart-throughput').data;"
-        " return d.length ? d[0].y[d[0].y.length - 1] : 0; })()"
-    )
-    assert latest > 0
+    # The throughput chart's latest point changed: a new second with requests in it.
+    point_after = page.evaluate(latest_point)
+    assert point_after is not None and point_after != point_before and point_after[1] > 0, (point_before, point_after)
     # The workers' side (batch sizes, queue vs compute) arrives with their heartbeats.
     deadline = time.monotonic() + 15
     batches = 0

@@ -12,26 +12,56 @@
   const spans = { "15m": 15 * 60e3, "1h": 3600e3, "24h": 86400e3, "30d": 30 * 86400e3 };
   const live = (window.berthDashboard = { ready: false, updates: 0, lastPointTime: null, lastRequests: 0 });
 
-  function key(p) { return p.t + "|" + p.model + "|" + p.version; }
+  function key(p) { return Date.parse(p.t) + "|" + p.model + "|" + p.version; }
+  // The log-bucket histogram of inference_workers/histogram.py: 96 buckets, upper edges
+  // 50 µs × 2^(i/4). Live points carry their counts, so several gateways' points of one
+  // second merge exactly and their percentiles are read from the merged counts.
+  const EDGES = Array.from({ length: 95 }, (_, i) => 50e-6 * Math.pow(2, i / 4));
+  function percentileMs(counts, q) {
+    const indexes = Object.keys(counts).map(Number).sort((a, b) => a - b);
+    const total = indexes.reduce((n, i) => n + counts[i], 0);
+    if (!total) return null;
+    const rank = Math.max((q / 100) * total, 1e-12);
+    let seen = 0;
+    for (const i of indexes) {
+      const count = counts[i];
+      if (seen + count >= rank) {
+        const lower = i === 0 ? 0 : EDGES[i - 1];
+        const upper = i < EDGES.length ? EDGES[i] : EDGES[EDGES.length - 1] * Math.pow(2, 0.25);
+        const seconds = i === 0 ? upper * (rank - seen) / count : lower * Math.exp(Math.log(upper / lower) * (rank - seen) / count);
+        return Math.round(seconds * 1e6) / 1e3;
+      }
+      seen += count;
+    }
+    return null;
+  }
   function add(p, merge) {
     const k = key(p);
     const seen = points.get(k);
-    if (seen && merge) {
+    if (seen && merge && seen.latency && p.latency) {
       seen.requests += p.requests;
       seen.errors += p.errors;
-      // Percentiles cannot be added; the larger of the gateways' is the honest upper view.
+      Object.entries(p.latency).forEach(([i, n]) => { seen.latency[i] = (seen.latency[i] || 0) + n; });
+      seen.p50_ms = percentileMs(seen.latency, 50);
+      seen.p95_ms = percentileMs(seen.latency, 95);
+      seen.p99_ms = percentileMs(seen.latency, 99);
+    } else if (seen && merge) {
+      // A stored point has no histogram; another gateway's live second adds to its counts,
+      // and the larger percentile stands until the next re-read merges them exactly.
+      seen.requests += p.requests;
+      seen.errors += p.errors;
       for (const q of ["p50_ms", "p95_ms", "p99_ms"]) seen[q] = Math.max(seen[q] || 0, p[q] || 0);
     } else {
-      points.set(k, Object.assign({}, p));
+      points.set(k, Object.assign({}, p, p.latency ? { latency: Object.assign({}, p.latency) } : {}));
     }
   }
   function prune() {
-    const oldest = new Date(Date.now() - spans[range]).toISOString();
-    for (const [k, p] of points) if (p.t < oldest) points.delete(k);
+    const oldest = Date.now() - spans[range];
+    for (const [k, p] of points) if (Date.parse(p.t) < oldest) points.delete(k);
   }
   function series() {
     const byVersion = new Map();
-    [...points.values()].sort((a, b) => (a.t < b.t ? -1 : 1)).forEach((p) => {
+    [...points.values()].sort((a, b) => Date.parse(a.t) - Date.parse(b.t)).forEach((p) => {
       const name = (model ? "" : p.model + " ") + "v" + p.version;
       if (!byVersion.has(name)) byVersion.set(name, { t: [], rps: [], err: [], p50: [], p95: [], p99: [], bt: [], queue: [], compute: [], sizes: new Map() });
       const s = byVersion.get(name);
@@ -102,7 +132,11 @@
     socket.onmessage = (event) => {
       const message = JSON.parse(event.data);
       if (message.type !== "metrics.update" || (range !== "15m" && range !== "1h")) return;
-      message.points.forEach((p) => add(p, true));
+      const step = range === "1h" ? 5 : 1; // live seconds join the range's 5-s points
+      message.points.forEach((p) => {
+        const t = new Date(Math.floor(Date.parse(p.t) / (step * 1000)) * step * 1000).toISOString();
+        add(Object.assign({}, p, { t: t, step_s: step }), true);
+      });
       prune();
       const latest = message.points[message.points.length - 1];
       live.updates += 1;

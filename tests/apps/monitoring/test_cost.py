@@ -284,3 +284,15 @@ def test_device_series_are_for_staff_and_follow_heartbeats(world_a, staff_client
     assert staff_client.get("/api/v1/devices/series/?range=2y").status_code == 400
     for client in (world_a.session("owner"), world_a.bearer("read")):
         assert client.get("/api/v1/devices/series/").status_code == 403  # names every tenant's replicas
+
+
+@pytest.mark.django_db
+def test_a_heartbeat_delivered_late_still_counts_its_batches(world_a):
+    now = time.time() - 20
+    worker_record_heartbeat(heartbeat=_heartbeat(now, _hosted("clf", 300)))
+    worker_record_heartbeat(heartbeat=_heartbeat(now + 4, _hosted("clf", 300, compute_us=1000, requests=2)))
+    late = _heartbeat(now + 2, _hosted("clf", 300, compute_us=500, requests=1))
+    worker_record_heartbeat(heartbeat=late)  # older than the stored one: arrives after it
+    rows = MetricRollup.objects.filter(model_name="clf")
+    assert sum(row.predictions for row in rows) == 3 and sum(row.compute_us for row in rows) == 1500
+    assert DeviceSample.objects.count() == 2  # the stale device state is not sampled

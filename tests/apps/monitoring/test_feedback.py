@@ -221,3 +221,20 @@ def test_prediction_logging_is_set_on_the_deployment_with_defaults(world_a, clf)
 
     route = routing_snapshot_load().tenants[world_a.tenant.pk].models["clf"]
     assert route.log is not None and route.log.sample_rate == 0.25 and route.log.retention_days == 7
+
+
+def test_regression_ground_truth_must_be_finite(world_a, clf):
+    Deployment.objects.filter(model=clf).update(prediction_log={"sample_rate": 1.0, "task": "regression"})
+    body = b'{"outputs":[{"name":"scores","datatype":"FP32","shape":[1,1],"data":[2.5]}]}'
+    prediction_logs_record(
+        entries=[LoggedPrediction("alpha", "clf", 1, "r1", time.time(), _request([[0, 0]]), None, body, None, 7)]
+    )
+    for bad in ("nan", "1e999", "-inf"):
+        answer = world_a.bearer("infer").post(
+            "/api/v1/tenants/alpha/models/clf/feedback/",
+            {"feedback": [{"request_id": "r1", "ground_truth": bad}]},
+            format="json",
+        )
+        (result,) = answer.json()["results"]
+        assert result["status"] == "error" and "finite" in result["error"], result
+    assert not Feedback.objects.exists()

@@ -126,3 +126,13 @@ def test_worker_heartbeats_add_batches_and_queue_vs_compute_without_counting_req
     assert point["batches"] == 2 and point["batch_sizes"] == {"2": 1, "4": 1} and point["mean_batch_size"] == 3
     assert point["queue_p50_ms"] < point["compute_p50_ms"]
     assert point["compute_s"] == pytest.approx(0.004)
+
+
+def test_seconds_left_uncompacted_for_hours_are_compacted_before_they_are_pruned(world_a):
+    # The beat task did not run for three hours: every second still kept becomes a minute.
+    for offset in (0, 30, 61):
+        rollups_record(points=[_point(T0 + timedelta(seconds=offset), requests=2, latency=_latency(0.002))])
+    rollups_compact(now=T0 + timedelta(hours=3))
+    minutes = MetricRollup.objects.filter(resolution="1m").order_by("start")
+    assert [(m.start, m.requests) for m in minutes] == [(T0, 4), (T0 + timedelta(minutes=1), 2)]
+    assert not MetricRollup.objects.filter(resolution="1s").exists()
