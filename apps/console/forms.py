@@ -48,7 +48,7 @@ class DeploymentForm(forms.Form):
         self.versions = versions
         for number in versions:
             self.fields[f"traffic_{number}"] = forms.IntegerField(
-                min_value=0, max_value=100, initial=0, label=f"v{number} %"
+                min_value=0, max_value=100, initial=0, required=False, label=f"v{number} %"
             )
 
     def traffic(self) -> dict[str, int]:
@@ -66,8 +66,14 @@ class DeploymentForm(forms.Form):
 class CanaryForm(forms.Form):
     """Shift N % of the traffic to one version; the rest stays on the stable one."""
 
-    version = forms.IntegerField(min_value=1)
-    percent = forms.IntegerField(min_value=0, max_value=100)
+    version = forms.TypedChoiceField(coerce=int, choices=())
+    percent = forms.IntegerField(min_value=0, max_value=100, initial=10)
+
+    def __init__(self, *args: Any, versions: list[int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["version"]
+        assert isinstance(field, forms.TypedChoiceField)
+        field.choices = [(number, f"v{number}") for number in versions]
 
 
 class TenantCreateForm(forms.Form):

@@ -195,7 +195,7 @@ def deployment_page(request: HttpRequest, slug: str, name: str) -> HttpResponse:
     elif versions:
         initial = {f"traffic_{versions[0]}": 100}
     form = DeploymentForm(initial=initial, versions=versions)
-    canary = CanaryForm()
+    canary = CanaryForm(versions=versions)
     status = 200
     if request.method == "POST":
         model = _guarded(lambda: access_model_by_name(actor, slug, name, action=Action.WRITE))
@@ -223,7 +223,7 @@ def deployment_page(request: HttpRequest, slug: str, name: str) -> HttpResponse:
                     return redirect("console:deployment", slug=slug, name=name)
         elif action in ("canary", "promote", "rollback") and spec is not None:
             stable = _stable_version(spec.traffic)
-            canary = CanaryForm(request.POST)
+            canary = CanaryForm(request.POST, versions=versions)
             if canary.is_valid() and stable is not None:
                 target, percent = canary.cleaned_data["version"], canary.cleaned_data["percent"]
                 if action == "promote":

@@ -1,0 +1,133 @@
+"""Console pages through Django's client: each action calls the services, refusals show inline
+next to their field, and nothing is half-saved."""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.deployments.models import Deployment, Worker
+from apps.registry.models import Model, ModelVersion
+from apps.tenants.models import ApiKey, AuditEvent, Membership, Tenant
+from tests.apps.deployments.factories import WorkerFactory
+from tests.apps.tenants.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+DEPLOY = {
+    "action": "save", "min_replicas": 1, "max_replicas": 1, "target_inflight_per_replica": 8,
+    "scale_to_zero_after_s": 0, "device_kind": "cpu",
+}  # fmt: skip
+
+
+@pytest.fixture
+def two_versions(world_a):
+    model = Model.objects.get(tenant=world_a.tenant, name=world_a.model_name)
+    ModelVersion.objects.create(
+        model=model, number=2, artifact="alpha/2", sha256="1" * 64, size_bytes=1,
+        status=ModelVersion.Status.READY, format="onnx",
+    )  # fmt: skip
+    return model
+
+
+def test_the_deployment_editor_deploys_shifts_promotes_and_rolls_back(client, world_a, two_versions):
+    client.force_login(world_a.users["member"])
+    url = f"/t/alpha/models/{two_versions.name}/deployment/"
+    bad = client.post(url, {**DEPLOY, "traffic_1": 60, "traffic_2": 30})
+    assert bad.status_code == 400 and "sum to 100" in bad.content.decode()
+    assert not Deployment.objects.exists()  # nothing half-saved
+    assert client.post(url, {**DEPLOY, "traffic_1": 100, "traffic_2": 0}).status_code == 302
+    assert Deployment.objects.get().traffic == {"1": 100}
+    assert client.post(url, {"action": "canary", "version": 2, "percent": 10}).status_code == 302
+    assert Deployment.objects.get().traffic == {"1": 90, "2": 10}
+    page = client.get(url).content.decode()
+    assert "Stable version: v1" in page and 'id="replicas"' in page
+    assert client.post(url, {"action": "rollback", "version": 2, "percent": 0}).status_code == 302
+    assert Deployment.objects.get().traffic == {"1": 100}
+    client.post(url, {"action": "canary", "version": 2, "percent": 50})
+    assert client.post(url, {"action": "promote", "version": 2, "percent": 0}).status_code == 302
+    assert Deployment.objects.get().traffic == {"2": 100}
+    # A canary to the stable version itself is refused next to the field.
+    same = client.post(url, {"action": "canary", "version": 2, "percent": 10})
+    assert same.status_code == 400 and "other than the stable one" in same.content.decode()
+    assert client.post(url, {"action": "undeploy"}).status_code == 302
+    assert not Deployment.objects.exists()
+    actions = list(AuditEvent.objects.filter(target=two_versions.name).values_list("action", flat=True))
+    assert "deployment.create" in actions and "deployment.update" in actions  # the same services as the API
+
+
+def test_a_deployment_over_the_quota_is_refused_inline(client, world_a, two_versions):
+    ModelVersion.objects.filter(model=two_versions).update(footprint_bytes=10 * 1024**3)
+    client.force_login(world_a.users["member"])
+    answer = client.post(f"/t/alpha/models/{two_versions.name}/deployment/", {**DEPLOY, "traffic_1": 100})
+    assert answer.status_code == 400 and "cpu_memory_mb" in answer.content.decode()
+    assert not Deployment.objects.exists()
+
+
+def test_a_key_is_shown_once_and_revoked_with_a_post(client, world_a):
+    client.force_login(world_a.users["owner"])
+    made = client.post("/t/alpha/keys/", {"name": "ci", "scopes": ["infer"]})
+    raw = made.context["shown"]
+    assert made.status_code == 200 and raw.startswith("brt_") and raw in made.content.decode()
+    assert raw not in client.get("/t/alpha/keys/").content.decode()
+    prefix = raw.split("_")[1]
+    missing_scope = client.post("/t/alpha/keys/", {"name": "none"})
+    assert missing_scope.status_code == 400 and 'id="error-scopes"' in missing_scope.content.decode()
+    assert client.post(f"/t/alpha/keys/{prefix}/revoke/").status_code == 302
+    assert ApiKey.objects.get(prefix=prefix).revoked_at is not None
+
+
+def test_members_are_added_changed_and_removed_with_errors_inline(client, world_a):
+    client.force_login(world_a.users["owner"])
+    unknown = client.post("/t/alpha/members/", {"username": "nobody-here", "role": "viewer"})
+    assert unknown.status_code == 400 and 'id="error-username"' in unknown.content.decode()
+    UserFactory.create(username="newcomer")
+    assert client.post("/t/alpha/members/", {"username": "newcomer", "role": "viewer"}).status_code == 302
+    assert client.post("/t/alpha/members/newcomer/", {"action": "role", "role": "member"}).status_code == 302
+    assert Membership.objects.get(user__username="newcomer").role == "member"
+    assert client.post("/t/alpha/members/newcomer/", {"action": "remove"}).status_code == 302
+    assert not Membership.objects.filter(user__username="newcomer").exists()
+    # The last owner cannot be removed: said on the page, nothing changed.
+    answer = client.post("/t/alpha/members/alpha-owner/", {"action": "remove"}, follow=True)
+    assert "last owner" in answer.content.decode()
+    assert Membership.objects.filter(user__username="alpha-owner").exists()
+
+
+def test_a_model_is_created_and_a_bad_name_is_refused_inline(client, world_a):
+    client.force_login(world_a.users["member"])
+    bad = client.post("/t/alpha/models/", {"name": "Not Valid!"})
+    assert bad.status_code == 400 and 'id="error-name"' in bad.content.decode()
+    assert client.post("/t/alpha/models/", {"name": "fresh"}).status_code == 302
+    assert client.get("/t/alpha/models/fresh/").status_code == 200
+
+
+def test_usage_quota_and_audit_pages_show_the_tenants_figures(client, world_a):
+    client.force_login(world_a.users["owner"])
+    assert b"Download CSV" in client.get("/t/alpha/usage/").content
+    quota = client.get("/t/alpha/quota/").content.decode()
+    assert "CPU memory (MiB)" in quota and "4096" in quota
+    client.post("/t/alpha/models/", {"name": "audited"})
+    assert b"model.create" in client.get("/t/alpha/audit/").content
+
+
+def test_staff_create_tenants_set_quotas_deactivate_and_drain(client, staff_client, world_a):
+    staff = UserFactory.create(username="operator", is_staff=True)
+    client.force_login(staff)
+    bad = client.post("/staff/tenants/", {"slug": "Bad Slug", "name": "x"})
+    assert bad.status_code == 400 and 'id="error-slug"' in bad.content.decode()
+    assert not Tenant.objects.filter(name="x").exists()
+    gamma = {"slug": "gamma", "name": "Gamma", "owner_username": "alpha-owner"}
+    assert client.post("/staff/tenants/", gamma).status_code == 302
+    quota = {"gpu_memory_mb": 1, "cpu_memory_mb": 2, "max_replicas": 3, "max_models": 4, "max_artifact_mb": 5,
+             "requests_per_second": 6, "max_concurrent_requests": 7, "action": "quota"}  # fmt: skip
+    assert client.post("/staff/tenants/gamma/", quota).status_code == 302
+    assert Tenant.objects.get(slug="gamma").quota.requests_per_second == 6
+    negative = client.post("/staff/tenants/gamma/", {**quota, "max_models": -1})
+    assert negative.status_code == 400 and 'id="error-max_models"' in negative.content.decode()
+    assert client.post("/staff/tenants/gamma/", {"action": "deactivate"}).status_code == 302
+    assert not Tenant.objects.get(slug="gamma").active
+    WorkerFactory(worker_id="cpu-1")
+    assert client.post("/staff/workers/cpu-1/drain/", {"action": "drain"}).status_code == 302
+    assert Worker.objects.get(worker_id="cpu-1").drain_requested_at is not None
+    assert b"Put back in service" in client.get("/fleet/").content
+    assert client.post("/staff/workers/cpu-1/drain/", {"action": "undrain"}).status_code == 302
+    assert Worker.objects.get(worker_id="cpu-1").drain_requested_at is None
