@@ -260,13 +260,17 @@ def _load_by_version(workers: dict[int, Worker]) -> dict[tuple[str, str, int], f
 def _scale(deployment: Deployment, number: int, load: dict[tuple[str, str, int], float], now: float) -> int:
     """Replicas the version wants now; remembers the decision on the deployment."""
     state = (deployment.autoscale or {}).get(str(number), {})
+    last_request = deployment.last_request_at.timestamp() if deployment.last_request_at else None
+    evicted_at = state.get("evicted_at")
+    if evicted_at is not None and (last_request is None or last_request <= evicted_at):
+        return 0  # evicted while idle to make room: at zero until a request asks for it again
     decision = replicas_wanted(
         ScaleInput(
             min_replicas=deployment.min_replicas,
             max_replicas=deployment.max_replicas,
             target_inflight_per_replica=deployment.target_inflight_per_replica,
             scale_to_zero_after_s=deployment.scale_to_zero_after_s,
-            last_request_at=deployment.last_request_at.timestamp() if deployment.last_request_at else None,
+            last_request_at=last_request,
             inflight=load.get((deployment.model.tenant.slug, deployment.model.name, number), 0.0),
             current=int(state.get("replicas", 0)),
             needed_at=state.get("needed_at"),
@@ -283,6 +287,18 @@ def _scale(deployment: Deployment, number: int, load: dict[tuple[str, str, int],
         )
         deployment.autoscale = {**(deployment.autoscale or {}), str(number): remembered}
     return decision.replicas
+
+
+def _last_used(row: Replica) -> float:
+    """When a replica last served: its own report, or its deployment's last request."""
+    times = [t.timestamp() for t in (row.last_used_at, row.deployment.last_request_at) if t is not None]
+    return max(times, default=0.0)
+
+
+def _mark_evicted(deployment: Deployment, number: int, now: float) -> None:
+    autoscale = {**(deployment.autoscale or {}), str(number): {"replicas": 0, "needed_at": None, "evicted_at": now}}
+    Deployment.objects.filter(pk=deployment.pk).update(autoscale=autoscale)
+    deployment.autoscale = autoscale
 
 
 def reconcile_once(*, now: float | None = None) -> PassReport | None:
@@ -313,6 +329,7 @@ def _reconcile(now: float) -> PassReport:
             device_id=w.worker_id,
             kind=w.device_kind,
             capacity_bytes=w.capacity_bytes,
+            headroom_bytes=settings.BERTH_DEVICE_HEADROOM_MB.get(w.device_kind, 0) * MiB,
             schedulable=w.state == Worker.State.READY,
         )
         for w in workers.values()
@@ -362,7 +379,9 @@ def _reconcile(now: float) -> PassReport:
             replica=replica_id,
             device_id=row.worker.worker_id,
             reserved_bytes=row.reserved_bytes,
-            last_used_at=row.last_used_at.timestamp() if row.last_used_at else 0.0,
+            last_used_at=_last_used(row),
+            # A deployment that may scale to zero may lose an idle replica to one that must load.
+            idle_evictable=row.deployment.scale_to_zero_after_s > 0,
         )
         for replica_id, row in existing.items()
         if row.worker is not None and row.state in (Replica.State.LOADING, Replica.State.READY)
@@ -383,7 +402,23 @@ def _reconcile(now: float) -> PassReport:
         )
         for quota in TenantQuota.objects.select_related("tenant")
     }
-    plan = place(devices=devices, placed=placed, wanted=wanted, quotas=quotas, now=now)
+    plan = place(
+        devices=devices,
+        placed=placed,
+        wanted=wanted,
+        quotas=quotas,
+        now=now,
+        churn_guard_s=settings.BERTH_EVICT_CHURN_GUARD_S,
+    )
+
+    for replica_id, device_id in plan.evictions:
+        # Idle past the churn guard: unloaded at once (before the load that needs its memory,
+        # on the same worker's queue) and its version held at zero until asked for again.
+        victim = existing.pop(replica_id)
+        _mark_evicted(victim.deployment, victim.version.number, now)
+        log.info("evicting idle %s from %s to make room", _key(victim), device_id)
+        commands.append((by_worker_id[device_id].queue, UNLOAD_TASK, _key(victim).__dict__))
+        victim.delete()
 
     for replica_id, device_id in plan.unloads:
         if replica_id in wanted_rows and device_id in by_worker_id:

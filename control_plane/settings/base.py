@@ -198,6 +198,17 @@ BERTH_LOAD_TIMEOUT_S = env.float("BERTH_LOAD_TIMEOUT_S", default=120.0)
 # A failed load is tried again after this, doubling each time (3 tries in all).
 BERTH_LOAD_RETRY_S = env.float("BERTH_LOAD_RETRY_S", default=2.0)
 
+# Placement keeps this much of each device's memory free (MiB, per device kind): a CUDA
+# context and allocator slack live outside the models' measured footprints.
+BERTH_DEVICE_HEADROOM_MB = {
+    "cpu": env.int("BERTH_DEVICE_HEADROOM_MB_CPU", default=0),
+    "cuda": env.int("BERTH_DEVICE_HEADROOM_MB_CUDA", default=512),
+}
+
+# A replica of a deployment that may scale to zero, idle this long, may be evicted (least
+# recently used first) when a replica that must load finds no room; never one used sooner.
+BERTH_EVICT_CHURN_GUARD_S = env.float("BERTH_EVICT_CHURN_GUARD_S", default=300.0)
+
 # A worker that has missed this many heartbeats is taken for dead.
 BERTH_HEARTBEAT_INTERVAL_S = env.float("BERTH_HEARTBEAT_INTERVAL_S", default=2.0)
 BERTH_HEARTBEATS_MISSED_FOR_DEAD = 3

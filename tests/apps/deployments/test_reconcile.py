@@ -436,3 +436,82 @@ def test_a_model_no_replica_wants_is_unloaded_from_a_live_worker(deployment, dja
     with django_capture_on_commit_callbacks(execute=False) as again:
         run()
     assert not again  # not re-sent every pass
+
+
+def _second_model(world_a, name: str, footprint: int) -> Deployment:
+    model = Model.objects.create(tenant=world_a.tenant, name=name)
+    ModelVersion.objects.create(
+        model=model, number=1, artifact=f"alpha/{name}/1", sha256="b" * 64, size_bytes=1, format="onnx",
+        status=ModelVersion.Status.READY, batched=True, max_batch_size=16, footprint_bytes=footprint,
+    )  # fmt: skip
+    return Deployment.objects.create(model=model, traffic={"1": 100}, min_replicas=1, max_replicas=1)
+
+
+def test_an_idle_scale_to_zero_replica_is_evicted_lru_for_one_that_must_load(deployment, world_a, settings):
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    from django.utils import timezone
+
+    from apps.gateway.services import deployment_cold_start
+
+    settings.BERTH_EVICT_CHURN_GUARD_S = 300
+    now = time.time()
+    deployment.min_replicas = deployment.max_replicas = 1
+    deployment.scale_to_zero_after_s = 3600  # may go to zero, but not idle that long yet
+    deployment.last_request_at = timezone.now() - timedelta(minutes=10)
+    deployment.save()
+    only = WorkerFactory.create(worker_id="only", capacity_bytes=150 * MiB)
+    assert run(now).loads == 1
+    report_hosted(only, "ready")
+    run(now)
+    Replica.objects.update(last_used_at=datetime.fromtimestamp(now - 600, tz=UTC))
+    assert Replica.objects.get().state == "ready"
+    other = _second_model(world_a, "reg", 100 * MiB)  # must load; no room beside the idle one
+    report = run(now)
+    assert report.loads == 1
+    (row,) = Replica.objects.all()
+    assert row.deployment == other and row.state == "loading"
+    deployment.refresh_from_db()
+    assert deployment.autoscale["1"]["evicted_at"] == now
+    assert run(now + 5).loads == 0 and Replica.objects.count() == 1  # clf stays at zero
+    only.hosted, only.last_heartbeat_at = [], timezone.now()  # the worker unloaded clf
+    only.save()
+    # A request asks for clf again: it wants its replica back (pending: reg holds the room).
+    assert deployment_cold_start(deployment_id=deployment.pk)
+    run(now + 6)
+    clf = Replica.objects.get(deployment=deployment)
+    assert clf.state == "pending" and "MiB" in clf.reason
+
+
+def test_a_replica_used_within_the_churn_guard_is_not_evicted(deployment, world_a, settings):
+    import time
+    from datetime import UTC, datetime
+
+    settings.BERTH_EVICT_CHURN_GUARD_S = 300
+    now = time.time()
+    deployment.min_replicas = deployment.max_replicas = 1
+    deployment.scale_to_zero_after_s = 3600
+    deployment.last_request_at = datetime.fromtimestamp(now - 60, tz=UTC)
+    deployment.save()
+    only = WorkerFactory.create(worker_id="only", capacity_bytes=150 * MiB)
+    run(now)
+    report_hosted(only, "ready")
+    run(now)
+    Replica.objects.update(last_used_at=datetime.fromtimestamp(now - 60, tz=UTC))
+    other = _second_model(world_a, "reg", 100 * MiB)
+    run(now)
+    assert Replica.objects.get(deployment=other).state == "pending"
+    assert Replica.objects.get(deployment=deployment).state == "ready"
+
+
+def test_headroom_is_kept_free_on_each_device(deployment, settings):
+    settings.BERTH_DEVICE_HEADROOM_MB = {"cpu": 64, "cuda": 512}
+    deployment.min_replicas = deployment.max_replicas = 1
+    deployment.save()
+    WorkerFactory.create(worker_id="snug", capacity_bytes=150 * MiB)  # 100 MiB fits, not with 64 kept
+    run()
+    assert Replica.objects.get().state == "pending"
+    settings.BERTH_DEVICE_HEADROOM_MB = {"cpu": 32, "cuda": 512}
+    run()
+    assert Replica.objects.get().state == "loading"
