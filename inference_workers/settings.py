@@ -15,6 +15,7 @@ from pathlib import Path
 from inference_workers.broker import BrokerConfig, broker_config
 from inference_workers.errors import SettingsError
 from inference_workers.tokens import worker_token
+from inference_workers.types import WORKER_ID
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -156,7 +157,7 @@ class WorkerSettings:
                 f"BERTH_WORKER_DEVICE: {device!r} is not a device; use cpu or cuda:N (cuda:0, cuda:1, …)"
             )
         worker_id = environ.get("BERTH_WORKER_ID", "") or f"{socket.gethostname()}-{device.replace(':', '')}"
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", worker_id):
+        if not WORKER_ID.fullmatch(worker_id):
             raise SettingsError(
                 f"BERTH_WORKER_ID: {worker_id!r} may use letters, digits, '.', '_' and '-' (at most 128)"
             )

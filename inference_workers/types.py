@@ -6,6 +6,7 @@ a malformed message fails in one place with a clear error instead of deep in a t
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -13,6 +14,8 @@ DeviceKind = Literal["cpu", "cuda"]
 WorkerState = Literal["ready", "draining"]
 
 HEARTBEAT_TASK = "berth.worker_heartbeat"
+# What a worker id may be (BERTH_WORKER_ID): it names queues, URLs and pages.
+WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 LOAD_TASK = "berth.worker.load"
 UNLOAD_TASK = "berth.worker.unload"
 DRAIN_TASK = "berth.worker.drain"
@@ -304,8 +307,11 @@ class WorkerHeartbeat:
         state = _require(message, "state", str)
         if state not in ("ready", "draining"):
             raise MessageError(f"unknown worker state {state!r}")
+        worker_id = _require(message, "worker_id", str)
+        if not WORKER_ID.fullmatch(worker_id):
+            raise MessageError(f"worker_id {worker_id[:40]!r} may use letters, digits, '.', '_' and '-' (at most 128)")
         return cls(
-            worker_id=_require(message, "worker_id", str),
+            worker_id=worker_id,
             host=_require(message, "host", str),
             dataplane_url=_require(message, "dataplane_url", str),
             queue=_require(message, "queue", str),

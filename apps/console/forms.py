@@ -66,7 +66,7 @@ class DeploymentForm(forms.Form):
 class CanaryForm(forms.Form):
     """Shift N % of the traffic to one version; the rest stays on the stable one."""
 
-    version = forms.TypedChoiceField(coerce=int, choices=())
+    version = forms.TypedChoiceField(coerce=int, choices=(), required=False, empty_value=None)
     percent = forms.IntegerField(min_value=0, max_value=100, initial=10)
 
     def __init__(self, *args: Any, versions: list[int], **kwargs: Any) -> None:

@@ -52,14 +52,14 @@ def tenants_page(request: HttpRequest) -> HttpResponse:
             if made is not None:
                 messages.success(request, f"Tenant {made.slug} created.")
                 return redirect("console:staff-tenant", slug=made.slug)
-        status = 400
+        status = getattr(form, "refusal_status", 400)
     tenants = [(tenant, tenant_usage(tenant=tenant)) for tenant in Tenant.objects.order_by("slug")]
     return render(request, "console/staff_tenants.html", {"tenants": tenants, "form": form}, status=status)
 
 
 @staff_only
 def tenant_page(request: HttpRequest, slug: str) -> HttpResponse:
-    """One tenant for staff: its quota (edit) beside its usage; rename, deactivate."""
+    """One tenant for staff: its quota (edit) beside its usage; deactivate or reactivate."""
     tenant = Tenant.objects.filter(slug=slug).first()
     if tenant is None:
         raise Http404(f"no tenant '{slug}'")
@@ -78,7 +78,7 @@ def tenant_page(request: HttpRequest, slug: str) -> HttpResponse:
             if _apply(request, form, lambda: quota_update(actor=_actor(request), tenant=tenant, changes=changes)):
                 messages.success(request, "Quota saved.")
                 return redirect("console:staff-tenant", slug=slug)
-        status = 400
+        status = getattr(form, "refusal_status", 400)
     return render(
         request,
         "console/staff_tenant.html",

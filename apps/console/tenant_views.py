@@ -16,6 +16,7 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from apps.console.forms import (
@@ -26,8 +27,17 @@ from apps.console.forms import (
     MemberRoleForm,
     ModelCreateForm,
 )
-from apps.deployments.selectors import deployment_replicas
-from apps.deployments.services import DeploymentSpec, deployment_delete, deployment_put, deployment_spec_of
+from apps.deployments.selectors import deployment_replicas, deployment_wanted
+from apps.deployments.services import (
+    DeploymentSpec,
+    deployment_canary,
+    deployment_delete,
+    deployment_promote,
+    deployment_put,
+    deployment_rollback,
+    deployment_spec_of,
+    deployment_stable_version,
+)
 from apps.monitoring.selectors import usage_report
 from apps.registry.selectors import model_version_list
 from apps.registry.services import model_create
@@ -92,6 +102,7 @@ def _apply(request: HttpRequest, form: forms.Form, call: Callable[[], Any]) -> A
     except PermissionDeniedError as refused:
         raise PermissionDenied(refused.message) from None
     except ApplicationError as refused:
+        form.refusal_status = refused.status_code  # type: ignore[attr-defined]
         placed = False
         for field, problems in (refused.field_errors or {}).items():
             if field in form.fields:
@@ -140,7 +151,8 @@ def models_page(request: HttpRequest, slug: str) -> HttpResponse:
     from apps.registry.selectors import model_list
 
     models = list(model_list(tenant=tenant).select_related("deployment"))
-    return _page(request, tenant, "console/models.html", {"models": models, "form": form}, 400 if form.errors else 200)
+    status = getattr(form, "refusal_status", 400) if form.errors else 200
+    return _page(request, tenant, "console/models.html", {"models": models, "form": form}, status)
 
 
 @login_required
@@ -166,12 +178,6 @@ def model_page(request: HttpRequest, slug: str, name: str) -> HttpResponse:
 # ---------------------------------------------------------------- deployment editor
 
 
-def _stable_version(traffic: dict[str, int]) -> int | None:
-    if not traffic:
-        return None
-    return int(max(traffic.items(), key=lambda item: (item[1], -int(item[0])))[0])
-
-
 @login_required
 def deployment_page(request: HttpRequest, slug: str, name: str) -> HttpResponse:
     """The deployment editor: traffic per version with a canary control (shift N %, promote,
@@ -181,6 +187,7 @@ def deployment_page(request: HttpRequest, slug: str, name: str) -> HttpResponse:
     versions = [v.number for v in model_version_list(model=model) if v.status == "ready"]
     deployment = getattr(model, "deployment", None)
     spec = deployment_spec_of(deployment) if deployment is not None else None
+    stable = deployment_stable_version(deployment) if deployment is not None else None
     initial: dict[str, Any] = {}
     if spec is not None:
         initial = {
@@ -195,11 +202,14 @@ def deployment_page(request: HttpRequest, slug: str, name: str) -> HttpResponse:
     elif versions:
         initial = {f"traffic_{versions[0]}": 100}
     form = DeploymentForm(initial=initial, versions=versions)
-    canary = CanaryForm(versions=versions)
+    canaries = [number for number in versions if number != stable]
+    current = [int(v) for v, w in (deployment.traffic.items() if deployment else []) if w and int(v) != stable]
+    preselected = (current or canaries)[0] if current or canaries else None
+    canary = CanaryForm(initial={"version": preselected}, versions=canaries)
     status = 200
     if request.method == "POST":
         model = _guarded(lambda: access_model_by_name(actor, slug, name, action=Action.WRITE))
-        action = request.POST.get("action", "save")
+        action = request.POST.get("action", "")
         if action == "undeploy" and deployment is not None:
             deployment_delete(actor=actor, deployment=deployment)
             messages.success(request, f"{model.name} undeployed: its replicas are unloaded.")
@@ -210,7 +220,8 @@ def deployment_page(request: HttpRequest, slug: str, name: str) -> HttpResponse:
                 data = form.cleaned_data
                 new = DeploymentSpec(
                     traffic=form.traffic(),
-                    batching=form.batching(),
+                    # Batching fields the form has no input for (set over the API) are kept.
+                    batching={**(spec.batching if spec else {}), **form.batching()},
                     min_replicas=data["min_replicas"],
                     max_replicas=data["max_replicas"],
                     target_inflight_per_replica=data["target_inflight_per_replica"],
@@ -221,27 +232,35 @@ def deployment_page(request: HttpRequest, slug: str, name: str) -> HttpResponse:
                 if _apply(request, form, lambda: deployment_put(actor=actor, model=model, spec=new)) is not None:
                     messages.success(request, "Deployment saved.")
                     return redirect("console:deployment", slug=slug, name=name)
-        elif action in ("canary", "promote", "rollback") and spec is not None:
-            stable = _stable_version(spec.traffic)
-            canary = CanaryForm(request.POST, versions=versions)
-            if canary.is_valid() and stable is not None:
-                target, percent = canary.cleaned_data["version"], canary.cleaned_data["percent"]
-                if action == "promote":
-                    traffic = {str(target): 100}
-                elif action == "rollback":
-                    traffic = {str(stable): 100}
-                elif target == stable:
-                    traffic = dict(spec.traffic)
-                    canary.add_error("version", "choose a version other than the stable one")
-                else:
-                    traffic = {str(stable): 100 - percent, str(target): percent}
-                    traffic = {key: weight for key, weight in traffic.items() if weight}
-                if not canary.errors:
-                    changed = DeploymentSpec(**{**spec.__dict__, "traffic": traffic})
-                    if _apply(request, canary, lambda: deployment_put(actor=actor, model=model, spec=changed)):
-                        messages.success(request, "Traffic: " + ", ".join(f"v{k} {w} %" for k, w in traffic.items()))
-                        return redirect("console:deployment", slug=slug, name=name)
-        status = 400
+            status = getattr(form, "refusal_status", 400)
+        elif action in ("canary", "promote", "rollback") and deployment is not None:
+            canary = CanaryForm(request.POST, versions=canaries)
+            steps: dict[str, Callable[[], Any]] = {
+                "rollback": lambda: deployment_rollback(actor=actor, deployment=deployment),
+                "promote": lambda: deployment_promote(
+                    actor=actor, deployment=deployment, version=canary.cleaned_data.get("version")
+                ),
+                "canary": lambda: deployment_canary(
+                    actor=actor,
+                    deployment=deployment,
+                    version=canary.cleaned_data["version"],
+                    percent=canary.cleaned_data["percent"],
+                ),
+            }
+            valid = action == "rollback" or canary.is_valid()
+            if valid and action == "canary" and canary.cleaned_data.get("version") is None:
+                canary.add_error("version", "choose the version to send traffic to")
+                valid = False
+            if valid:
+                changed = _apply(request, canary, steps[action])
+                if changed is not None:
+                    shares = ", ".join(f"v{k} {w} %" for k, w in sorted(changed.traffic.items()))
+                    messages.success(request, f"Traffic: {shares}")
+                    return redirect("console:deployment", slug=slug, name=name)
+            status = getattr(canary, "refusal_status", 400)
+        else:
+            messages.error(request, "nothing to do: deploy first, or choose an action on this page")
+            status = 400
     replicas = []
     if deployment is not None:
         replicas = list(deployment_replicas(deployment=deployment).order_by("version__number", "index"))
@@ -259,36 +278,29 @@ def deployment_page(request: HttpRequest, slug: str, name: str) -> HttpResponse:
             "traffic_fields": traffic_fields,
             "other_fields": other_fields,
             "canary": canary,
-            "stable": _stable_version(spec.traffic) if spec else None,
+            "stable": stable,
             "replicas": replicas,
-            "wanted": _wanted_replicas(deployment),
+            "wanted": deployment_wanted(deployment=deployment, replicas=replicas) if deployment else [],
         },
         status,
     )
 
 
-def _wanted_replicas(deployment: Any) -> list[dict[str, Any]]:
-    if deployment is None:
-        return []
-    rows = []
-    for version, weight in sorted(deployment.traffic.items(), key=lambda item: int(item[0])):
-        if weight <= 0:
-            continue
-        wanted = (deployment.autoscale or {}).get(version, {}).get("replicas", deployment.min_replicas)
-        actual = [r for r in deployment.replicas.all() if str(r.version.number) == version and r.state == "ready"]
-        rows.append({"version": version, "weight": weight, "wanted": wanted, "ready": len(actual)})
-    return rows
-
-
 # ---------------------------------------------------------------- API keys
 
 
+NEW_KEY_SESSION = "console-new-api-key"
+
+
+@never_cache
 @login_required
 def keys_page(request: HttpRequest, slug: str) -> HttpResponse:
-    """API keys: create (the key is shown once, with a copy button), scopes, last use, revoke."""
+    """API keys: create (the key is shown once, with a copy button), scopes, last use, revoke.
+
+    A created key goes through the session to the page the browser is redirected to, which
+    takes it out again: a reload neither shows it twice nor creates another key."""
     tenant = _tenant(request, slug, Action.MANAGE_ACCESS)
     form = ApiKeyCreateForm()
-    shown: str | None = None
     status = 200
     if request.method == "POST":
         form = ApiKeyCreateForm(request.POST)
@@ -304,9 +316,11 @@ def keys_page(request: HttpRequest, slug: str) -> HttpResponse:
                 ),
             )
             if made is not None:
-                shown = made[1]
-                form = ApiKeyCreateForm()
-        status = 200 if shown else 400
+                request.session[NEW_KEY_SESSION] = {"tenant": tenant.slug, "key": made[1]}
+                return redirect("console:keys", slug=slug)
+        status = getattr(form, "refusal_status", 400)
+    pending = request.session.pop(NEW_KEY_SESSION, None)
+    shown = pending["key"] if pending and pending.get("tenant") == tenant.slug else None
     keys = list(api_key_list(tenant=tenant).order_by("-created_at"))
     return _page(request, tenant, "console/keys.html", {"keys": keys, "form": form, "shown": shown}, status)
 
@@ -344,7 +358,7 @@ def members_page(request: HttpRequest, slug: str) -> HttpResponse:
             if added is not None:
                 messages.success(request, f"{data['username']} added as {data['role']}.")
                 return redirect("console:members", slug=slug)
-        status = 400
+        status = getattr(form, "refusal_status", 400)
     members = list(membership_list(tenant=tenant))
     return _page(
         request, tenant, "console/members.html", {"members": members, "form": form, "roles": MemberRoleForm()}, status

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 
 from apps.deployments.selectors import worker_list
 from apps.monitoring.selectors import RANGES
@@ -19,6 +21,9 @@ from control_plane.errors import NotFoundError, PermissionDeniedError
 def home(request: HttpRequest) -> HttpResponse:
     """The console's landing page: the platform at a glance, and the user's tenants."""
     user = request.user
+    chosen = request.GET.get("tenant", "")
+    if chosen and re.fullmatch(r"[a-z0-9-]{1,63}", chosen):  # the tenant switcher without JavaScript
+        return redirect("console:models", slug=chosen)
     workers = list(worker_list()) if user.is_staff else []
     tenants = Tenant.objects.all() if user.is_staff else Tenant.objects.filter(memberships__user_id=user.pk or 0)
     return render(request, "console/home.html", {"workers": workers, "tenants": list(tenants.order_by("slug"))})

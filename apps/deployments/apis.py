@@ -16,15 +16,19 @@ from apps.deployments.models import Deployment, Replica, Worker
 from apps.deployments.selectors import deployment_replicas, worker_list
 from apps.deployments.services import (
     DeploymentSpec,
+    deployment_canary,
     deployment_delete,
+    deployment_promote,
     deployment_put,
+    deployment_rollback,
     deployment_spec_of,
+    deployment_stable_version,
     worker_drain,
 )
 from apps.tenants.access import Action, access_deployment_by_model_name, access_model_by_name
 from apps.tenants.apis import TenantApiView
 from apps.tenants.authentication import actor_from_request
-from control_plane.errors import NotFoundError
+from control_plane.errors import ApplicationError, NotFoundError
 
 
 class WorkerListApi(APIView):
@@ -132,6 +136,8 @@ class DeploymentApi(TenantApiView):
         model = serializers.CharField(source="model.name")
         replicas = serializers.SerializerMethodField()
 
+        stable_version = serializers.SerializerMethodField()
+
         class Meta:
             model = Deployment
             fields = [
@@ -144,10 +150,14 @@ class DeploymentApi(TenantApiView):
                 "scale_to_zero_after_s",
                 "device_kind",
                 "prediction_log",
+                "stable_version",
                 "created_at",
                 "updated_at",
                 "replicas",
             ]
+
+        def get_stable_version(self, deployment: Deployment) -> int:
+            return deployment_stable_version(deployment)
 
         @extend_schema_field(serializers.ListField(child=serializers.DictField()))
         def get_replicas(self, deployment: Deployment) -> list[dict[str, Any]]:
@@ -185,3 +195,38 @@ class DeploymentApi(TenantApiView):
         deployment = access_deployment_by_model_name(self.actor, slug, name, action=Action.WRITE)
         deployment_delete(actor=self.actor, deployment=deployment)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class DeploymentCanaryApi(TenantApiView):
+    """``POST`` the canary steps: ``canary/`` with ``{"version": 2, "percent": 10}`` sends that
+    share to the version and the rest to the stable one; ``promote/`` (optionally naming the
+    version) sends it all traffic and makes it stable; ``rollback/`` sends all traffic back to
+    the stable version."""
+
+    class InputSerializer(serializers.Serializer):
+        version = serializers.IntegerField(min_value=1, required=False)
+        percent = serializers.IntegerField(min_value=0, max_value=100, required=False)
+
+        class Meta:
+            ref_name = "CanaryInput"
+
+    @extend_schema(request=InputSerializer, responses=DeploymentApi.OutputSerializer)
+    def post(self, request: Request, slug: str, name: str, step: str) -> Response:
+        deployment = access_deployment_by_model_name(self.actor, slug, name, action=Action.WRITE)
+        body = self.InputSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        if step == "canary":
+            missing = [field for field in ("version", "percent") if field not in data]
+            if missing:
+                raise ApplicationError(
+                    f"a canary needs {' and '.join(missing)}", field_errors={f: ["required"] for f in missing}
+                )
+            deployment = deployment_canary(
+                actor=self.actor, deployment=deployment, version=data["version"], percent=data["percent"]
+            )
+        elif step == "promote":
+            deployment = deployment_promote(actor=self.actor, deployment=deployment, version=data.get("version"))
+        else:
+            deployment = deployment_rollback(actor=self.actor, deployment=deployment)
+        return Response(DeploymentApi.OutputSerializer(deployment).data)

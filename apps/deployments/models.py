@@ -68,6 +68,9 @@ class Deployment(models.Model):
     autoscale = models.JSONField(
         default=dict, blank=True, help_text="per version: replicas wanted after the last pass, and when last needed"
     )
+    stable_version = models.PositiveIntegerField(
+        null=True, blank=True, help_text="the version a canary is measured against and rolled back to"
+    )
     prediction_log = models.JSONField(
         default=dict,
         blank=True,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import QuerySet
 
 from apps.deployments.models import Deployment, Replica, Worker
@@ -41,3 +43,16 @@ def tenant_deployment_usage(*, tenant: Tenant, kind: str, excluding: Model | Non
 def deployment_replicas(*, deployment: Deployment) -> QuerySet[Replica]:
     """A deployment's replicas with their versions and workers."""
     return Replica.objects.filter(deployment=deployment).select_related("version", "worker")
+
+
+def deployment_wanted(*, deployment: Deployment, replicas: list[Replica]) -> list[dict[str, Any]]:
+    """Desired against actual per serving version: traffic, replicas wanted (the autoscaler's
+    last decision, else the minimum) and replicas ready."""
+    rows = []
+    for version, weight in sorted(deployment.traffic.items(), key=lambda item: int(item[0])):
+        if weight <= 0:
+            continue
+        wanted = (deployment.autoscale or {}).get(version, {}).get("replicas", deployment.min_replicas)
+        ready = sum(1 for r in replicas if str(r.version.number) == version and r.state == Replica.State.READY)
+        rows.append({"version": version, "weight": weight, "wanted": wanted, "ready": ready})
+    return rows

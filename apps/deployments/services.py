@@ -277,9 +277,11 @@ def deployment_put(*, actor: Actor, model: Model, spec: DeploymentSpec) -> Deplo
     Tenant.objects.select_for_update().filter(pk=model.tenant_id).first()  # one quota check at a time
     versions = _check_spec(model, spec)
     _check_quota(tenant=model.tenant, model=model, spec=spec, versions=versions)
+    current = Deployment.objects.filter(model=model).first()
     deployment, created = Deployment.objects.update_or_create(
         model=model,
         defaults={
+            "stable_version": _stable_after(spec.traffic, current.stable_version if current else None),
             "traffic": spec.traffic,
             "batching": spec.batching,
             "min_replicas": spec.min_replicas,
@@ -303,6 +305,58 @@ def deployment_put(*, actor: Actor, model: Model, spec: DeploymentSpec) -> Deplo
         details={"traffic": spec.traffic, "min_replicas": spec.min_replicas, "max_replicas": spec.max_replicas},
     )
     return deployment
+
+
+def _stable_after(traffic: dict[str, int], stable: int | None) -> int:
+    """The stable version once ``traffic`` applies: the one at 100 %, else the stable one
+    while it still has traffic, else the one with the most (the lowest number on a tie)."""
+    serving = {int(v): w for v, w in traffic.items() if w > 0}
+    if len(serving) == 1:
+        return next(iter(serving))
+    if stable is not None and stable in serving:
+        return stable
+    return min(serving, key=lambda v: (-serving[v], v))
+
+
+def deployment_stable_version(deployment: Deployment) -> int:
+    """The version a canary is measured against (and rolled back to)."""
+    return _stable_after(deployment.traffic, deployment.stable_version)
+
+
+def _with_traffic(deployment: Deployment, traffic: dict[str, int]) -> DeploymentSpec:
+    return DeploymentSpec(**{**deployment_spec_of(deployment).__dict__, "traffic": traffic})
+
+
+def deployment_canary(*, actor: Actor, deployment: Deployment, version: int, percent: int) -> Deployment:
+    """Sends ``percent`` % of the traffic to ``version`` and the rest to the stable version
+    (any third version's share goes back to the stable one)."""
+    stable = deployment_stable_version(deployment)
+    if version == stable:
+        raise ApplicationError(
+            f"v{version} is the stable version; choose another one to canary",
+            field_errors={"version": ["choose a version other than the stable one"]},
+        )
+    if not 0 <= percent <= 100:
+        raise ApplicationError("percent is 0 to 100", field_errors={"percent": ["0 to 100"]})
+    traffic = {key: weight for key, weight in ((str(stable), 100 - percent), (str(version), percent)) if weight}
+    return deployment_put(actor=actor, model=deployment.model, spec=_with_traffic(deployment, traffic))
+
+
+def deployment_promote(*, actor: Actor, deployment: Deployment, version: int | None = None) -> Deployment:
+    """Sends all traffic to the canary (or ``version``), which becomes the stable version."""
+    stable = deployment_stable_version(deployment)
+    if version is None:
+        canaries = sorted(int(v) for v, w in deployment.traffic.items() if w > 0 and int(v) != stable)
+        if not canaries:
+            raise ConflictError(f"no canary to promote: all traffic already goes to v{stable}")
+        version = canaries[-1]
+    return deployment_put(actor=actor, model=deployment.model, spec=_with_traffic(deployment, {str(version): 100}))
+
+
+def deployment_rollback(*, actor: Actor, deployment: Deployment) -> Deployment:
+    """Sends all traffic back to the stable version."""
+    stable = deployment_stable_version(deployment)
+    return deployment_put(actor=actor, model=deployment.model, spec=_with_traffic(deployment, {str(stable): 100}))
 
 
 def deployment_spec_of(deployment: Deployment) -> DeploymentSpec:

@@ -51,3 +51,22 @@ def test_malformed_heartbeats_are_refused_with_the_field_named(mutate, complaint
 def test_a_non_object_is_refused():
     with pytest.raises(MessageError):
         WorkerHeartbeat.from_message(["not", "a", "dict"])
+
+
+def test_a_heartbeat_with_a_worker_id_that_is_not_an_id_is_refused():
+    from inference_workers.types import MessageError, WorkerHeartbeat
+
+    good = {
+        "worker_id": "gpu-node-1.a_b",
+        "host": "h",
+        "dataplane_url": "http://127.0.0.1:1",
+        "queue": "worker.gpu-node-1",
+        "state": "ready",
+        "sent_at": 1.0,
+        "device": {"kind": "cpu", "index": 0, "name": "cpu", "uuid": "", "total_bytes": 1, "used_bytes": 0,
+                   "free_bytes": 1},
+    }  # fmt: skip
+    assert WorkerHeartbeat.from_message(good).worker_id == "gpu-node-1.a_b"
+    for bad in ("x');alert(1)//", "a/b", "", "-lead", "x" * 129):
+        with pytest.raises(MessageError, match="worker_id"):
+            WorkerHeartbeat.from_message({**good, "worker_id": bad})

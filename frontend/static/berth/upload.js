@@ -4,7 +4,17 @@
   "use strict";
   const form = document.getElementById("upload");
   const versions = document.getElementById("versions");
-  if (versions && versions.dataset.validating === "1") setTimeout(() => location.reload(), 2000);
+  let uploading = false;
+  // Re-read the page while a version validates, unless the user is filling in an upload.
+  function busy() {
+    if (!form) return false;
+    return uploading || form.querySelector("#upload-file").files.length > 0 ||
+      ["inputs", "outputs"].some((name) => form.elements[name].value);
+  }
+  if (versions && versions.dataset.validating === "1") {
+    const again = () => (busy() ? setTimeout(again, 2000) : location.reload());
+    setTimeout(again, 2000);
+  }
   if (!form) return;
   const bar = document.getElementById("upload-progress");
   const status = document.getElementById("upload-status");
@@ -18,6 +28,7 @@
     body.append("file", file);
     ["format", "inputs", "outputs"].forEach((name) => { const value = form.elements[name].value; if (value) body.append(name, value); });
     const request = new XMLHttpRequest();
+    uploading = true;
     request.open("POST", form.dataset.url);
     request.setRequestHeader("X-CSRFToken", form.elements.csrfmiddlewaretoken.value);
     request.setRequestHeader("Accept", "application/json");
@@ -28,14 +39,17 @@
       try { answer = JSON.parse(request.responseText); } catch (_) { /* not JSON */ }
       if (request.status >= 200 && request.status < 300) {
         status.textContent = `uploaded as v${answer.number}; validating…`;
+        uploading = false;
+        form.reset();
         setTimeout(() => location.reload(), 500);
       } else {
         bar.hidden = true;
+        uploading = false;
         const fields = answer.field_errors ? " (" + Object.entries(answer.field_errors).map(([k, v]) => `${k}: ${[].concat(v).join(", ")}`).join("; ") + ")" : "";
         error.textContent = (answer.error || `upload failed (${request.status})`) + fields;
       }
     };
-    request.onerror = () => { bar.hidden = true; error.textContent = "the upload was interrupted; try again"; };
+    request.onerror = () => { bar.hidden = true; uploading = false; error.textContent = "the upload was interrupted; try again"; };
     request.send(body);
   });
 })();

@@ -29,6 +29,37 @@ def two_versions(world_a):
     return model
 
 
+def test_the_canary_steps_keep_the_stable_version_over_the_api(world_a, two_versions):
+    owner = world_a.session("owner")
+    base = f"/api/v1/tenants/alpha/models/{two_versions.name}/deployment/"
+    assert owner.put(base, {"traffic": {"1": 100}}, format="json").status_code == 200
+    shifted = owner.post(base + "canary/", {"version": 2, "percent": 60}, format="json")
+    assert shifted.status_code == 200, shifted.json()
+    assert shifted.json()["traffic"] == {"1": 40, "2": 60} and shifted.json()["stable_version"] == 1
+    # Over half the traffic on the canary, a roll back still goes to the stable version.
+    back = owner.post(base + "rollback/", {}, format="json").json()
+    assert back["traffic"] == {"1": 100} and back["stable_version"] == 1
+    owner.post(base + "canary/", {"version": 2, "percent": 10}, format="json")
+    promoted = owner.post(base + "promote/", {}, format="json").json()  # the canary, unnamed
+    assert promoted["traffic"] == {"2": 100} and promoted["stable_version"] == 2
+    assert owner.post(base + "promote/", {}, format="json").status_code == 409  # no canary left
+    refused = owner.post(base + "canary/", {"version": 2, "percent": 10}, format="json")
+    assert refused.status_code == 400 and "version" in refused.json()["field_errors"]
+    assert owner.post(base + "canary/", {"version": 2}, format="json").status_code == 400
+    assert world_a.bearer("read").post(base + "rollback/", {}, format="json").status_code == 403
+
+
+def test_saving_the_form_keeps_batching_set_over_the_api(client, world_a, two_versions):
+    owner = world_a.session("owner")
+    base = f"/api/v1/tenants/alpha/models/{two_versions.name}/deployment/"
+    batching = {"max_batch_size": 8, "preferred_batch_sizes": [4], "default_timeout_us": 5000}
+    assert owner.put(base, {"traffic": {"1": 100}, "batching": batching}, format="json").status_code == 200
+    client.force_login(world_a.users["owner"])
+    url = f"/t/alpha/models/{two_versions.name}/deployment/"
+    assert client.post(url, {**DEPLOY, "traffic_1": 100, "max_batch_size": 4}).status_code == 302
+    assert Deployment.objects.get().batching == {**batching, "max_batch_size": 4}
+
+
 def test_the_deployment_editor_deploys_shifts_promotes_and_rolls_back(client, world_a, two_versions):
     client.force_login(world_a.users["member"])
     url = f"/t/alpha/models/{two_versions.name}/deployment/"
@@ -41,14 +72,15 @@ def test_the_deployment_editor_deploys_shifts_promotes_and_rolls_back(client, wo
     assert Deployment.objects.get().traffic == {"1": 90, "2": 10}
     page = client.get(url).content.decode()
     assert "Stable version: v1" in page and 'id="replicas"' in page
-    assert client.post(url, {"action": "rollback", "version": 2, "percent": 0}).status_code == 302
+    assert client.post(url, {"action": "rollback"}).status_code == 302
     assert Deployment.objects.get().traffic == {"1": 100}
     client.post(url, {"action": "canary", "version": 2, "percent": 50})
     assert client.post(url, {"action": "promote", "version": 2, "percent": 0}).status_code == 302
     assert Deployment.objects.get().traffic == {"2": 100}
-    # A canary to the stable version itself is refused next to the field.
+    # A canary to the stable version itself is not offered, and refused if posted.
     same = client.post(url, {"action": "canary", "version": 2, "percent": 10})
-    assert same.status_code == 400 and "other than the stable one" in same.content.decode()
+    assert same.status_code == 400 and 'id="error-version"' in same.content.decode()
+    assert client.post(url, {"action": "bogus"}).status_code == 400
     assert client.post(url, {"action": "undeploy"}).status_code == 302
     assert not Deployment.objects.exists()
     actions = list(AuditEvent.objects.filter(target=two_versions.name).values_list("action", flat=True))
@@ -59,16 +91,20 @@ def test_a_deployment_over_the_quota_is_refused_inline(client, world_a, two_vers
     ModelVersion.objects.filter(model=two_versions).update(footprint_bytes=10 * 1024**3)
     client.force_login(world_a.users["member"])
     answer = client.post(f"/t/alpha/models/{two_versions.name}/deployment/", {**DEPLOY, "traffic_1": 100})
-    assert answer.status_code == 400 and "cpu_memory_mb" in answer.content.decode()
+    assert answer.status_code == 409 and "cpu_memory_mb" in answer.content.decode()  # the service's status
     assert not Deployment.objects.exists()
 
 
 def test_a_key_is_shown_once_and_revoked_with_a_post(client, world_a):
     client.force_login(world_a.users["owner"])
     made = client.post("/t/alpha/keys/", {"name": "ci", "scopes": ["infer"]})
-    raw = made.context["shown"]
-    assert made.status_code == 200 and raw.startswith("brt_") and raw in made.content.decode()
-    assert raw not in client.get("/t/alpha/keys/").content.decode()
+    assert made.status_code == 302  # a reload of the page that shows the key creates nothing
+    shown = client.get("/t/alpha/keys/")
+    raw = shown.context["shown"]
+    assert raw.startswith("brt_") and raw in shown.content.decode()
+    assert "no-store" in shown["Cache-Control"]
+    assert raw not in client.get("/t/alpha/keys/").content.decode()  # shown once
+    assert ApiKey.objects.filter(name="ci").count() == 1
     prefix = raw.split("_")[1]
     missing_scope = client.post("/t/alpha/keys/", {"name": "none"})
     assert missing_scope.status_code == 400 and 'id="error-scopes"' in missing_scope.content.decode()
@@ -131,3 +167,29 @@ def test_staff_create_tenants_set_quotas_deactivate_and_drain(client, staff_clie
     assert b"Put back in service" in client.get("/fleet/").content
     assert client.post("/staff/workers/cpu-1/drain/", {"action": "undrain"}).status_code == 302
     assert Worker.objects.get(worker_id="cpu-1").drain_requested_at is None
+
+
+def test_destructive_buttons_ask_with_text_not_inline_code():
+    from pathlib import Path
+
+    from tests.conftest import REPO_ROOT
+
+    templates = list((REPO_ROOT / "frontend" / "templates").rglob("*.html"))
+    assert templates
+    for template in templates:
+        text = Path(template).read_text()
+        assert "onclick=" not in text and "onsubmit=" not in text, template  # no code built from data
+
+
+def test_roles_see_keys_and_audit_only_when_they_may(client, world_a):
+    expected = {"viewer": (403, 403), "member": (403, 403), "admin": (403, 200), "owner": (200, 200)}
+    for role, (keys, audit) in expected.items():
+        client.force_login(world_a.users[role])
+        assert client.get("/t/alpha/keys/").status_code == keys, role
+        assert client.get("/t/alpha/audit/").status_code == audit, role
+
+
+def test_the_tenant_switcher_works_without_javascript(client, world_a):
+    client.force_login(world_a.users["viewer"])
+    answer = client.get("/?tenant=alpha")
+    assert answer.status_code == 302 and answer["Location"] == "/t/alpha/models/"
