@@ -146,20 +146,35 @@ class ModelStats(BatchObserver):
         self.errors = 0
         self.last_used = 0.0
         self._window = _BatchWindow()
+        self._seconds: dict[int, _BatchWindow] = {}  # the same, rolled up per second
 
     def batch_executed(self, *, size: int, queue_seconds: list[float], compute_seconds: float, ok: bool) -> None:
         self._batch_size.observe(size)
         self._compute_seconds.observe(compute_seconds)
         for waited in queue_seconds:
             self._queue_seconds.observe(waited)
+        second = int(time.time())
         with self._lock:
             self._window.add(size=size, queue_seconds=queue_seconds, compute_seconds=compute_seconds, ok=ok)
+            if second not in self._seconds and len(self._seconds) >= self.MAX_SECONDS:
+                self._seconds.pop(min(self._seconds))  # no heartbeat for minutes: keep the newest
+            self._seconds.setdefault(second, _BatchWindow()).add(
+                size=size, queue_seconds=queue_seconds, compute_seconds=compute_seconds, ok=ok
+            )
+
+    MAX_SECONDS = 120
 
     def take_window(self) -> dict[str, Any] | None:
-        """What the batches did since the last call (for the heartbeat), or None if nothing ran."""
+        """What the batches did since the last call (for the heartbeat), or None if nothing ran:
+        the totals, and under ``seconds`` the same per second (``second``: Unix time)."""
         with self._lock:
             window, self._window = self._window, _BatchWindow()
-        return window.message() if window.batches else None
+            seconds, self._seconds = self._seconds, {}
+        if not window.batches:
+            return None
+        message = window.message()
+        message["seconds"] = [{"second": second, **seconds[second].message()} for second in sorted(seconds)]
+        return message
 
     def request_finished(self, *, seconds: float, ok: bool) -> None:
         (self._ok if ok else self._error).inc()

@@ -263,11 +263,25 @@ class HostedModel:
 
 
 def _window(raw: Any) -> dict[str, Any] | None:
-    """A hosted model's batch window, checked: counts are whole numbers, keys are numbers."""
+    """A hosted model's batch window, checked: counts are whole numbers, keys are numbers;
+    with its per-second parts under ``seconds`` when the worker sends them."""
     if raw is None:
         return None
     if not isinstance(raw, dict):
         raise MessageError("a hosted model's window must be a JSON object")
+    window = _window_figures(raw)
+    parts = raw.get("seconds")
+    if parts is not None:
+        if not isinstance(parts, list) or len(parts) > 600 or not all(isinstance(p, dict) for p in parts):
+            raise MessageError("a window's seconds must be a list of at most 600 JSON objects")
+        try:
+            window["seconds"] = [{"second": int(part["second"]), **_window_figures(part)} for part in parts]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MessageError(f"a window's seconds are malformed: {exc}") from None
+    return window
+
+
+def _window_figures(raw: dict[str, Any]) -> dict[str, Any]:
     try:
         return {
             "batches": int(raw.get("batches", 0)),

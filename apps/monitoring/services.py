@@ -126,12 +126,14 @@ def device_price_set(*, actor: Actor, device_kind: str, price_per_hour: Decimal)
 def _compute_us(window: dict[str, Any] | None) -> int:
     if not window:
         return 0
+    if window.get("seconds"):
+        return sum(int(part.get("compute_us", 0)) for part in window["seconds"])
     return int(window.get("compute_us", round(window.get("compute_s", 0.0) * 1_000_000)))
 
 
 def rollups_record_worker(*, heartbeat: WorkerHeartbeat, since: datetime | None, sample: bool = True) -> int:
     """Stores what a heartbeat says: the worker's batches since its previous heartbeat (one
-    row per model at the heartbeat's second), the device time of that window charged to the
+    row per model and second they ran in), the device time of that window charged to the
     hosted replicas (``apps.monitoring.cost``: compute as measured, idle by footprint share)
     at the current price, and a sample of the device. Returns how many rollup rows."""
     sent = datetime.fromtimestamp(int(heartbeat.sent_at), tz=UTC)
@@ -155,33 +157,49 @@ def rollups_record_worker(*, heartbeat: WorkerHeartbeat, since: datetime | None,
     reported = {model.key: model for model in heartbeat.models}
     keys = [key for key in reported if reported[key].window or key in charged.charges]
     tenants = dict(Tenant.objects.filter(slug__in={key.tenant for key in keys}).values_list("slug", "pk"))
-    rows = []
+    rows: list[MetricRollup] = []
+    source = f"worker:{heartbeat.worker_id}"[:32]
     for key in keys:
         if key.tenant not in tenants:
             continue
         window = reported[key].window or {}
         charge = charged.charges.get(key, Charge(0, 0))
-        if not window and charge.total_us == 0:
-            continue
-        rows.append(
-            MetricRollup(
+        # One row per second the batches ran in (older workers send one window: the
+        # heartbeat's second); the idle share goes on the heartbeat's second.
+        parts = window.get("seconds") or ([{**window, "second": int(heartbeat.sent_at)}] if window else [])
+        by_second: dict[int, MetricRollup] = {}
+        for part in parts:
+            compute_us = int(part.get("compute_us", 0))
+            by_second[int(part["second"])] = MetricRollup(
+                resolution=MetricRollup.Resolution.SECOND,
+                start=datetime.fromtimestamp(int(part["second"]), tz=UTC),
+                tenant_id=tenants[key.tenant],
+                model_name=key.model,
+                version=key.version,
+                source=source,
+                batches=part.get("batches", 0),
+                batch_sizes=part.get("batch_sizes", {}),
+                queue=part.get("queue", {}),
+                compute=part.get("compute", {}),
+                compute_s=part.get("compute_s", 0.0),
+                predictions=part.get("requests", 0),
+                compute_us=compute_us,
+                cost_nanos=cost_nanos(device_us=compute_us, price_per_hour=price),
+            )
+        if charge.idle_us:
+            second = int(heartbeat.sent_at)
+            row = by_second.get(second) or MetricRollup(
                 resolution=MetricRollup.Resolution.SECOND,
                 start=sent,
                 tenant_id=tenants[key.tenant],
                 model_name=key.model,
                 version=key.version,
-                source=f"worker:{heartbeat.worker_id}"[:32],
-                batches=window.get("batches", 0),
-                batch_sizes=window.get("batch_sizes", {}),
-                queue=window.get("queue", {}),
-                compute=window.get("compute", {}),
-                compute_s=window.get("compute_s", 0.0),
-                predictions=window.get("requests", 0),
-                compute_us=charge.compute_us,
-                idle_us=charge.idle_us,
-                cost_nanos=cost_nanos(device_us=charge.total_us, price_per_hour=price),
+                source=source,
             )
-        )
+            row.idle_us = charge.idle_us
+            row.cost_nanos += cost_nanos(device_us=charge.idle_us, price_per_hour=price)
+            by_second[second] = row
+        rows.extend(by_second[second] for second in sorted(by_second))
     device = heartbeat.device
     if not sample:
         return len(MetricRollup.objects.bulk_create(rows))

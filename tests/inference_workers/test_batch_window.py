@@ -46,3 +46,29 @@ def test_a_failed_batch_counts_no_predictions():
     stats.batch_executed(size=2, queue_seconds=[0.001] * 2, compute_seconds=0.002, ok=True)
     window = stats.take_window()
     assert window is not None and window["requests"] == 2 and window["compute_us"] == 2_000
+
+
+def test_the_window_is_rolled_up_per_second_too(monkeypatch):
+    import inference_workers.metrics as metrics_module
+
+    clock = [1000.2]
+    monkeypatch.setattr(metrics_module.time, "time", lambda: clock[0])
+    stats = ModelStats(ModelKey("acme", "clf", 1), WorkerMetrics())
+    stats.batch_executed(size=2, queue_seconds=[0.001, 0.001], compute_seconds=0.004, ok=True)
+    clock[0] = 1000.9
+    stats.batch_executed(size=1, queue_seconds=[0.002], compute_seconds=0.003, ok=True)
+    clock[0] = 1001.5
+    stats.batch_executed(size=4, queue_seconds=[0.001] * 4, compute_seconds=0.010, ok=True)
+    window = stats.take_window()
+    assert window is not None and window["requests"] == 7
+    parts = window["seconds"]
+    assert [(p["second"], p["batches"], p["requests"], p["compute_us"]) for p in parts] == [
+        (1000, 2, 3, 7000), (1001, 1, 4, 10_000),
+    ]  # fmt: skip
+    assert sum(p["compute_us"] for p in parts) == window["compute_us"]
+    # It travels in the heartbeat and is read back the same.
+    key = ModelKey("acme", "clf", 1)
+    model = HostedModel(key=key, state="ready", reserved_bytes=1, measured_bytes=1, window=window)
+    assert HostedModel.from_message({**model.__dict__, "key": model.key.__dict__}).window == window
+    with pytest.raises(MessageError, match="seconds"):
+        HostedModel.from_message({**model.__dict__, "key": model.key.__dict__, "window": {**window, "seconds": [{}]}})

@@ -296,3 +296,26 @@ def test_a_heartbeat_delivered_late_still_counts_its_batches(world_a):
     rows = MetricRollup.objects.filter(model_name="clf")
     assert sum(row.predictions for row in rows) == 3 and sum(row.compute_us for row in rows) == 1500
     assert DeviceSample.objects.count() == 2  # the stale device state is not sampled
+
+
+@pytest.mark.django_db
+def test_a_heartbeat_writes_one_row_per_second_its_batches_ran_in(world_a):
+    now = int(time.time()) - 20
+    worker_record_heartbeat(heartbeat=_heartbeat(now, _hosted("clf", 500)))
+    seconds = [
+        {"second": now + 1, "batches": 2, "batch_sizes": {"1": 2}, "queue": {}, "compute": {}, "compute_s": 0.002,
+         "compute_us": 2000, "requests": 2},
+        {"second": now + 2, "batches": 1, "batch_sizes": {"3": 1}, "queue": {}, "compute": {}, "compute_s": 0.001,
+         "compute_us": 1000, "requests": 3},
+    ]  # fmt: skip
+    window = {"batches": 3, "batch_sizes": {"1": 2, "3": 1}, "queue": {}, "compute": {}, "compute_s": 0.003,
+              "compute_us": 3000, "requests": 5, "seconds": seconds}  # fmt: skip
+    hosted = HostedModel(key=ModelKey("alpha", "clf", 1), state="ready", reserved_bytes=500, measured_bytes=500,
+                         window=window)  # fmt: skip
+    worker_record_heartbeat(heartbeat=_heartbeat(now + 2, hosted))
+    rows = list(MetricRollup.objects.order_by("start"))
+    assert [(int(r.start.timestamp()), r.batches, r.predictions, r.compute_us) for r in rows] == [
+        (now + 1, 2, 2, 2000), (now + 2, 1, 3, 1000),
+    ]  # fmt: skip
+    assert rows[-1].idle_us == (2_000_000 - 3000) // 2  # half the device reserved; idle on the heartbeat's second
+    assert rows[0].idle_us == 0
