@@ -74,13 +74,38 @@ def _history(tenant_id: int) -> list[dict[str, Any]]:
     return metric_series(tenant=tenant, since=timezone.now() - HISTORY, resolution="1s")
 
 
+def _worker_points(tenant_id: int, after_id: int) -> tuple[list[dict[str, Any]], int]:
+    """The workers' one-second rows of a tenant stored after row ``after_id`` (the first call,
+    with 0, only marks where to start), as chart points with their histograms."""
+    from apps.monitoring.models import MetricRollup
+    from apps.monitoring.selectors import metric_point
+
+    rows = MetricRollup.objects.filter(resolution="1s", tenant_id=tenant_id, source__startswith="worker:")
+    if after_id == 0:
+        newest = rows.order_by("-id").values_list("id", flat=True).first()
+        return [], newest or -1
+    fresh = list(rows.filter(id__gt=after_id).order_by("id")[:2000])
+    points = [
+        {
+            **metric_point(start=row.start, model=row.model_name, version=row.version, rows=[row]),
+            "step_s": 1,
+            "queue": row.queue,
+            "compute": row.compute,
+        }
+        for row in fresh
+        if row.batches
+    ]
+    return points, fresh[-1].id if fresh else after_id
+
+
 class TenantMetricsConsumer(AsyncJsonWebsocketConsumer):
     """``/ws/tenants/{slug}/metrics/[?model=name]``: a tenant's live metric points.
 
     Members of the tenant (and staff) only; anyone else is closed at once with 4404 (a
     foreign tenant exactly like a missing one), or 4401 without a session. After joining the
     tenant's group it sends the last five minutes (``metrics.history``), then every second's
-    new points as gateways flush them (``metrics.update``; with several gateway processes,
+    new points as gateways flush them and, polled each second, the workers' batch figures
+    (``metrics.update``; with several gateway processes,
     points of one second and model version arrive once per process: add them up). Access is
     checked again every minute, so a removed member stops receiving.
     """
@@ -106,21 +131,45 @@ class TenantMetricsConsumer(AsyncJsonWebsocketConsumer):
         self.checked_at = time.monotonic()
         history = await database_sync_to_async(_history)(tenant_id)
         await self.send_json({"type": "metrics.history", "points": self._only_model(history)})
+        self.tenant_id = tenant_id
+        self.poller = asyncio.ensure_future(self._workers_forever())
+
+    async def _workers_forever(self) -> None:
+        """Every second, the workers' new batch figures (their heartbeats reach the database
+        through the control worker, which need not share a channel layer with this process)."""
+        seen = 0
+        while True:
+            if not await self._allowed():
+                return
+            points, seen = await database_sync_to_async(_worker_points)(self.tenant_id, seen)
+            points = self._only_model(points)
+            if points:
+                await self.send_json({"type": "metrics.update", "points": points})
+            await asyncio.sleep(1.0)
 
     async def disconnect(self, code: int) -> None:
+        poller = getattr(self, "poller", None)
+        if poller is not None:
+            poller.cancel()
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     def _only_model(self, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [p for p in points if p["model"] == self.model] if self.model else points
 
-    async def metrics_update(self, event: dict[str, Any]) -> None:
+    async def _allowed(self) -> bool:
+        """Re-checks access once a minute; closes the socket (4404) when it is gone."""
         if time.monotonic() - self.checked_at > RECHECK_S:
             self.checked_at = time.monotonic()
             if await database_sync_to_async(_tenant_id_for)(self.scope["user"], self.slug) is None:
                 await self.close(code=NOT_FOUND)
-                return
+                return False
             await self.channel_layer.group_add(self.group, self.channel_name)  # renews the group's expiry
+        return True
+
+    async def metrics_update(self, event: dict[str, Any]) -> None:
+        if not await self._allowed():
+            return
         points = self._only_model(event["points"])
         if points:
             await self.send_json({"type": "metrics.update", "points": points})

@@ -35,10 +35,25 @@
     }
     return null;
   }
+  function mergeCounts(into, from) {
+    Object.entries(from || {}).forEach(([i, n]) => { into[i] = (into[i] || 0) + n; });
+    return into;
+  }
+  function addBatches(seen, p) { // a worker's second: its batches join the point's
+    const exact = (seen.batches ? seen.queue && seen.compute : true) && p.queue && p.compute;
+    seen.batch_sizes = mergeCounts(Object.assign({}, seen.batch_sizes), p.batch_sizes);
+    seen.queue = exact ? mergeCounts(Object.assign({}, seen.queue), p.queue) : null;
+    seen.compute = exact ? mergeCounts(Object.assign({}, seen.compute), p.compute) : null;
+    seen.queue_p50_ms = exact ? percentileMs(seen.queue, 50) : seen.queue_p50_ms || p.queue_p50_ms;
+    seen.compute_p50_ms = exact ? percentileMs(seen.compute, 50) : seen.compute_p50_ms || p.compute_p50_ms;
+    seen.batches = (seen.batches || 0) + p.batches;
+  }
   function add(p, merge) {
     const k = key(p);
     const seen = points.get(k);
-    if (seen && merge && seen.latency && p.latency) {
+    if (seen && merge && p.batches && !p.requests) {
+      addBatches(seen, p);
+    } else if (seen && merge && seen.latency && p.latency) {
       seen.requests += p.requests;
       seen.errors += p.errors;
       Object.entries(p.latency).forEach(([i, n]) => { seen.latency[i] = (seen.latency[i] || 0) + n; });

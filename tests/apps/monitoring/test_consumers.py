@@ -114,3 +114,39 @@ async def test_the_fleet_socket_is_for_staff_and_shows_each_device_with_its_repl
     assert [d["worker"] for d in update["devices"]] == ["gpu-box-0"]
     assert update["devices"][0]["capacity_bytes"] > 0 and update["devices"][0]["replicas"] == []
     await socket.disconnect()
+
+
+async def test_the_workers_batch_figures_reach_the_socket_within_seconds(world_a, world_b):
+    import time
+
+    from asgiref.sync import sync_to_async
+
+    from apps.deployments.services import worker_record_heartbeat
+    from inference_workers.types import DeviceState, HostedModel, ModelKey, WorkerHeartbeat
+
+    socket = await _socket("/ws/tenants/alpha/metrics/", world_a.users["viewer"])
+    connected, _ = await socket.connect()
+    assert connected
+    assert (await socket.receive_json_from())["type"] == "metrics.history"
+
+    def beat(tenant: str) -> None:
+        now = time.time()
+        figures = {"batches": 2, "batch_sizes": {"3": 2}, "queue": {"10": 6}, "compute": {"30": 2}, "compute_s": 0.01,
+                   "compute_us": 10_000, "requests": 6}  # fmt: skip
+        window = {**figures, "seconds": [{"second": int(now), **figures}]}
+        hosted = HostedModel(key=ModelKey(tenant, "clf", 1), state="ready", reserved_bytes=1, measured_bytes=1,
+                             window=window)  # fmt: skip
+        device = DeviceState(kind="cpu", index=0, name="cpu", uuid="", total_bytes=10, used_bytes=1, free_bytes=9)
+        worker_record_heartbeat(
+            heartbeat=WorkerHeartbeat(worker_id=f"w-{tenant}", host="h", dataplane_url="http://127.0.0.1:1",
+                                      queue="q", state="ready", sent_at=now, device=device, models=(hosted,))
+        )  # fmt: skip
+
+    await sync_to_async(beat)("bravo")  # another tenant's worker figures never show here
+    await sync_to_async(beat)("alpha")
+    update = await socket.receive_json_from(timeout=4)
+    assert update["type"] == "metrics.update"
+    (point,) = update["points"]
+    assert point["model"] == "clf" and point["batches"] == 2 and point["requests"] == 0
+    assert point["queue"] == {"10": 6} and point["compute_p50_ms"] is not None
+    await socket.disconnect()
