@@ -67,6 +67,7 @@ class Rollups:
     def __init__(self) -> None:
         self._cells: dict[tuple[int, Labels], RollupCell] = {}
         self._inflight: dict[Labels, int] = {}
+        self._drained_until: int | None = None
 
     def _cell(self, labels: Labels) -> RollupCell:
         second = int(time.time())
@@ -84,6 +85,8 @@ class Rollups:
         try:
             yield
         finally:
+            ending = self._cell(labels)  # the second it ends in had it in flight too
+            ending.inflight_max = max(ending.inflight_max, self._inflight[labels])
             self._inflight[labels] -= 1
 
     def observe(self, labels: Labels, status: int, seconds: float) -> None:
@@ -96,8 +99,21 @@ class Rollups:
         record(cell.latency, seconds)
 
     def drain(self, now: float) -> list[RollupCell]:
-        """The cells of every second that has ended, removed from this accumulator."""
-        ended = [key for key in self._cells if key[0] < int(now)]
+        """The cells of every second that has ended, removed from this accumulator. A second
+        in which requests stayed in flight without any starting still gets its in-flight
+        figure (the requests in flight when it is drained)."""
+        current = int(now)
+        first = current - 1 if self._drained_until is None else self._drained_until
+        for labels, inflight in self._inflight.items():
+            if inflight <= 0:
+                continue
+            for second in range(max(first, current - 60), current):
+                cell = self._cells.get((second, labels))
+                if cell is None:
+                    cell = self._cells[(second, labels)] = RollupCell(second=second, labels=labels)
+                cell.inflight_max = max(cell.inflight_max, inflight)
+        self._drained_until = current
+        ended = [key for key in self._cells if key[0] < current]
         return [self._cells.pop(key) for key in sorted(ended)]
 
 

@@ -107,3 +107,18 @@ def test_sampled_predictions_are_bounded_in_bytes_and_oversized_bodies_are_not_k
 
     (logged,) = PredictionLog.objects.all()
     assert logged.request_id == "r-huge" and "over the log's" in logged.outputs[0]["omitted"]
+
+
+def test_seconds_a_long_request_spans_show_it_in_flight(monkeypatch):
+    clock = [5000.1]
+    monkeypatch.setattr(metrics.time, "time", lambda: clock[0])
+    rollups = metrics.Rollups()
+    assert rollups.drain(5000.1) == []
+    with rollups.in_flight(LABELS):
+        clock[0] = 5003.4  # three seconds later, nothing new started meanwhile
+        cells = rollups.drain(5003.4)
+        assert [(c.second, c.inflight_max, c.requests) for c in cells] == [(5000, 1, 0), (5001, 1, 0), (5002, 1, 0)]
+        rollups.observe(LABELS, 200, 3.3)
+    clock[0] = 5004.2
+    (last,) = rollups.drain(5004.2)
+    assert (last.second, last.requests, last.inflight_max) == (5003, 1, 1)
