@@ -57,6 +57,7 @@ class Pages:
         self.page = self.context.new_page()
         self.page.on("dialog", lambda dialog: dialog.accept())  # destructive actions ask first
         self.page.goto(f"{platform.base_url}/login/")
+        self.page.screenshot(path=str(screenshots / "console-sign-in.png"))
         self.page.fill("#id_username", username)
         self.page.fill("#id_password", password)
         self.page.click("button[type=submit]")
@@ -95,6 +96,7 @@ def test_a_tenant_is_run_entirely_from_the_console(platform: Platform, chromium,
     staff.page.click("input[name=_save]")
     staff.page.wait_for_url(re.compile(r".*/admin/auth/user/\d+/change/"))
     assert staff.go("/staff/tenants/") == 200
+    staff.shot("staff-tenants")
     staff.page.fill("#id_slug", "Not A Slug")
     staff.page.fill("#id_name", "Acme")
     staff.page.fill("#id_owner_username", "demo-owner")
@@ -181,6 +183,10 @@ def test_a_tenant_is_run_entirely_from_the_console(platform: Platform, chromium,
         names = set(owner.page.evaluate("document.getElementById('chart-throughput').data.map((t) => t.name)"))
     owner.shot("dashboard-canary")
 
+    owner.go("/t/acme/models/")
+    assert "clf" in owner.page.inner_text("#models")
+    owner.shot("models")
+
     # Members: the viewer joins; usage, quota and audit pages render.
     owner.go("/t/acme/members/")
     owner.page.fill("#id_username", "acme-viewer")
@@ -209,6 +215,9 @@ def test_a_tenant_is_run_entirely_from_the_console(platform: Platform, chromium,
     assert viewer.go("/t/acme/models/clf/deployment/") == 200
     assert viewer.page.locator("#deployment-form, #canary").count() == 0
     viewer.shot("viewer-deployment")
+    viewer.page.set_viewport_size({"width": 420, "height": 900})  # a narrow window still works
+    viewer.go("/t/acme/models/clf/")
+    viewer.shot("viewer-model-narrow")
     assert viewer.go("/t/acme/keys/") == 403
     assert viewer.go("/t/demo/models/") == 404 and viewer.go("/t/demo/dashboard/") == 404
     assert viewer.go("/staff/tenants/") == 404
