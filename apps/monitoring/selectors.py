@@ -10,6 +10,7 @@ from typing import Any
 from django.db import DatabaseError, connections
 from django.db.models import QuerySet, Sum
 from django.db.models.functions import TruncDate
+from django.utils import timezone
 from kombu import Connection
 from kombu.exceptions import OperationalError
 
@@ -111,13 +112,18 @@ def metric_series(
 ) -> list[dict[str, Any]]:
     """A tenant's chart points since ``since``, one per (step, model, version): rows of every
     gateway process and interval in a step are summed, their histograms merged."""
-    rows = MetricRollup.objects.filter(tenant=tenant, resolution=resolution, start__gte=since).defer(
-        "statuses", "source", "tenant"
-    )
+    mine = MetricRollup.objects.filter(tenant=tenant).defer("statuses", "source", "tenant")
     if model:
-        rows = rows.filter(model_name=model)
+        mine = mine.filter(model_name=model)
+    if resolution == MetricRollup.Resolution.MINUTE:
+        # Up to the last compacted minute from minutes, the newest seconds after it: the long
+        # ranges reach the right edge too.
+        minutes, seconds = rollups_between(mine, since=since, until=timezone.now() + timedelta(days=1))
+        parts = [minutes.order_by("start"), seconds.order_by("start")]
+    else:
+        parts = [mine.filter(resolution=resolution, start__gte=since).order_by("start")]
     groups: dict[tuple[int, str, int], list[MetricRollup]] = {}
-    for row in rows.order_by("start").iterator(chunk_size=2000):
+    for row in (row for part in parts for row in part.iterator(chunk_size=2000)):
         bucket = int(row.start.timestamp()) // step_s * step_s
         groups.setdefault((bucket, row.model_name, row.version), []).append(row)
     return [

@@ -10,6 +10,7 @@
   let loading = 0; // sequence of range loads: only the latest one's answer is drawn
   let retry = 1000;
   const spans = { "15m": 15 * 60e3, "1h": 3600e3, "24h": 86400e3, "30d": 30 * 86400e3 };
+  const steps = { "15m": 1, "1h": 5, "24h": 120, "30d": 3600 };
   const live = (window.berthDashboard = { ready: false, updates: 0, lastPointTime: null, lastRequests: 0 });
 
   function key(p) { return Date.parse(p.t) + "|" + p.model + "|" + p.version; }
@@ -146,8 +147,8 @@
     };
     socket.onmessage = (event) => {
       const message = JSON.parse(event.data);
-      if (message.type !== "metrics.update" || (range !== "15m" && range !== "1h")) return;
-      const step = range === "1h" ? 5 : 1; // live seconds join the range's 5-s points
+      if (message.type !== "metrics.update") return;
+      const step = steps[range]; // live seconds join the range's points (1 s, 5 s, 2 min, 1 h)
       message.points.forEach((p) => {
         const t = new Date(Math.floor(Date.parse(p.t) / (step * 1000)) * step * 1000).toISOString();
         add(Object.assign({}, p, { t: t, step_s: step }), true);
@@ -171,5 +172,6 @@
   load().then(connect);
   // Worker figures (batches, queue vs compute) and server-merged percentiles come with the
   // series; re-read it now and then while the range is live.
-  setInterval(() => { if (range === "15m" || range === "1h") load(); }, 15000);
+  let ticks = 0; // re-read every 15 s (30 d: every 5 min; its points are an hour wide)
+  setInterval(() => { ticks += 1; if (range !== "30d" || ticks % 20 === 0) load(); }, 15000);
 })();

@@ -136,3 +136,14 @@ def test_seconds_left_uncompacted_for_hours_are_compacted_before_they_are_pruned
     minutes = MetricRollup.objects.filter(resolution="1m").order_by("start")
     assert [(m.start, m.requests) for m in minutes] == [(T0, 4), (T0 + timedelta(minutes=1), 2)]
     assert not MetricRollup.objects.filter(resolution="1s").exists()
+
+
+def test_the_long_ranges_reach_the_right_edge_from_seconds_not_yet_compacted(world_a):
+    now = datetime.now(tz=UTC).replace(microsecond=0)
+    old = now - timedelta(minutes=30)
+    rollups_record(points=[_point(old, requests=3, latency=_latency(0.002))])
+    rollups_compact(now=now)  # the old second is a minute now
+    rollups_record(points=[_point(now - timedelta(seconds=5), requests=2, latency=_latency(0.004))])
+    points = metric_series(tenant=world_a.tenant, since=now - timedelta(days=1), resolution="1m", step_s=120)
+    assert sum(p["requests"] for p in points) == 5  # the fresh seconds count, nothing twice
+    assert points[-1]["requests"] == 2 and points[-1]["step_s"] == 120
