@@ -289,6 +289,20 @@ def _scale(deployment: Deployment, number: int, load: dict[tuple[str, str, int],
     return decision.replicas
 
 
+def _kept_indices(rows: list[Replica], count: int) -> list[int]:
+    """Which replica indices a version keeps at ``count``: ready ones first, then loading,
+    then the rest (lowest index first within each), then new indices; so scaling down drops
+    pending and loading copies before ready ones."""
+    rank: dict[str, int] = {Replica.State.READY: 0, Replica.State.LOADING: 1}
+    ordered = sorted(rows, key=lambda r: (rank.get(r.state, 2), r.index))
+    kept = [r.index for r in ordered[:count]]
+    used = {r.index for r in rows}
+    fresh = (index for index in range(count + len(rows)) if index not in used)
+    while len(kept) < count:
+        kept.append(next(fresh))
+    return sorted(kept)
+
+
 def _last_used(row: Replica) -> float:
     """When a replica last served: its own report, or its deployment's last request."""
     times = [t.timestamp() for t in (row.last_used_at, row.deployment.last_request_at) if t is not None]
@@ -353,13 +367,17 @@ def _reconcile(now: float) -> PassReport:
         if r.failed_on
     }
     load = _load_by_version(workers)
+    by_version: dict[int, list[Replica]] = {}
+    for r in replicas:
+        if not r.retiring:
+            by_version.setdefault(r.version_id, []).append(r)
     for deployment in deployments:
         for number, weight in sorted(deployment.traffic.items()):
             version = versions.get((deployment.model_id, int(number)))
             if version is None or weight <= 0:
                 continue
             count = _scale(deployment, version.number, load, now)
-            for index in range(count):
+            for index in _kept_indices(by_version.get(version.pk, []), count):
                 replica_id = (deployment.model.tenant.slug, deployment.model.name, version.number, index)
                 wanted_rows[replica_id] = (deployment, version, index)
                 if replica_id in held:

@@ -515,3 +515,25 @@ def test_headroom_is_kept_free_on_each_device(deployment, settings):
     settings.BERTH_DEVICE_HEADROOM_MB = {"cpu": 32, "cuda": 512}
     run()
     assert Replica.objects.get().state == "loading"
+
+
+def test_scaling_down_drops_a_pending_copy_before_a_ready_one(deployment, settings):
+    import time
+
+    settings.BERTH_SCALE_DOWN_STABILISATION_S = 0
+    deployment.min_replicas, deployment.max_replicas = 2, 2
+    deployment.save()
+    only = WorkerFactory.create(worker_id="w1")
+    now = time.time()
+    run(now)  # index 0 loads on w1; index 1 cannot go on the same device: pending
+    report_hosted(only, "ready")
+    run(now + 1)
+    states = dict(Replica.objects.values_list("index", "state"))
+    assert states == {0: "ready", 1: "pending"}
+    Replica.objects.filter(index=0).update(index=5)  # the ready copy is not index 0
+    Replica.objects.filter(index=1).update(index=0)
+    deployment.min_replicas = deployment.max_replicas = 1
+    deployment.save()
+    run(now + 2)
+    (kept,) = Replica.objects.all()
+    assert kept.state == "ready" and kept.index == 5
