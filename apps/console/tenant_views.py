@@ -371,20 +371,26 @@ def member_change(request: HttpRequest, slug: str, username: str) -> HttpRespons
     actor = _actor(request)
     membership = _guarded(lambda: access_membership_by_username(actor, slug, username, action=Action.MANAGE_ACCESS))
     form = MemberRoleForm(request.POST)
+    removing = request.POST.get("action") == "remove"
     try:
-        if request.POST.get("action") == "remove":
+        if removing:
             membership_remove(actor=actor, membership=membership)
             messages.success(request, f"{username} removed.")
-        elif form.is_valid():
+            return redirect("console:members", slug=slug)
+        if form.is_valid():
             membership_update(actor=actor, membership=membership, role=form.cleaned_data["role"])
             messages.success(request, f"{username} is now {form.cleaned_data['role']}.")
-        else:
-            messages.error(request, "choose a role")
+            return redirect("console:members", slug=slug)
+        problem, status = "choose one of the roles", 400
     except PermissionDeniedError as refused:
         raise PermissionDenied(refused.message) from None
     except ApplicationError as refused:
-        messages.error(request, refused.message)
-    return redirect("console:members", slug=slug)
+        problem, status = refused.message, refused.status_code
+    # Refused: the page again, the reason on that member's row.
+    tenant = membership.tenant
+    members = list(membership_list(tenant=tenant))
+    context = {"members": members, "form": MemberAddForm(), "roles": MemberRoleForm(), "row_error": (username, problem)}
+    return _page(request, tenant, "console/members.html", context, status)
 
 
 # ---------------------------------------------------------------- quota, usage, audit
