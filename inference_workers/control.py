@@ -136,16 +136,24 @@ class WorkerRuntime:
     def _send_heartbeat(self) -> None:
         # A connection per heartbeat (cheap every 2 s): after a broker restart the next one
         # dials afresh instead of reusing a dead pooled socket.
-        with self._app.connection_for_write() as connection:
-            self._app.send_task(
-                HEARTBEAT_TASK,
-                args=[self.heartbeat(windows=True).to_message()],
-                queue=self.settings.control_queue,
-                retry=False,
-                connection=connection,
-                # A heartbeat older than a few intervals says nothing true any more.
-                expires=self.settings.heartbeat_interval_s * 5,
-            )
+        heartbeat = self.heartbeat(windows=True)
+        try:
+            with self._app.connection_for_write() as connection:
+                self._app.send_task(
+                    HEARTBEAT_TASK,
+                    args=[heartbeat.to_message()],
+                    queue=self.settings.control_queue,
+                    retry=False,
+                    connection=connection,
+                    # Stale state is ignored by the control plane, but the batch windows a
+                    # heartbeat carries count however late it arrives; only one left waiting
+                    # past this long (a control plane gone for good) is dropped.
+                    expires=max(self.settings.heartbeat_interval_s * 5, HEARTBEAT_EXPIRES_S),
+                )
+        except BaseException:
+            if self.host is not None:
+                self.host.put_back_windows(heartbeat.models)  # not sent: the next heartbeat carries them
+            raise
 
     def _heartbeat_loop(self) -> None:
         broker_down = False
@@ -164,6 +172,9 @@ class WorkerRuntime:
             except Exception:  # a bug must not silently end heartbeats (the worker would look dead)
                 log.exception("heartbeat failed; trying again next interval")
             self._stop.wait(self.settings.heartbeat_interval_s)
+
+
+HEARTBEAT_EXPIRES_S = 600.0
 
 
 def make_celery_app(settings: WorkerSettings) -> Celery:

@@ -322,6 +322,14 @@ class ModelHost:
         which each heartbeat takes once) and ``status``."""
         return [entry.report(window=windows) for entry in list(self._entries.values())]
 
+    def put_back_windows(self, models: tuple[HostedModel, ...]) -> None:
+        """Returns the batch windows of a heartbeat that was not sent (the next one carries
+        them); a model unloaded meanwhile takes its window with it."""
+        for model in models:
+            entry = self._entries.get(model.key)
+            if model.window and entry is not None and entry.stats is not None:
+                entry.stats.put_back(model.window)
+
     @property
     def inflight(self) -> int:
         """Requests queued or running across all models."""

@@ -115,6 +115,16 @@ class _BatchWindow:
         record(self.compute, compute_seconds)
         self.compute_s += compute_seconds
 
+    def absorb(self, message: dict[str, Any]) -> None:
+        """Adds a window message's figures (one taken earlier and not delivered)."""
+        self.batches += int(message.get("batches", 0))
+        for name, counts in (("batch_sizes", self.sizes), ("queue", self.queue), ("compute", self.compute)):
+            for key, count in (message.get(name) or {}).items():
+                counts[int(key)] = counts.get(int(key), 0) + int(count)
+        self.compute_s += float(message.get("compute_s", 0.0))
+        self.compute_us += int(message.get("compute_us", 0))
+        self.requests += int(message.get("requests", 0))
+
     def message(self) -> dict[str, Any]:
         return {
             "batches": self.batches,
@@ -163,6 +173,14 @@ class ModelStats(BatchObserver):
             )
 
     MAX_SECONDS = 120
+
+    def put_back(self, message: dict[str, Any]) -> None:
+        """Returns a taken window whose heartbeat could not be sent: the next one carries it."""
+        with self._lock:
+            for part in message.get("seconds") or [{**message, "second": int(time.time())}]:
+                window = self._seconds.setdefault(int(part["second"]), _BatchWindow())
+                window.absorb(part)
+            self._window.absorb(message)
 
     def take_window(self) -> dict[str, Any] | None:
         """What the batches did since the last call (for the heartbeat), or None if nothing ran:

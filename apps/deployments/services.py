@@ -80,6 +80,7 @@ def worker_record_heartbeat(*, heartbeat: WorkerHeartbeat) -> Worker:
             # Two first heartbeats raced; the other one registered the worker.
             worker = Worker.objects.select_for_update().get(worker_id=heartbeat.worker_id)
             if worker.last_heartbeat_at >= seen_at:
+                _record_batches(heartbeat, since=None, sample=False)  # its batches are its own
                 return worker
     previous = worker.last_heartbeat_at
     for name, value in fields.items():

@@ -67,6 +67,7 @@ DEMAND_FLUSH_S = 1.0
 # Sampled predictions waiting for the next flush: at most this many bytes of bodies (past it,
 # new samples are skipped), and bodies over the log's limit are not kept at all.
 PREDICTION_BUFFER_BYTES = 64 << 20
+OVERSIZED_SAMPLE_BYTES = 1024  # what an entry kept without its bodies counts against that
 # Rollup points a failed store left behind, kept for the next flushes (the oldest go first).
 UNSAVED_POINTS_MAX = 100_000
 
@@ -314,7 +315,7 @@ class Gateway:
         request_length = _header(scope, HEADER_LENGTH)
         response_length = next((v for k, v in response.headers if k.lower() == HEADER_LENGTH), None)
         too_large = max(len(body), len(response.body)) > PREDICTION_LOG_MAX_BODY
-        size = 0 if too_large else len(body) + len(response.body)
+        size = OVERSIZED_SAMPLE_BYTES if too_large else len(body) + len(response.body)
         if self._prediction_bytes + size > PREDICTION_BUFFER_BYTES:
             return  # the database is behind: skip this sample rather than grow without bound
         self._prediction_bytes += size
@@ -347,7 +348,9 @@ class Gateway:
             log.warning("could not store %d prediction logs; keeping them for later", len(entries), exc_info=True)
             self.predictions.extendleft(reversed(entries))
         else:
-            self._prediction_bytes -= sum(len(e.request_body) + len(e.response_body) for e in entries)
+            self._prediction_bytes -= sum(
+                OVERSIZED_SAMPLE_BYTES if e.too_large else len(e.request_body) + len(e.response_body) for e in entries
+            )
 
     # Routing table ------------------------------------------------------------------
     def start(self) -> None:
@@ -417,10 +420,13 @@ class Gateway:
                     # With the histogram, so a page merges several gateways' points exactly.
                     latency = {str(index): count for index, count in cell.latency.items()}
                     by_tenant.setdefault(tenant_id, []).append({**point, "step_s": 1, "latency": latency})
-            for tenant_id, tenant_points in by_tenant.items():
-                await layer.group_send(
-                    tenant_metrics_group(tenant_id), {"type": "metrics.update", "points": tenant_points}
-                )
+            try:
+                for tenant_id, tenant_points in by_tenant.items():
+                    await layer.group_send(
+                        tenant_metrics_group(tenant_id), {"type": "metrics.update", "points": tenant_points}
+                    )
+            except Exception:  # the channel layer is down: dashboards miss these seconds; they are still stored
+                log.warning("could not push %d live points", len(cells), exc_info=True)
         # Points a failed store left are written with these, never pushed live again.
         unsaved, self._unsaved_points = self._unsaved_points, []
         try:

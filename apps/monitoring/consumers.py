@@ -74,6 +74,9 @@ def _history(tenant_id: int) -> list[dict[str, Any]]:
     return metric_series(tenant=tenant, since=timezone.now() - HISTORY, resolution="1s")
 
 
+POLL_FAILURES = 30  # a second apart: the socket closes (1011) after this many failed reads
+
+
 def _worker_points(tenant_id: int, after_id: int) -> tuple[list[dict[str, Any]], int]:
     """The workers' one-second rows of a tenant stored after row ``after_id`` (the first call,
     with 0, only marks where to start), as chart points with their histograms."""
@@ -137,11 +140,20 @@ class TenantMetricsConsumer(AsyncJsonWebsocketConsumer):
     async def _workers_forever(self) -> None:
         """Every second, the workers' new batch figures (their heartbeats reach the database
         through the control worker, which need not share a channel layer with this process)."""
-        seen = 0
+        seen, failures = 0, 0
         while True:
             if not await self._allowed():
                 return
-            points, seen = await database_sync_to_async(_worker_points)(self.tenant_id, seen)
+            try:
+                points, seen = await database_sync_to_async(_worker_points)(self.tenant_id, seen)
+                failures = 0
+            except Exception:  # the database is away: try again; give up (close) after a while
+                failures += 1
+                log.warning("could not read workers' points for a metrics socket", exc_info=True)
+                if failures >= POLL_FAILURES:
+                    await self.close(code=1011)
+                    return
+                points = []
             points = self._only_model(points)
             if points:
                 await self.send_json({"type": "metrics.update", "points": points})

@@ -61,9 +61,12 @@ def broker_health(*, url: str, transport_options: dict[str, Any]) -> HealthCheck
     return HealthCheck(part="broker", ok=True, detail="ok")
 
 
-def metric_point(*, start: datetime, model: str, version: int, rows: list[Any]) -> dict[str, Any]:
+def metric_point(
+    *, start: datetime, model: str, version: int, rows: list[Any], histograms: bool = False
+) -> dict[str, Any]:
     """One chart point from the rows (or drained cells) of one interval and model version:
-    counts summed, latency percentiles read from the merged histogram."""
+    counts summed, latency percentiles read from the merged histogram (``histograms``: with
+    the merged counts too, so a page can merge it with live points exactly)."""
     latency = merge(row.latency for row in rows)
     requests = sum(row.requests for row in rows)
     errors = sum(row.errors for row in rows)
@@ -95,7 +98,15 @@ def metric_point(*, start: datetime, model: str, version: int, rows: list[Any]) 
         "compute_p50_ms": ms(compute, 50),
         "compute_p95_ms": ms(compute, 95),
         "compute_s": round(sum(getattr(row, "compute_s", 0.0) for row in rows), 6),
-    }
+    } | (
+        {
+            "latency": {str(k): v for k, v in latency.items()},
+            "queue": {str(k): v for k, v in queue.items()},
+            "compute": {str(k): v for k, v in compute.items()},
+        }
+        if histograms
+        else {}
+    )
 
 
 # range → (resolution read, span, step of the points returned): about 720-900 points a series.
@@ -127,7 +138,8 @@ def metric_series(
         bucket = int(row.start.timestamp()) // step_s * step_s
         groups.setdefault((bucket, row.model_name, row.version), []).append(row)
     return [
-        {**metric_point(start=datetime.fromtimestamp(bucket, tz=UTC), model=name, version=version, rows=group),
+        {**metric_point(start=datetime.fromtimestamp(bucket, tz=UTC), model=name, version=version, rows=group,
+                        histograms=True),
          "step_s": step_s}
         for (bucket, name, version), group in sorted(groups.items())
     ]  # fmt: skip

@@ -147,10 +147,11 @@ def rollups_record_worker(*, heartbeat: WorkerHeartbeat, since: datetime | None,
     uses = [
         ReplicaUse(
             key=model.key,
-            reserved_bytes=max(0, model.reserved_bytes),
+            # A failed model holds nothing, but what its batches computed is still charged.
+            reserved_bytes=max(0, model.reserved_bytes) if model.state != "failed" else 0,
             compute_us=_compute_us(model.window),
         )
-        for model in holding
+        for model in heartbeat.models
     ]
     charged = attribute_window(window_us=window_us, capacity_bytes=heartbeat.device.total_bytes, uses=uses)
     price = device_prices().get(heartbeat.device.kind, Decimal(0))
@@ -211,7 +212,7 @@ def rollups_record_worker(*, heartbeat: WorkerHeartbeat, since: datetime | None,
         device_index=device.index,
         capacity_bytes=device.total_bytes,
         used_bytes=device.used_bytes,
-        reserved_bytes=sum(use.reserved_bytes for use in uses),
+        reserved_bytes=sum(use.reserved_bytes for use in uses),  # failed models count 0
         utilisation_pct=device.utilisation_pct,
         replicas={f"{m.key.tenant}/{m.key.model}@{m.key.version}": m.reserved_bytes for m in holding},
         idle_us=charged.idle_us,
@@ -284,7 +285,7 @@ def _compact(now: datetime) -> tuple[int, int]:
             for (minute, tenant_id, model_name, version, source), rows in sorted(groups.items())
         ]
     )
-    _compact_devices(since=since, horizon=horizon, now=now)
+    _compact_devices(horizon=horizon, now=now)
     pruned, _ = MetricRollup.objects.filter(
         resolution=MetricRollup.Resolution.SECOND, start__lt=now - SECOND_RETENTION
     ).delete()
@@ -294,10 +295,30 @@ def _compact(now: datetime) -> tuple[int, int]:
     return len(made), pruned + old_minutes
 
 
-def _compact_devices(*, since: datetime, horizon: datetime, now: datetime) -> None:
+def _compact_devices(*, horizon: datetime, now: datetime) -> None:
     """Per-device series: each worker's heartbeat samples of a minute become one sample (the
     most memory used and reserved, mean utilisation, the last replicas, idle time summed);
-    heartbeat samples are kept for an hour, minute samples for 30 days."""
+    heartbeat samples are kept for an hour, minute samples for 30 days. From its own last
+    minute (the last ``RECOMPUTE`` rebuilt), never before the oldest complete minute whose
+    heartbeat samples are all still kept."""
+    last_minute = (
+        DeviceSample.objects.filter(resolution=DeviceSample.Resolution.MINUTE)
+        .order_by("-at")
+        .values_list("at", flat=True)
+        .first()
+    )
+    since = horizon - RECOMPUTE if last_minute is None else min(last_minute + timedelta(minutes=1), horizon - RECOMPUTE)
+    if last_minute is None:
+        earliest = (
+            DeviceSample.objects.filter(resolution=DeviceSample.Resolution.HEARTBEAT)
+            .order_by("at")
+            .values_list("at", flat=True)
+            .first()
+        )
+        if earliest is not None:
+            since = min(since, earliest.replace(second=0, microsecond=0))
+    kept_from = (now - SECOND_RETENTION).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    since = max(since, kept_from) if last_minute is not None else since
     groups: dict[tuple[datetime, str], list[DeviceSample]] = {}
     samples = DeviceSample.objects.filter(resolution=DeviceSample.Resolution.HEARTBEAT, at__gte=since, at__lt=horizon)
     for sample in samples.order_by("at", "id"):

@@ -72,3 +72,15 @@ def test_the_window_is_rolled_up_per_second_too(monkeypatch):
     assert HostedModel.from_message({**model.__dict__, "key": model.key.__dict__}).window == window
     with pytest.raises(MessageError, match="seconds"):
         HostedModel.from_message({**model.__dict__, "key": model.key.__dict__, "window": {**window, "seconds": [{}]}})
+
+
+def test_a_window_whose_heartbeat_was_not_sent_goes_out_with_the_next():
+    stats = ModelStats(ModelKey("acme", "clf", 1), WorkerMetrics())
+    stats.batch_executed(size=2, queue_seconds=[0.001, 0.001], compute_seconds=0.004, ok=True)
+    lost = stats.take_window()
+    assert lost is not None
+    stats.batch_executed(size=1, queue_seconds=[0.001], compute_seconds=0.001, ok=True)
+    stats.put_back(lost)  # the broker was down
+    window = stats.take_window()
+    assert window is not None and window["batches"] == 2 and window["requests"] == 3
+    assert window["compute_us"] == 5000 and sum(p["compute_us"] for p in window["seconds"]) == 5000

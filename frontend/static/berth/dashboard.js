@@ -54,7 +54,8 @@
     const seen = points.get(k);
     if (seen && merge && p.batches && !p.requests) {
       addBatches(seen, p);
-    } else if (seen && merge && seen.latency && p.latency) {
+    } else if (seen && merge && p.latency && (seen.latency || !seen.requests)) {
+      seen.latency = seen.latency || {};
       seen.requests += p.requests;
       seen.errors += p.errors;
       Object.entries(p.latency).forEach(([i, n]) => { seen.latency[i] = (seen.latency[i] || 0) + n; });
@@ -68,7 +69,9 @@
       seen.errors += p.errors;
       for (const q of ["p50_ms", "p95_ms", "p99_ms"]) seen[q] = Math.max(seen[q] || 0, p[q] || 0);
     } else {
-      points.set(k, Object.assign({}, p, p.latency ? { latency: Object.assign({}, p.latency) } : {}));
+      const copy = Object.assign({}, p);
+      ["latency", "queue", "compute"].forEach((h) => { if (p[h]) copy[h] = Object.assign({}, p[h]); });
+      points.set(k, copy);
     }
   }
   function prune() {
@@ -142,7 +145,7 @@
     socket.onclose = (event) => {
       if (event.code === 4401 || event.code === 4404) { status.textContent = "not signed in, or no access to this tenant"; return; }
       status.textContent = "disconnected; reconnecting…";
-      setTimeout(() => { load().then(connect); }, retry + Math.random() * 1000); // refetch what was missed
+      setTimeout(() => { load().catch(() => {}).finally(connect); }, retry + Math.random() * 1000); // refetch what was missed
       retry = Math.min(retry * 2, 30000);
     };
     socket.onmessage = (event) => {
@@ -169,7 +172,7 @@
       load();
     });
   });
-  load().then(connect);
+  load().catch(() => {}).finally(connect);
   // Worker figures (batches, queue vs compute) and server-merged percentiles come with the
   // series; re-read it now and then while the range is live.
   let ticks = 0; // re-read every 15 s (30 d: every 5 min; its points are an hour wide)

@@ -11,7 +11,7 @@ from channels.layers import get_channel_layer
 
 from apps.gateway import metrics
 from apps.gateway.admission import Limits
-from apps.gateway.app import PREDICTION_BUFFER_BYTES, Gateway, GatewaySettings
+from apps.gateway.app import OVERSIZED_SAMPLE_BYTES, PREDICTION_BUFFER_BYTES, Gateway, GatewaySettings
 from apps.gateway.routing import LogRoute, ModelRoute, RoutingSnapshot, TenantRoute, VersionRoute
 from apps.gateway.upstream import UpstreamResponse
 from apps.monitoring import services as monitoring
@@ -93,10 +93,11 @@ def test_sampled_predictions_are_bounded_in_bytes_and_oversized_bodies_are_not_k
     gateway.log_prediction(model, version, b"r-huge", scope, huge, small)
     (entry,) = gateway.predictions
     assert entry.request_body == b"" and entry.too_large == len(huge)
+    assert gateway._prediction_bytes == OVERSIZED_SAMPLE_BYTES  # counted, though its bodies are dropped
     monkeypatch.setattr(gateway, "_prediction_bytes", PREDICTION_BUFFER_BYTES - 10)
     gateway.log_prediction(model, version, b"r-over", scope, b'{"inputs":[]}', small)
     assert len(gateway.predictions) == 1  # past the byte cap the sample is skipped
-    monkeypatch.setattr(gateway, "_prediction_bytes", 0)
+    monkeypatch.setattr(gateway, "_prediction_bytes", OVERSIZED_SAMPLE_BYTES)  # the one kept entry
     never = ModelRoute(**{**model.__dict__, "log": LogRoute(sample_rate=0.0, retention_days=7)})
     for _ in range(50):
         gateway.log_prediction(never, version, b"r-zero", scope, b"{}", small)
@@ -122,3 +123,21 @@ def test_seconds_a_long_request_spans_show_it_in_flight(monkeypatch):
     clock[0] = 5004.2
     (last,) = rollups.drain(5004.2)
     assert (last.second, last.requests, last.inflight_max) == (5003, 1, 1)
+
+
+def test_a_channel_layer_that_is_down_still_lets_the_seconds_be_stored(world_a, monkeypatch):
+    gateway = _gateway(world_a.tenant)
+    layer = get_channel_layer()
+
+    async def down(*args, **kwargs):
+        raise ConnectionError("redis is restarting")
+
+    monkeypatch.setattr(layer, "group_send", down)
+
+    async def scenario() -> None:
+        metrics.ROLLUPS.observe(LABELS, 200, 0.002)
+        await asyncio.sleep(1.05)
+        await gateway._flush_rollups()
+
+    asyncio.run(scenario())
+    assert sum(MetricRollup.objects.values_list("requests", flat=True)) == 1

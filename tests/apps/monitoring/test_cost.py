@@ -319,3 +319,17 @@ def test_a_heartbeat_writes_one_row_per_second_its_batches_ran_in(world_a):
     ]  # fmt: skip
     assert rows[-1].idle_us == (2_000_000 - 3000) // 2  # half the device reserved; idle on the heartbeat's second
     assert rows[0].idle_us == 0
+
+
+@pytest.mark.django_db
+def test_device_minutes_are_kept_through_hours_without_inference(world_a):
+    base = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    for minute in range(0, 180, 1):  # three hours of heartbeats, no inference at all
+        DeviceSample.objects.create(
+            resolution="hb", at=base + timedelta(minutes=minute), worker_id="w1", device_kind="cpu",
+            capacity_bytes=1000, used_bytes=10, reserved_bytes=0,
+        )  # fmt: skip
+        if minute % 30 == 29:  # the beat task runs every so often
+            rollups_compact(now=base + timedelta(minutes=minute + 3))
+    rollups_compact(now=base + timedelta(minutes=183))
+    assert DeviceSample.objects.filter(resolution="1m").count() == 180
