@@ -187,6 +187,7 @@ class UsageApi(TenantApiView):
                 "to": serializers.DateField(),
                 "days": serializers.ListField(child=serializers.DictField()),
                 "models": serializers.ListField(child=serializers.DictField()),
+                "daily_totals": serializers.ListField(child=serializers.DictField()),
                 "total": serializers.DictField(),
             },
         ),

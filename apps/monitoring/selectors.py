@@ -70,6 +70,10 @@ def metric_point(
     latency = merge(row.latency for row in rows)
     requests = sum(row.requests for row in rows)
     errors = sum(row.errors for row in rows)
+    statuses: dict[str, int] = {}
+    for row in rows:
+        for code, count in (getattr(row, "statuses", None) or {}).items():
+            statuses[str(code)] = statuses.get(str(code), 0) + int(count)
     queue = merge(getattr(row, "queue", {}) for row in rows)
     compute = merge(getattr(row, "compute", {}) for row in rows)
     sizes = merge(getattr(row, "batch_sizes", {}) for row in rows)
@@ -86,6 +90,7 @@ def metric_point(
         "requests": requests,
         "errors": errors,
         "error_rate": round(errors / requests, 4) if requests else 0.0,
+        "statuses": dict(sorted(statuses.items())),
         "p50_ms": ms(latency, 50),
         "p95_ms": ms(latency, 95),
         "p99_ms": ms(latency, 99),
@@ -123,7 +128,7 @@ def metric_series(
 ) -> list[dict[str, Any]]:
     """A tenant's chart points since ``since``, one per (step, model, version): rows of every
     gateway process and interval in a step are summed, their histograms merged."""
-    mine = MetricRollup.objects.filter(tenant=tenant).defer("statuses", "source", "tenant")
+    mine = MetricRollup.objects.filter(tenant=tenant).defer("source", "tenant")
     if model:
         mine = mine.filter(model_name=model)
     if resolution == MetricRollup.Resolution.MINUTE:
@@ -207,7 +212,11 @@ def usage_report(*, tenant: Tenant, first_day: date, last_day: date, model: str 
             cell[name] += row[name] or 0
     per_version: dict[tuple[str, int], dict[str, int]] = {}
     overall = dict.fromkeys(USAGE_FIELDS, 0)
-    for (_, name, version), figures in cells.items():
+    per_day: dict[date, dict[str, int]] = {}
+    for (day, name, version), figures in cells.items():
+        daily = per_day.setdefault(day, dict.fromkeys(USAGE_FIELDS, 0))
+        for field in USAGE_FIELDS:
+            daily[field] += figures[field]
         total = per_version.setdefault((name, version), dict.fromkeys(USAGE_FIELDS, 0))
         for field in USAGE_FIELDS:
             total[field] += figures[field]
@@ -224,6 +233,7 @@ def usage_report(*, tenant: Tenant, first_day: date, last_day: date, model: str 
             {"model": name, "version": version, **_usage_line(figures)}
             for (name, version), figures in sorted(per_version.items())
         ],
+        "daily_totals": [{"date": day.isoformat(), **_usage_line(figures)} for day, figures in sorted(per_day.items())],
         "total": _usage_line(overall),
     }
 

@@ -187,6 +187,7 @@ def test_usage_per_day_and_version_with_cost_per_1000(world_a):
     (model,) = body["models"]
     assert model["predictions"] == 2000 and model["cost"] == "3.000000000" and model["cost_per_1000"] == "1.500000000"
     assert body["total"]["cost"] == "3.000000000"
+    assert [d["cost"] for d in body["daily_totals"]] == ["2.000000000", "1.000000000"]  # the tenant's, per day
 
 
 @pytest.mark.django_db

@@ -123,6 +123,7 @@ def test_worker_heartbeats_add_batches_and_queue_vs_compute_without_counting_req
         tenant=world_a.tenant, since=datetime.fromtimestamp(now - 5, tz=UTC), resolution="1s", model="clf"
     )
     assert point["requests"] == 6  # the gateway's count; the worker's row adds batches only
+    assert point["statuses"] == {"200": 6}
     assert point["batches"] == 2 and point["batch_sizes"] == {"2": 1, "4": 1} and point["mean_batch_size"] == 3
     assert point["queue_p50_ms"] < point["compute_p50_ms"]
     assert point["compute_s"] == pytest.approx(0.004)
