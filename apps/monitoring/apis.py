@@ -89,6 +89,14 @@ class PrometheusMetricsApi(APIView):
         return HttpResponse(text, content_type=CONTENT_TYPE_LATEST)
 
 
+def _range(request: Request, ranges: dict[str, Any], default: str) -> str:
+    """The ``range`` query parameter, one of ``ranges`` (400 naming them otherwise)."""
+    chosen = request.query_params.get("range", default)
+    if chosen not in ranges:
+        raise ApplicationError(f"range is one of {', '.join(ranges)}", field_errors={"range": list(ranges)})
+    return str(chosen)
+
+
 class MetricSeriesApi(TenantApiView):
     """``GET`` a tenant's metric series: ``?range=15m|1h|24h|30d`` (default 15m) and optional
     ``model``; points per interval and model version with requests, errors, error rate and
@@ -112,9 +120,7 @@ class MetricSeriesApi(TenantApiView):
     )
     def get(self, request: Request, slug: str) -> Response:
         tenant = access_tenant_by_slug(self.actor, slug, action=Action.READ)
-        chosen = request.query_params.get("range", "15m")
-        if chosen not in RANGES:
-            raise ApplicationError(f"range is one of {', '.join(RANGES)}", field_errors={"range": list(RANGES)})
+        chosen = _range(request, RANGES, "15m")
         resolution, span, step_s = RANGES[chosen]
         points = metric_series(
             tenant=tenant,
@@ -328,10 +334,7 @@ class AccuracyApi(TenantApiView):
     )
     def get(self, request: Request, slug: str, name: str) -> Response:
         model = access_model_by_name(self.actor, slug, name, action=Action.READ)
-        chosen = request.query_params.get("range", "24h")
-        if chosen not in ACCURACY_RANGES:
-            known = list(ACCURACY_RANGES)
-            raise ApplicationError(f"range is one of {', '.join(known)}", field_errors={"range": known})
+        chosen = _range(request, ACCURACY_RANGES, "24h")
         span, step_s = ACCURACY_RANGES[chosen]
         series = accuracy_series(tenant=model.tenant, model_name=model.name, since=timezone.now() - span, step_s=step_s)
         deployment = getattr(model, "deployment", None)
@@ -400,10 +403,7 @@ class DeviceSeriesApi(APIView):
         ),
     )
     def get(self, request: Request) -> Response:
-        chosen = request.query_params.get("range", "1h")
-        if chosen not in DEVICE_RANGES:
-            known = list(DEVICE_RANGES)
-            raise ApplicationError(f"range is one of {', '.join(known)}", field_errors={"range": known})
+        chosen = _range(request, DEVICE_RANGES, "1h")
         resolution, span, step_s = DEVICE_RANGES[chosen]
         points = device_series(
             since=timezone.now() - span,

@@ -242,27 +242,34 @@ def rollups_compact(*, now: datetime) -> tuple[int, int] | None:
             cache.delete(_COMPACT_LOCK)
 
 
+def _edge(rows: Any, order: str) -> datetime | None:
+    """The first value of ``order``'s field (``-field``: the last) among ``rows``."""
+    field_name = order.lstrip("-")
+    value: datetime | None = rows.order_by(order).values_list(field_name, flat=True).first()
+    return value
+
+
+def _compaction_start(*, latest_minute: datetime | None, earliest: datetime | None, horizon: datetime) -> datetime:
+    """Where a compaction run starts: after the last minute built, the last ``RECOMPUTE``
+    rebuilt (late arrivals); the first run from the earliest fine-grained row."""
+    since = horizon - RECOMPUTE
+    if latest_minute is not None:
+        since = min(latest_minute + timedelta(minutes=1), since)
+    elif earliest is not None:
+        since = min(since, earliest.replace(second=0, microsecond=0))
+    return since
+
+
 @transaction.atomic
 def _compact(now: datetime) -> tuple[int, int]:
     horizon = (now - COMPACT_AFTER).replace(second=0, microsecond=0)
-    last = (
-        MetricRollup.objects.filter(resolution=MetricRollup.Resolution.MINUTE)
-        .order_by("-start")
-        .values_list("start", flat=True)
-        .first()
-    )
-    since = horizon - RECOMPUTE if last is None else min(last + timedelta(minutes=1), horizon - RECOMPUTE)
     # Seconds are pruned only below, after their minutes are built: however long compaction did
     # not run, every second still kept is compacted before it goes.
-    if last is None:
-        earliest = (
-            MetricRollup.objects.filter(resolution=MetricRollup.Resolution.SECOND)
-            .order_by("start")
-            .values_list("start", flat=True)
-            .first()
-        )
-        if earliest is not None:
-            since = min(since, earliest.replace(second=0, microsecond=0))
+    since = _compaction_start(
+        latest_minute=_edge(MetricRollup.objects.filter(resolution=MetricRollup.Resolution.MINUTE), "-start"),
+        earliest=_edge(MetricRollup.objects.filter(resolution=MetricRollup.Resolution.SECOND), "start"),
+        horizon=horizon,
+    )
     seconds = MetricRollup.objects.filter(
         resolution=MetricRollup.Resolution.SECOND, start__gte=since, start__lt=horizon
     ).order_by("start")
@@ -301,24 +308,14 @@ def _compact_devices(*, horizon: datetime, now: datetime) -> None:
     heartbeat samples are kept for an hour, minute samples for 30 days. From its own last
     minute (the last ``RECOMPUTE`` rebuilt), never before the oldest complete minute whose
     heartbeat samples are all still kept."""
-    last_minute = (
-        DeviceSample.objects.filter(resolution=DeviceSample.Resolution.MINUTE)
-        .order_by("-at")
-        .values_list("at", flat=True)
-        .first()
+    last_minute = _edge(DeviceSample.objects.filter(resolution=DeviceSample.Resolution.MINUTE), "-at")
+    since = _compaction_start(
+        latest_minute=last_minute,
+        earliest=_edge(DeviceSample.objects.filter(resolution=DeviceSample.Resolution.HEARTBEAT), "at"),
+        horizon=horizon,
     )
-    since = horizon - RECOMPUTE if last_minute is None else min(last_minute + timedelta(minutes=1), horizon - RECOMPUTE)
-    if last_minute is None:
-        earliest = (
-            DeviceSample.objects.filter(resolution=DeviceSample.Resolution.HEARTBEAT)
-            .order_by("at")
-            .values_list("at", flat=True)
-            .first()
-        )
-        if earliest is not None:
-            since = min(since, earliest.replace(second=0, microsecond=0))
-    kept_from = (now - SECOND_RETENTION).replace(second=0, microsecond=0) + timedelta(minutes=1)
-    since = max(since, kept_from) if last_minute is not None else since
+    if last_minute is not None:
+        since = max(since, (now - SECOND_RETENTION).replace(second=0, microsecond=0) + timedelta(minutes=1))
     groups: dict[tuple[datetime, str], list[DeviceSample]] = {}
     samples = DeviceSample.objects.filter(resolution=DeviceSample.Resolution.HEARTBEAT, at__gte=since, at__lt=horizon)
     for sample in samples.order_by("at", "id"):
