@@ -94,6 +94,10 @@ def allowed_actions(request: HttpRequest, tenant: Tenant) -> frozenset[Action]:
     return ROLE_ACTIONS[membership.role] if membership is not None else frozenset()
 
 
+# Fields the services name that the console's forms call otherwise.
+FIELD_ALIASES = {"batching": "max_batch_size", "username": "owner_username"}
+
+
 def _apply(request: HttpRequest, form: forms.Form, call: Callable[[], Any]) -> Any:
     """Calls a service; its refusal becomes an error on the form (next to the field it names,
     else at the top). Returns the service's result, or None when refused."""
@@ -104,7 +108,8 @@ def _apply(request: HttpRequest, form: forms.Form, call: Callable[[], Any]) -> A
     except ApplicationError as refused:
         form.refusal_status = refused.status_code  # type: ignore[attr-defined]
         placed = False
-        for field, problems in (refused.field_errors or {}).items():
+        for named, problems in (refused.field_errors or {}).items():
+            field = named if named in form.fields else FIELD_ALIASES.get(named, named)
             if field in form.fields:
                 form.add_error(field, problems if isinstance(problems, list) else [str(problems)])
                 placed = True
@@ -178,6 +183,13 @@ def model_page(request: HttpRequest, slug: str, name: str) -> HttpResponse:
 # ---------------------------------------------------------------- deployment editor
 
 
+def _kept_batching(spec: DeploymentSpec | None) -> dict[str, Any]:
+    """Batching settings the form has no input for (set over the API); the form's own fields,
+    left empty, fall back to the defaults."""
+    own = {"max_batch_size", "max_queue_delay_us", "instance_count"}
+    return {name: value for name, value in (spec.batching if spec else {}).items() if name not in own}
+
+
 @login_required
 def deployment_page(request: HttpRequest, slug: str, name: str) -> HttpResponse:
     """The deployment editor: traffic per version with a canary control (shift N %, promote,
@@ -221,7 +233,7 @@ def deployment_page(request: HttpRequest, slug: str, name: str) -> HttpResponse:
                 new = DeploymentSpec(
                     traffic=form.traffic(),
                     # Batching fields the form has no input for (set over the API) are kept.
-                    batching={**(spec.batching if spec else {}), **form.batching()},
+                    batching={**_kept_batching(spec), **form.batching()},
                     min_replicas=data["min_replicas"],
                     max_replicas=data["max_replicas"],
                     target_inflight_per_replica=data["target_inflight_per_replica"],

@@ -328,9 +328,16 @@ def _with_traffic(deployment: Deployment, traffic: dict[str, int]) -> Deployment
     return DeploymentSpec(**{**deployment_spec_of(deployment).__dict__, "traffic": traffic})
 
 
+def _locked(deployment: Deployment) -> Deployment:
+    """The deployment re-read under a row lock: canary steps read the traffic they change."""
+    return Deployment.objects.select_for_update().select_related("model__tenant").get(pk=deployment.pk)
+
+
+@transaction.atomic
 def deployment_canary(*, actor: Actor, deployment: Deployment, version: int, percent: int) -> Deployment:
     """Sends ``percent`` % of the traffic to ``version`` and the rest to the stable version
     (any third version's share goes back to the stable one)."""
+    deployment = _locked(deployment)
     stable = deployment_stable_version(deployment)
     if version == stable:
         raise ApplicationError(
@@ -343,8 +350,10 @@ def deployment_canary(*, actor: Actor, deployment: Deployment, version: int, per
     return deployment_put(actor=actor, model=deployment.model, spec=_with_traffic(deployment, traffic))
 
 
+@transaction.atomic
 def deployment_promote(*, actor: Actor, deployment: Deployment, version: int | None = None) -> Deployment:
     """Sends all traffic to the canary (or ``version``), which becomes the stable version."""
+    deployment = _locked(deployment)
     stable = deployment_stable_version(deployment)
     if version is None:
         canaries = sorted(int(v) for v, w in deployment.traffic.items() if w > 0 and int(v) != stable)
@@ -354,9 +363,13 @@ def deployment_promote(*, actor: Actor, deployment: Deployment, version: int | N
     return deployment_put(actor=actor, model=deployment.model, spec=_with_traffic(deployment, {str(version): 100}))
 
 
+@transaction.atomic
 def deployment_rollback(*, actor: Actor, deployment: Deployment) -> Deployment:
     """Sends all traffic back to the stable version."""
+    deployment = _locked(deployment)
     stable = deployment_stable_version(deployment)
+    if {key: weight for key, weight in deployment.traffic.items() if weight} == {str(stable): 100}:
+        raise ConflictError(f"nothing to roll back: all traffic already goes to v{stable}")
     return deployment_put(actor=actor, model=deployment.model, spec=_with_traffic(deployment, {str(stable): 100}))
 
 

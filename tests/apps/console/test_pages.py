@@ -194,3 +194,35 @@ def test_the_tenant_switcher_works_without_javascript(client, world_a):
     client.force_login(world_a.users["viewer"])
     answer = client.get("/?tenant=alpha")
     assert answer.status_code == 302 and answer["Location"] == "/t/alpha/models/"
+
+
+def test_refusals_land_next_to_the_field_they_concern(client, world_a, two_versions):
+    client.force_login(world_a.users["owner"])
+    url = f"/t/alpha/models/{two_versions.name}/deployment/"
+    ModelVersion.objects.filter(model=two_versions).update(batched=True, max_batch_size=4)
+    over = client.post(url, {**DEPLOY, "traffic_1": 100, "max_batch_size": 8})
+    assert over.status_code == 400 and 'id="error-max_batch_size"' in over.content.decode()
+    staff = UserFactory.create(username="operator", is_staff=True)
+    client.force_login(staff)
+    nobody = client.post("/staff/tenants/", {"slug": "delta", "name": "Delta", "owner_username": "no-such-user"})
+    assert nobody.status_code == 400 and 'id="error-owner_username"' in nobody.content.decode()
+    assert not Tenant.objects.filter(slug="delta").exists()
+
+
+def test_an_emptied_batching_field_goes_back_to_its_default(client, world_a, two_versions):
+    owner = world_a.session("owner")
+    base = f"/api/v1/tenants/alpha/models/{two_versions.name}/deployment/"
+    owner.put(base, {"traffic": {"1": 100}, "batching": {"max_batch_size": 8, "max_queue_size": 64}}, format="json")
+    client.force_login(world_a.users["owner"])
+    client.post(f"/t/alpha/models/{two_versions.name}/deployment/", {**DEPLOY, "traffic_1": 100})
+    assert Deployment.objects.get().batching == {"max_queue_size": 64}  # emptied: default; API-only kept
+    assert owner.post(base + "rollback/", {}, format="json").status_code == 409  # nothing to roll back
+
+
+def test_refused_and_missing_pages_say_why_in_the_console_style(client, world_a):
+    client.force_login(world_a.users["viewer"])
+    refused = client.get("/t/alpha/keys/")
+    assert refused.status_code == 403 and "does not allow" in refused.content.decode()
+    assert "/static/berth/berth.css" in refused.content.decode()
+    missing = client.get("/t/bravo-nowhere/models/")
+    assert missing.status_code == 404 and "/static/berth/berth.css" in missing.content.decode()
