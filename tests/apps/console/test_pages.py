@@ -226,3 +226,27 @@ def test_refused_and_missing_pages_say_why_in_the_console_style(client, world_a)
     assert "/static/berth/berth.css" in refused.content.decode()
     missing = client.get("/t/bravo-nowhere/models/")
     assert missing.status_code == 404 and "/static/berth/berth.css" in missing.content.decode()
+
+
+def test_members_and_admins_cannot_manage_access_in_the_console(client, world_a, two_versions):
+    from apps.tenants.models import AuditEvent
+
+    prefix = world_a.key_rows["read"].prefix
+    writes = [
+        ("/t/alpha/keys/", {"name": "k", "scopes": ["read"]}),
+        (f"/t/alpha/keys/{prefix}/revoke/", {}),
+        ("/t/alpha/members/", {"username": "alpha-viewer", "role": "owner"}),
+        ("/t/alpha/members/alpha-viewer/", {"action": "role", "role": "owner"}),
+        ("/t/alpha/members/alpha-viewer/", {"action": "remove"}),
+    ]
+    before = AuditEvent.objects.count()
+    for role in ("member", "admin"):
+        client.force_login(world_a.users[role])
+        for url, body in writes:
+            assert client.post(url, body).status_code == 403, (role, url)
+    # Viewers' canary steps and undeploy are refused too (writes need the write role).
+    client.force_login(world_a.users["viewer"])
+    for action in ("canary", "promote", "rollback", "undeploy"):
+        answer = client.post(f"/t/alpha/models/{two_versions.name}/deployment/", {"action": action, "version": 2})
+        assert answer.status_code == 403, action
+    assert AuditEvent.objects.count() == before
