@@ -76,7 +76,11 @@ class WorkerRuntime:
         self._loop = EventLoopThread().start()
         self.host = ModelHost(
             device=self.device,
-            options=RuntimeOptions(device=settings.device, intra_op_threads=settings.intra_op_threads),
+            options=RuntimeOptions(
+                device=settings.device,
+                intra_op_threads=settings.intra_op_threads,
+                inter_op_threads=settings.inter_op_threads,
+            ),
             cache=ArtifactCache(settings.data_dir / "artifact-cache", max_bytes=settings.max_artifact_bytes),
             loop=self._loop,
             metrics=self.metrics,

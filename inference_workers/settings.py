@@ -121,6 +121,7 @@ class WorkerSettings:
     max_body_bytes: int = 64 * 1024**2
     drain_seconds: float = 30.0
     intra_op_threads: int = 0
+    inter_op_threads: int = 0
     max_artifact_bytes: int = 16 * 1024**3
 
     @property
@@ -146,6 +147,8 @@ class WorkerSettings:
         data dir), ``BERTH_WORKER_HEADROOM`` (memory never reserved, default 0),
         ``BERTH_WORKER_MAX_BODY`` (default 64MiB), ``BERTH_WORKER_DRAIN_S`` (default 30),
         ``BERTH_WORKER_THREADS`` (intra-op threads per model, 0 = the runtime's choice),
+        ``BERTH_WORKER_INTER_OP_THREADS`` (threads running independent graph branches at once,
+        0 = the runtime's choice),
         ``BERTH_WORKER_MAX_ARTIFACT`` (default 16GiB).
 
         Raises:
@@ -192,6 +195,7 @@ class WorkerSettings:
             max_body_bytes=_size(environ, "BERTH_WORKER_MAX_BODY", 64 * 1024**2),
             drain_seconds=_float(environ, "BERTH_WORKER_DRAIN_S", 30.0, minimum=0.0),
             intra_op_threads=_int(environ, "BERTH_WORKER_THREADS", 0),
+            inter_op_threads=_int(environ, "BERTH_WORKER_INTER_OP_THREADS", 0),
             max_artifact_bytes=_size(environ, "BERTH_WORKER_MAX_ARTIFACT", 16 * 1024**3),
             data_dir=data_dir,
             broker=broker_config(

@@ -63,6 +63,8 @@ class OnnxRunner:
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = options.intra_op_threads
         session_options.inter_op_num_threads = options.inter_op_threads
+        if options.inter_op_threads > 1:  # independent branches run at once only in parallel mode
+            session_options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
         session_options.log_severity_level = 3
         providers: list[Any] = ["CPUExecutionProvider"]
         if options.cuda_index is not None:

@@ -8,6 +8,7 @@ they reach a worker.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,8 @@ from inference_workers.runtimes.base import (
     batched_signature,
 )
 from inference_workers.types import ModelFormat, TensorSpec
+
+log = logging.getLogger(__name__)
 
 # torch.export.load unpickles parts of a .pt2 (sample inputs, "use_pickle" weights) and
 # falls back to weights_only=False when the safe load fails: that would run an uploader's
@@ -73,6 +76,11 @@ class TorchRunner:
         self._device = torch.device(options.device)
         if options.intra_op_threads:
             torch.set_num_threads(options.intra_op_threads)
+        if options.inter_op_threads and torch.get_num_interop_threads() != options.inter_op_threads:
+            try:
+                torch.set_num_interop_threads(options.inter_op_threads)
+            except RuntimeError:  # torch allows it once per process, before any parallel work
+                log.warning("torch inter-op threads are already %d; keeping them", torch.get_num_interop_threads())
         try:
             if model_format == "torchscript":
                 if not inputs or not outputs:

@@ -183,3 +183,24 @@ def test_a_model_whose_outputs_break_its_declared_dtype_fails_to_load(make_host,
             )
         )
     assert host.reserved_bytes == 0
+
+
+def test_thread_settings_reach_the_onnx_session(tmp_path):
+    from onnx import TensorProto, helper
+
+    from inference_workers.runtimes.base import RuntimeOptions
+    from inference_workers.runtimes.onnx import OnnxRunner
+
+    path = tmp_path / "m.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path.write_bytes(model.SerializeToString())
+    runner = OnnxRunner(path, RuntimeOptions(device="cpu", intra_op_threads=1, inter_op_threads=2))
+    options = runner._session.get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 2)
+    assert options.execution_mode.name == "ORT_PARALLEL"

@@ -59,6 +59,7 @@ def test_worker_variables_override_the_shared_ones(tmp_path):
         ("BERTH_WORKER_HEARTBEAT_S", "0"),
         ("BERTH_WORKER_ID", "has space"),
         ("BERTH_WORKER_MEMORY_BUDGET", "lots"),
+        ("BERTH_WORKER_INTER_OP_THREADS", "-1"),
     ],
 )
 def test_each_bad_value_is_refused_naming_its_variable(tmp_path, variable, value):
@@ -81,8 +82,10 @@ def test_serving_knobs_parse_and_the_token_is_generated_once(tmp_path):
         "BERTH_WORKER_MAX_BODY": "1MiB",
         "BERTH_WORKER_DRAIN_S": "5",
         "BERTH_WORKER_THREADS": "2",
+        "BERTH_WORKER_INTER_OP_THREADS": "3",
     }
     first = WorkerSettings.from_env(env)
+    assert first.inter_op_threads == 3
     assert (first.headroom_bytes, first.max_body_bytes, first.drain_seconds, first.intra_op_threads) == (
         512 * 1024**2,
         1024**2,
