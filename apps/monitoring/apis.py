@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hmac
 import io
+import re
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
@@ -89,6 +90,28 @@ class PrometheusMetricsApi(APIView):
         return HttpResponse(text, content_type=CONTENT_TYPE_LATEST)
 
 
+MODEL_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _model_param(request: Request) -> str | None:
+    """The optional ``model`` filter: a model name (400 for anything that cannot be one)."""
+    model = request.query_params.get("model") or None
+    if model is not None and not MODEL_NAME.fullmatch(model):
+        wrong = "model is a model name (lowercase letters, digits, dashes)"
+        raise ApplicationError(wrong, field_errors={"model": ["not a model name"]})
+    return model
+
+
+def _worker_param(request: Request) -> str | None:
+    """The optional ``worker`` filter: a worker id (400 for anything that cannot be one)."""
+    from inference_workers.types import WORKER_ID
+
+    worker = request.query_params.get("worker") or None
+    if worker is not None and not WORKER_ID.fullmatch(worker):
+        raise ApplicationError("worker is a worker id", field_errors={"worker": ["not a worker id"]})
+    return worker
+
+
 def _range(request: Request, ranges: dict[str, Any], default: str) -> str:
     """The ``range`` query parameter, one of ``ranges`` (400 naming them otherwise)."""
     chosen = request.query_params.get("range", default)
@@ -126,7 +149,7 @@ class MetricSeriesApi(TenantApiView):
             tenant=tenant,
             since=timezone.now() - span,
             resolution=resolution,
-            model=request.query_params.get("model") or None,
+            model=_model_param(request),
             step_s=step_s,
         )
         return Response({"range": chosen, "resolution": resolution, "step_s": step_s, "points": points})
@@ -208,9 +231,7 @@ class UsageApi(TenantApiView):
         if (last - first).days >= USAGE_MAX_DAYS:
             too_long = f"ask for at most {USAGE_MAX_DAYS} days at a time"
             raise ApplicationError(too_long, field_errors={"from": [too_long]})
-        report = usage_report(
-            tenant=tenant, first_day=first, last_day=last, model=request.query_params.get("model") or None
-        )
+        report = usage_report(tenant=tenant, first_day=first, last_day=last, model=_model_param(request))
         prices = {kind: price_text(price) for kind, price in device_prices().items()}
         response = Response({**report, "currency": settings.BERTH_CURRENCY, "prices": prices})
         if request.accepted_renderer.format == "csv":
@@ -283,6 +304,8 @@ class FeedbackApi(TenantApiView):
                 raise serializers.ValidationError("one value, or a list of 1 to 4096 (one per row)")
             if any(isinstance(v, dict | list) or v is None for v in values):
                 raise serializers.ValidationError("values are numbers or strings")
+            if any(isinstance(v, str) and ("\x00" in v or len(v) > 1000) for v in values):
+                raise serializers.ValidationError("a label is text of at most 1000 characters, without NUL")
             return value
 
     class InputSerializer(serializers.Serializer):
@@ -409,6 +432,6 @@ class DeviceSeriesApi(APIView):
             since=timezone.now() - span,
             resolution=resolution,
             step_s=step_s,
-            worker_id=request.query_params.get("worker") or None,
+            worker_id=_worker_param(request),
         )
         return Response({"range": chosen, "step_s": step_s, "points": points})

@@ -397,6 +397,7 @@ def prediction_logs_record(*, entries: Sequence[LoggedPrediction]) -> int:
             request_header, inputs = tensors(entry.request_body, entry.request_header_length, "inputs")
             _, outputs = tensors(entry.response_body, entry.response_header_length, "outputs")
         at = datetime.fromtimestamp(entry.at, tz=UTC)
+        inputs, outputs = _without_nul(inputs), _without_nul(outputs)
         inference_id = request_header.get("id")
         rows.append(
             PredictionLog(
@@ -404,7 +405,7 @@ def prediction_logs_record(*, entries: Sequence[LoggedPrediction]) -> int:
                 model_name=entry.model,
                 version=entry.version,
                 request_id=entry.request_id[:128],
-                inference_id=str(inference_id)[:128] if inference_id is not None else "",
+                inference_id=str(inference_id).replace("\x00", "")[:128] if inference_id is not None else "",
                 created_at=at,
                 inputs=inputs,
                 outputs=outputs,
@@ -412,6 +413,17 @@ def prediction_logs_record(*, entries: Sequence[LoggedPrediction]) -> int:
             )
         )
     return len(PredictionLog.objects.bulk_create(rows))
+
+
+def _without_nul(value: Any) -> Any:
+    """The value with NUL characters taken out of its strings (PostgreSQL's JSON refuses them)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key).replace("\x00", ""): _without_nul(item) for key, item in value.items()}
+    return value
 
 
 def prediction_logs_prune(*, now: datetime) -> int:

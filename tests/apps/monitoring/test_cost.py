@@ -334,3 +334,11 @@ def test_device_minutes_are_kept_through_hours_without_inference(world_a):
             rollups_compact(now=base + timedelta(minutes=minute + 3))
     rollups_compact(now=base + timedelta(minutes=183))
     assert DeviceSample.objects.filter(resolution="1m").count() == 180
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url", ["/api/v1/tenants/alpha/usage/?model=a%00b", "/api/v1/tenants/alpha/metrics/?model=A B",
+                                 "/api/v1/devices/series/?worker=x%00"])  # fmt: skip
+def test_filters_that_cannot_name_anything_are_refused(world_a, staff_client, url):
+    answer = staff_client.get(url)
+    assert answer.status_code == 400 and answer.json()["field_errors"], answer.content

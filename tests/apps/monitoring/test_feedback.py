@@ -238,3 +238,22 @@ def test_regression_ground_truth_must_be_finite(world_a, clf):
         (result,) = answer.json()["results"]
         assert result["status"] == "error" and "finite" in result["error"], result
     assert not Feedback.objects.exists()
+
+
+def test_nul_characters_never_reach_the_database(world_a, clf):
+    body = b'{"outputs":[{"name":"scores","datatype":"BYTES","shape":[1],"data":["c\\u0000t"]}]}'
+    request = b'{"id":"x\\u0000y","inputs":[{"name":"x","datatype":"BYTES","shape":[1],"data":["a\\u0000"]}]}'
+    assert (
+        prediction_logs_record(
+            entries=[LoggedPrediction("alpha", "clf", 1, "nul", time.time(), request, None, body, None, 7)]
+        )
+        == 1
+    )
+    logged = PredictionLog.objects.get(request_id="nul")
+    assert logged.outputs[0]["data"] == ["ct"] and logged.inference_id == "xy"
+    answer = world_a.bearer("infer").post(
+        "/api/v1/tenants/alpha/models/clf/feedback/",
+        {"feedback": [{"request_id": "nul", "ground_truth": "c\x00t"}]},
+        format="json",
+    )
+    assert answer.status_code == 400 and "feedback[0]" in answer.json()["field_errors"]
