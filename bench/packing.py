@@ -3,7 +3,8 @@
 For reproducible fleets (4-32 devices of 24-80 GB) and model mixes (footprints
 log-uniform 50 MB-8 GB, 1-3 replicas, several tenants with quotas) it prints, per mix:
 replicas resident, the lower bound on devices needed (fewest devices whose capacities
-cover the resident footprints), devices used, and models per device, for
+cover the resident footprints, and at least as many as a version has copies: each copy needs
+a device of its own), devices used, and models per device, for
 
 - Berth: best-fit decreasing by measured footprint (``apps.deployments.placement.place``);
 - one model per device (Triton / KServe default): each replica takes a whole device;
@@ -63,13 +64,15 @@ def make_mix(rng: random.Random) -> Mix:
     return Mix(devices, wanted, file_bytes, quotas)
 
 
-def lower_bound(footprints: list[int], devices: list[Device]) -> int:
+def lower_bound(footprints: list[int], devices: list[Device], most_copies: int = 1) -> int:
+    """The fewest devices that could hold it all: the largest devices until their capacity
+    covers the footprints, and never fewer than a version's copies (each on its own device)."""
     need = sum(footprints)
     covered = 0
     for count, capacity in enumerate(sorted((d.capacity_bytes for d in devices), reverse=True), start=1):
         covered += capacity
         if covered >= need:
-            return count
+            return max(count, most_copies)
     return len(devices)
 
 
@@ -111,7 +114,10 @@ def main() -> None:
         sizes = {w.replica: w.footprint_bytes for w in mix.wanted}
         resident = list(plan.assignments)
         used = len(set(plan.assignments.values()))
-        bound = lower_bound([sizes[r] for r in resident], mix.devices)
+        copies: dict[tuple[str, str, int], int] = {}
+        for replica in resident:
+            copies[replica[:3]] = copies.get(replica[:3], 0) + 1
+        bound = lower_bound([sizes[r] for r in resident], mix.devices, max(copies.values(), default=1))
         per_device = len(resident) / used if used else 0.0
         one_per_device = min(len(mix.wanted), len(mix.devices))
         mm_placed, mm_used, mm_over = modelmesh(mix)

@@ -1,6 +1,7 @@
 """Memory-aware placement: a pure function from the fleet and the wanted replicas to a plan.
 
-Best-fit decreasing by **measured** footprint: each new replica (largest first) goes to
+Best-fit decreasing by **measured** footprint: each new replica (those over half a typical
+device first, then versions with more copies, then largest first) goes to
 the device already in use where it leaves the least memory free, and opens the largest
 empty device only when none has room; never past a device's capacity less its headroom.
 Replicas of one version always go to distinct devices (a worker hosts a version once). Each tenant's memory quota
@@ -125,10 +126,20 @@ def place(
     loads: list[tuple[ReplicaId, str]] = []
     evictions: list[tuple[ReplicaId, str]] = []
     pending: list[tuple[ReplicaId, str]] = []
-    todo = sorted(
-        (w for w in wanted if w.replica not in assignments),
-        key=lambda w: (w.surplus, -w.footprint_bytes, w.replica),
-    )
+    copies: dict[tuple[str, str, int], int] = {}
+    for w in wanted:
+        copies[w.replica[:3]] = copies.get(w.replica[:3], 0) + 1
+    capacities = sorted(d.capacity_bytes - d.headroom_bytes for d in by_id.values())
+    typical = capacities[len(capacities) // 2] if capacities else 0
+
+    def order(w: Wanted) -> tuple[bool, bool, int, int, ReplicaId]:
+        # Replicas over half a typical device first (the hard ones, largest first); then
+        # versions with more copies (each copy needs a device of its own: placed while the most
+        # devices have room, they do not force devices open at the end); then largest first.
+        large = w.footprint_bytes * 2 > typical
+        return (w.surplus, not large, -copies[w.replica[:3]] if not large else 0, -w.footprint_bytes, w.replica)
+
+    todo = sorted((w for w in wanted if w.replica not in assignments), key=order)
 
     def free(device_id: str) -> int:
         device = by_id[device_id]

@@ -229,3 +229,18 @@ def test_a_pinned_copy_holds_its_memory_and_its_device():
     )
     assert plan.loads == ((rid("t", "m", 0), "cpu1"),)  # not beside the leaving copy of its version
     assert plan.unloads == ()  # a pinned copy is never the plan's to unload
+
+
+def test_a_versions_copies_go_down_before_small_singles_so_none_is_stranded():
+    # Largest-first alone would put S beside L, leave K's third copy no device of its own
+    # with room, and keep it pending; copies placed first, everything fits on three devices.
+    devices = [Device(device_id=f"d{i}", kind="cuda", capacity_bytes=100) for i in range(3)]
+    wanted = [
+        Wanted(replica=rid("t", "large"), footprint_bytes=60, kind="cuda"),
+        Wanted(replica=rid("t", "single"), footprint_bytes=30, kind="cuda"),
+        *(Wanted(replica=rid("t", "copies", n), footprint_bytes=20, kind="cuda") for n in range(3)),
+    ]
+    quotas = {"t": Quota(memory_bytes={"cuda": 10_000}, max_replicas=100)}
+    plan = place(devices=devices, placed=[], wanted=wanted, quotas=quotas, now=0.0)
+    assert plan.pending == ()
+    assert len({plan.assignments[rid("t", "copies", n)] for n in range(3)}) == 3
