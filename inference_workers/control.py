@@ -72,7 +72,11 @@ class WorkerRuntime:
     def start(self) -> None:
         """Opens the device, starts the host and the data plane, and begins heartbeats."""
         settings = self.settings
-        self.device = open_device(settings.device, memory_budget_bytes=settings.memory_budget_bytes)
+        self.device = open_device(
+            settings.device,
+            memory_budget_bytes=settings.memory_budget_bytes,
+            gpu_budget_bytes=settings.gpu_memory_budget_bytes,
+        )
         self._loop = EventLoopThread().start()
         self.host = ModelHost(
             device=self.device,

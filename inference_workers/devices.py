@@ -70,8 +70,10 @@ class NvmlDevice:
 
     kind = "cuda"
 
-    def __init__(self, *, index: int) -> None:
+    def __init__(self, *, index: int, budget_bytes: int = 0) -> None:
         import pynvml
+
+        self._budget = budget_bytes  # 0: the whole device; else this worker's share of it
 
         try:
             pynvml.nvmlInit()
@@ -95,9 +97,11 @@ class NvmlDevice:
             index=self.index,
             name=name.decode() if isinstance(name, bytes) else str(name),
             uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
-            total_bytes=int(memory.total),
+            # With a budget (several workers sharing one GPU), the capacity this worker offers
+            # is its share; measured use stays the whole device's, as NVML reports it.
+            total_bytes=min(self._budget, int(memory.total)) if self._budget else int(memory.total),
             used_bytes=int(memory.used),
-            free_bytes=int(memory.free),
+            free_bytes=min(int(memory.free), self._budget) if self._budget else int(memory.free),
             utilisation_pct=utilisation,
         )
 
@@ -120,12 +124,13 @@ def gpu_count() -> int:
         pynvml.nvmlShutdown()
 
 
-def open_device(spec: str, *, memory_budget_bytes: int) -> Device:
-    """Opens the device named ``cpu`` or ``cuda:N``.
+def open_device(spec: str, *, memory_budget_bytes: int, gpu_budget_bytes: int = 0) -> Device:
+    """Opens the device named ``cpu`` or ``cuda:N`` (a GPU offers ``gpu_budget_bytes`` of its
+    memory when given, so that several workers can share it; else all of it).
 
     Raises:
         DeviceError: When the GPU cannot be reached through NVML.
     """
     if spec == "cpu":
         return CpuDevice(memory_budget_bytes=memory_budget_bytes)
-    return NvmlDevice(index=int(spec.split(":", 1)[1]))
+    return NvmlDevice(index=int(spec.split(":", 1)[1]), budget_bytes=gpu_budget_bytes)

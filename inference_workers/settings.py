@@ -122,6 +122,7 @@ class WorkerSettings:
     drain_seconds: float = 30.0
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    gpu_memory_budget_bytes: int = 0
     max_artifact_bytes: int = 16 * 1024**3
 
     @property
@@ -136,6 +137,7 @@ class WorkerSettings:
         Variables: ``BERTH_WORKER_ID`` (default ``<hostname>-<device>``),
         ``BERTH_WORKER_DEVICE`` (``cpu`` or ``cuda:N``, default ``cpu``),
         ``BERTH_WORKER_MEMORY_BUDGET`` (CPU budget, default ``4GiB``),
+        ``BERTH_WORKER_GPU_MEMORY_BUDGET`` (this worker's share of its GPU, default all of it),
         ``BERTH_WORKER_HOST`` (bind address, default ``127.0.0.1``),
         ``BERTH_WORKER_PORT`` (data-plane port, ``0`` picks a free one),
         ``BERTH_WORKER_ADVERTISE_HOST`` (host put in the data-plane URL),
@@ -180,6 +182,7 @@ class WorkerSettings:
             worker_id=worker_id,
             device=device,
             memory_budget_bytes=parse_size(budget_text, variable="BERTH_WORKER_MEMORY_BUDGET"),
+            gpu_memory_budget_bytes=_size(environ, "BERTH_WORKER_GPU_MEMORY_BUDGET", 0),
             bind_host=bind_host,
             port=_int(environ, "BERTH_WORKER_PORT", 0),
             advertise_host=advertise_host,

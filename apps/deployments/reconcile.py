@@ -159,6 +159,10 @@ def _observe(replicas: list[Replica], workers: dict[int, Worker], now: float) ->
                     )
                 )
             continue
+        used = hosted.get("last_used_at") or 0.0
+        if used and (replica.last_used_at is None or used > replica.last_used_at.timestamp() + 1):
+            replica.last_used_at = datetime.fromtimestamp(used, tz=UTC)  # per replica, for LRU eviction
+            replica.save(update_fields=["last_used_at"])
         if hosted["state"] == "ready" and replica.state != Replica.State.READY:
             replica.state, replica.reason = Replica.State.READY, ""
             replica.reserved_bytes = hosted["reserved_bytes"]

@@ -65,6 +65,7 @@ def worker_record_heartbeat(*, heartbeat: WorkerHeartbeat) -> Worker:
                 "queue_depth": model.queue_depth,
                 "p50_ms": model.p50_ms,
                 "p99_ms": model.p99_ms,
+                "last_used_at": model.last_used_at,
             }
             for model in heartbeat.models
         ],
@@ -75,6 +76,7 @@ def worker_record_heartbeat(*, heartbeat: WorkerHeartbeat) -> Worker:
             with transaction.atomic():
                 created = Worker.objects.create(worker_id=heartbeat.worker_id, **fields)
             _record_batches(heartbeat, since=None)
+            _reconcile_after_commit()  # a new device: pending replicas may fit now
             return created
         except IntegrityError:
             # Two first heartbeats raced; the other one registered the worker.
@@ -101,11 +103,14 @@ def _record_batches(heartbeat: WorkerHeartbeat, *, since: datetime | None, sampl
 def worker_mark_missing(*, now: datetime, interval_s: float, missed: int) -> int:
     """Marks dead every worker that has missed ``missed`` heartbeats; returns how many."""
     cutoff = now - timedelta(seconds=interval_s * missed)
-    return (
+    dead = (
         Worker.objects.filter(last_heartbeat_at__lt=cutoff)
         .exclude(state=Worker.State.DEAD)
         .update(state=Worker.State.DEAD)
     )
+    if dead:
+        _reconcile_after_commit()  # its replicas are placed elsewhere now, not at the next beat
+    return dead
 
 
 @transaction.atomic

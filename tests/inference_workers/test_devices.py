@@ -33,3 +33,34 @@ def test_gpu_discovery_matches_opening_a_gpu():
     else:
         state = open_device("cuda:0", memory_budget_bytes=1).state()
         assert state.kind == "cuda" and state.total_bytes > 0
+
+
+def test_a_gpu_budget_lets_workers_share_one_device(monkeypatch):
+    """Through the same NVML calls the real path makes (pynvml replaced: no GPU here)."""
+    import sys
+    import types
+
+    from inference_workers.devices import NvmlDevice
+
+    class Memory:
+        total, used, free = 80 * 1024**3, 30 * 1024**3, 50 * 1024**3
+
+    class Busy:
+        gpu = 37
+
+    fake = types.SimpleNamespace(
+        NVMLError=RuntimeError,
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda index: ("handle", index),
+        nvmlDeviceGetMemoryInfo=lambda handle: Memory,
+        nvmlDeviceGetName=lambda handle: b"NVIDIA H200",
+        nvmlDeviceGetUUID=lambda handle: b"GPU-1234",
+        nvmlDeviceGetUtilizationRates=lambda handle: Busy,
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    whole = NvmlDevice(index=0).state()
+    assert (whole.total_bytes, whole.used_bytes, whole.free_bytes) == (80 * 1024**3, 30 * 1024**3, 50 * 1024**3)
+    half = open_device("cuda:0", memory_budget_bytes=1, gpu_budget_bytes=40 * 1024**3).state()
+    assert half.total_bytes == 40 * 1024**3 and half.used_bytes == 30 * 1024**3  # use is the device's
+    assert half.free_bytes == 40 * 1024**3 and half.utilisation_pct == 37.0 and half.name == "NVIDIA H200"

@@ -134,3 +134,12 @@ def test_the_embedded_broker_never_shows_a_consumer_a_half_written_message(tmp_p
     assert len(seen) == 1
     exists_before, size = seen[0]
     assert not exists_before and size > 100_000  # invisible until whole, then renamed into place
+
+
+def test_a_gpu_worker_may_take_a_share_of_its_device(tmp_path):
+    env = {"BERTH_DATA_DIR": str(tmp_path), "BERTH_WORKER_DEVICE": "cuda:0"}
+    assert WorkerSettings.from_env(env).gpu_memory_budget_bytes == 0  # all of it
+    shared = WorkerSettings.from_env({**env, "BERTH_WORKER_GPU_MEMORY_BUDGET": "40GiB"})
+    assert shared.gpu_memory_budget_bytes == 40 * 1024**3
+    with pytest.raises(SettingsError, match="BERTH_WORKER_GPU_MEMORY_BUDGET"):
+        WorkerSettings.from_env({**env, "BERTH_WORKER_GPU_MEMORY_BUDGET": "half"})

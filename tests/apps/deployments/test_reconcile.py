@@ -537,3 +537,32 @@ def test_scaling_down_drops_a_pending_copy_before_a_ready_one(deployment, settin
     run(now + 2)
     (kept,) = Replica.objects.all()
     assert kept.state == "ready" and kept.index == 5
+
+
+def test_each_replica_learns_when_it_was_last_used_from_its_workers_heartbeats(deployment):
+    import time
+
+    deployment.min_replicas = deployment.max_replicas = 1
+    deployment.save()
+    worker = WorkerFactory.create(worker_id="w1")
+    run()
+    report_hosted(worker, "ready")
+    used = time.time() - 42
+    worker.hosted[0]["last_used_at"] = used
+    worker.save()
+    run()
+    replica = Replica.objects.get()
+    assert replica.state == "ready" and abs(replica.last_used_at.timestamp() - used) < 0.01
+
+
+def test_a_worker_marked_dead_asks_for_a_reconcile_at_once(deployment, django_capture_on_commit_callbacks):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.deployments.services import worker_mark_missing
+
+    WorkerFactory.create(worker_id="w1", last_heartbeat_at=timezone.now() - timedelta(seconds=60))
+    with django_capture_on_commit_callbacks() as callbacks:
+        assert worker_mark_missing(now=timezone.now(), interval_s=2, missed=3) == 1
+    assert len(callbacks) == 1  # the reconcile task, queued after commit
