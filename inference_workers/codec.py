@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import struct
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 import orjson
 
 from inference_workers.datatypes import BINARY_ONLY, NUMPY_DTYPES
-from inference_workers.errors import InvalidInputError
+from inference_workers.errors import InvalidInputError, PayloadTooLargeError, UnsupportedEncodingError
 from inference_workers.types import TensorSpec
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -354,3 +355,31 @@ def decode_tensors(
             entry["data"] = data[:max_elements]
         tensors.append(entry)
     return header, tensors
+
+
+def decompress(body: bytes, encoding: bytes, *, limit: int) -> bytes:
+    """A ``gzip`` or ``deflate`` request body, inflated to at most ``limit`` bytes.
+
+    Raises:
+        UnsupportedEncodingError: Another encoding (415).
+        PayloadTooLargeError: It inflates past ``limit`` (a small body can expand a
+            thousandfold; inflating stops at the limit).
+        InvalidInputError: The bytes are not what the encoding says, or are cut short.
+    """
+    if encoding == b"gzip":
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == b"deflate":
+        inflater = zlib.decompressobj()
+    else:
+        raise UnsupportedEncodingError(
+            f"Content-Encoding {encoding.decode('latin-1')!r} is not supported; send gzip, deflate or identity"
+        )
+    try:
+        inflated = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInputError(f"the body is not valid {encoding.decode()} data: {exc}") from None
+    if len(inflated) > limit:
+        raise PayloadTooLargeError(f"the body inflates past this worker's limit of {limit} bytes")
+    if not inflater.eof or inflater.unused_data:
+        raise InvalidInputError(f"the {encoding.decode()} body is cut short or has bytes after its end")
+    return inflated

@@ -84,6 +84,7 @@ class WorkerRuntime:
                 device=settings.device,
                 intra_op_threads=settings.intra_op_threads,
                 inter_op_threads=settings.inter_op_threads,
+                spin_wait=settings.spin_wait,
             ),
             cache=ArtifactCache(settings.data_dir / "artifact-cache", max_bytes=settings.max_artifact_bytes),
             loop=self._loop,

@@ -46,6 +46,12 @@ class PayloadTooLargeError(DataPlaneError):
     status = 413
 
 
+class UnsupportedEncodingError(DataPlaneError):
+    """The body is compressed with an encoding the worker does not read."""
+
+    status = 415
+
+
 class UnavailableError(DataPlaneError):
     """The model is not ready, its queue is full, or the worker is draining (retry elsewhere)."""
 

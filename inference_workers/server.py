@@ -1,4 +1,15 @@
-"""The worker's HTTP adapter: aiohttp routes over the transport-agnostic ``DataPlane``.
+"""The worker's HTTP adapter: a lean HTTP/1.1 server over the transport-agnostic ``DataPlane``.
+
+The gateway is this server's only client; it sends one request at a time on pooled
+keep-alive connections. A general web framework pays, per request, for what that client
+never uses (request and response objects, middleware chains, a router, header
+multidicts); this server parses with httptools (llhttp, the parser uvicorn uses) straight
+into the few fields the data plane reads and writes one response head. It is still a
+complete HTTP/1.1 server for that use: keep-alive and ``Connection: close``, HTTP/1.0,
+``Content-Length`` and chunked bodies, ``Expect: 100-continue``, pipelined requests
+answered in order, a body limit (413, before the body is read) and a head limit (431),
+malformed requests answered 400 and closed, idle keep-alive connections closed after
+``KEEPALIVE_S``, a handler cancelled when its client goes away.
 
 Only health (``/v2/health/live|ready``, for probes) is open; everything else, including
 ``/v2``, the model routes and Prometheus ``/metrics`` (which names tenants and models),
@@ -8,113 +19,358 @@ platform's Prometheus have.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import socket
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import cast
+from urllib.parse import unquote
 
+import httptools
 import orjson
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from inference_workers.codec import HEADER_LENGTH, error_body
+from inference_workers.codec import decompress, error_body
 from inference_workers.dataplane import DataPlane
-from inference_workers.errors import DataPlaneError, PayloadTooLargeError, UnauthorizedError
+from inference_workers.errors import DataPlaneError, UnauthorizedError
 from inference_workers.loop import EventLoopThread
 from inference_workers.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+JSON = b"application/json"
+KEEPALIVE_S = 75.0  # above the gateway's pool idle time (30 s), so the gateway closes first
+MAX_HEAD_BYTES = 64 * 1024
+LINGER_S = 2.0  # how long a rejected request's remaining bytes are read and dropped
+MAX_PIPELINED = 16  # requests parsed ahead of the one being answered before reading pauses
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
-def _json(body: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+class Request:
+    """What the data plane needs of one HTTP request."""
+
+    __slots__ = ("authorization", "body", "content_encoding", "header_length", "keep_alive", "method", "path")
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.path = b""
+        self.authorization = b""
+        self.header_length: str | None = None
+        self.content_encoding = b""
+        self.body = b""
+        self.keep_alive = True
 
 
-def _error(error: DataPlaneError) -> web.Response:
-    return web.Response(body=error_body(error.message), status=error.status, content_type="application/json")
+class Reply:
+    """A response: status, content type, body and any further headers."""
+
+    __slots__ = ("body", "content_type", "headers", "status")
+
+    def __init__(
+        self, status: int, body: bytes, content_type: bytes = JSON, headers: dict[str, str] | None = None
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers
 
 
-def build_app(dataplane: DataPlane, *, token: str, max_body_bytes: int, metrics: WorkerMetrics) -> web.Application:
-    """The aiohttp application serving ``dataplane``."""
-    expected = f"Bearer {token}".encode()
+def _json(body: object, status: int = 200) -> Reply:
+    return Reply(status, orjson.dumps(body))
 
-    @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+
+def _error(status: int, message: str) -> Reply:
+    return Reply(status, error_body(message))
+
+
+Route = Callable[[Request, str, str | None], Awaitable[Reply]]
+
+
+class DataPlaneApp:
+    """Routes requests to the data plane: ``handle(request) -> Reply``; never raises."""
+
+    def __init__(self, dataplane: DataPlane, *, token: str, max_body_bytes: int, metrics: WorkerMetrics) -> None:
+        self.dataplane = dataplane
+        self.max_body_bytes = max_body_bytes
+        self._metrics = metrics
+        self._expected = f"Bearer {token}".encode()
+        self._token = token
+
+    def _authorized(self, request: Request) -> bool:
+        return bool(self._token) and hmac.compare_digest(request.authorization, self._expected)
+
+    async def handle(self, request: Request) -> Reply:
         try:
-            if not request.path.startswith("/v2/health/"):
-                presented = request.headers.get("Authorization", "").encode()
-                if not token or not hmac.compare_digest(presented, expected):
-                    raise UnauthorizedError("missing or wrong worker token; only the gateway may call a worker")
-            return await handler(request)
+            return await self._route(request)
         except DataPlaneError as error:
-            return _error(error)
-        except web.HTTPException:
-            raise
+            return _error(error.status, error.message)
         except Exception:  # a bug must still answer in the protocol's shape, and be logged
-            log.exception("unexpected error on %s %s", request.method, request.path)
-            return _json({"error": "internal error in the worker; see its log"}, status=500)
+            log.exception("unexpected error on %s %s", request.method.decode(), request.path.decode("latin-1"))
+            return _error(500, "internal error in the worker; see its log")
 
-    async def server_metadata(request: web.Request) -> web.Response:
-        return _json(dataplane.server_metadata())
+    async def _route(self, request: Request) -> Reply:
+        path = request.path.split(b"?", 1)[0]
+        parts = path.decode("latin-1").split("/")
+        method = request.method
+        # parts[0] is "" (the path starts with "/").
+        if len(parts) == 4 and parts[1] == "v2" and parts[2] == "health" and parts[3] in ("live", "ready"):
+            self._allow(method, b"GET")
+            if parts[3] == "live":
+                return _json({"live": self.dataplane.live()})
+            if self.dataplane.ready():
+                return _json({"ready": True})
+            return _error(503, "the worker is draining; send requests to another replica")
+        if len(parts) < 2 or parts[0] != "" or parts[1] not in ("v2", "metrics"):
+            return _error(404, f"no route {path.decode('latin-1')!r} on a worker")
+        if not self._authorized(request):
+            raise UnauthorizedError("missing or wrong worker token; only the gateway may call a worker")
+        if parts[1] == "metrics" and len(parts) == 2:
+            self._allow(method, b"GET")
+            return Reply(200, generate_latest(self._metrics.registry), CONTENT_TYPE_LATEST.encode())
+        if len(parts) == 2:  # /v2
+            self._allow(method, b"GET")
+            return _json(self.dataplane.server_metadata())
+        # /v2/models/{name}[/versions/{version}][/ready|/infer]
+        if len(parts) < 4 or parts[2] != "models" or not parts[3]:
+            return _error(404, f"no route {path.decode('latin-1')!r} on a worker")
+        name = unquote(parts[3]) if "%" in parts[3] else parts[3]
+        rest = parts[4:]
+        version: str | None = None
+        if len(rest) >= 2 and rest[0] == "versions" and rest[1]:
+            version = unquote(rest[1]) if "%" in rest[1] else rest[1]
+            rest = rest[2:]
+        if not rest:
+            self._allow(method, b"GET")
+            return _json(self.dataplane.model_metadata(name, version))
+        if len(rest) == 1 and rest[0] == "infer":
+            self._allow(method, b"POST")
+            body = request.body
+            if request.content_encoding and request.content_encoding != b"identity":
+                body = decompress(body, request.content_encoding, limit=self.max_body_bytes)
+            payload, headers = await self.dataplane.infer(name, version, body, header_length=request.header_length)
+            content_type = headers.pop("Content-Type", "application/json")
+            return Reply(200, payload, content_type.encode(), headers)
+        if len(rest) == 1 and rest[0] == "ready":
+            self._allow(method, b"GET")
+            if self.dataplane.model_ready(name, version):
+                return _json({"ready": True})
+            return _error(503, "the model is not ready here")
+        return _error(404, f"no route {path.decode('latin-1')!r} on a worker")
 
-    async def live(request: web.Request) -> web.Response:
-        return _json({"live": dataplane.live()})
+    @staticmethod
+    def _allow(method: bytes, allowed: bytes) -> None:
+        if method != allowed:
+            raise _MethodNotAllowed(f"{method.decode()} is not allowed here; use {allowed.decode()}")
 
-    async def ready(request: web.Request) -> web.Response:
-        if dataplane.ready():
-            return _json({"ready": True})
-        return _json({"error": "the worker is draining; send requests to another replica"}, status=503)
 
-    async def prometheus(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+class _MethodNotAllowed(DataPlaneError):
+    status = 405
 
-    async def model_metadata(request: web.Request) -> web.Response:
-        info = request.match_info
-        return _json(dataplane.model_metadata(info["name"], info.get("version")))
 
-    async def model_ready(request: web.Request) -> web.Response:
-        info = request.match_info
-        if dataplane.model_ready(info["name"], info.get("version")):
-            return _json({"ready": True})
-        return _json({"error": "the model is not ready here"}, status=503)
+def build_app(dataplane: DataPlane, *, token: str, max_body_bytes: int, metrics: WorkerMetrics) -> DataPlaneApp:
+    """The HTTP application serving ``dataplane``."""
+    return DataPlaneApp(dataplane, token=token, max_body_bytes=max_body_bytes, metrics=metrics)
 
-    async def infer(request: web.Request) -> web.Response:
-        length = request.content_length
-        if length is not None and length > max_body_bytes:
-            raise PayloadTooLargeError(f"the body has {length} bytes; this worker takes at most {max_body_bytes}")
+
+def _head(reply: Reply, *, keep_alive: bool) -> bytes:
+    lines = [
+        b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+        % (reply.status, _REASONS.get(reply.status, b"Unknown"), reply.content_type, len(reply.body))
+    ]
+    if reply.headers:
+        lines.extend(f"{name}: {value}\r\n".encode("latin-1") for name, value in reply.headers.items())
+    if reply.status == 405:
+        lines.append(b"Allow: GET, POST\r\n")
+    if not keep_alive:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parses requests and answers them in order."""
+
+    def __init__(self, app: DataPlaneApp, connections: set[_Connection]) -> None:
+        self._app = app
+        self._connections = connections
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._request = Request()
+        self._url: list[bytes] = []
+        self._body: list[bytes] = []
+        self._body_bytes = 0
+        self._head_bytes = 0
+        self._rejected = False
+        self._pending: deque[Request] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._paused = False
+        self._expect_continue = False
+        self.last_active = time.monotonic()
+
+    # asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self._transport = cast(asyncio.Transport, transport)
+        self._connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
+        self._pending.clear()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # a queued request whose client left is dropped before it runs
+
+    def data_received(self, data: bytes) -> None:
+        if self._rejected:
+            return
+        self.last_active = time.monotonic()
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise PayloadTooLargeError(f"the body is over this worker's limit of {max_body_bytes} bytes") from None
-        info = request.match_info
-        payload, headers = await dataplane.infer(
-            info["name"], info.get("version"), body, header_length=request.headers.get(HEADER_LENGTH)
-        )
-        return web.Response(body=payload, headers=headers)
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject(400, "protocol upgrades are not served here")
+        except httptools.HttpParserError as exc:
+            if not self._rejected:
+                self._reject(400, f"malformed HTTP request: {exc}")
 
-    app = web.Application(middlewares=[guard], client_max_size=max_body_bytes)
-    app.router.add_get("/v2", server_metadata)
-    app.router.add_get("/v2/health/live", live)
-    app.router.add_get("/v2/health/ready", ready)
-    app.router.add_get("/metrics", prometheus)
-    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        app.router.add_get(prefix, model_metadata)
-        app.router.add_get(f"{prefix}/ready", model_ready)
-        app.router.add_post(f"{prefix}/infer", infer)
-    return app
+    # httptools callbacks --------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._request = Request()
+        self._url = []
+        self._body = []
+        self._body_bytes = 0
+        self._head_bytes = 0
+        self._expect_continue = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
+        lowered = name.lower()
+        if lowered == b"authorization":
+            self._request.authorization = value
+        elif lowered == b"inference-header-content-length":
+            self._request.header_length = value.decode("latin-1")
+        elif lowered == b"content-encoding":
+            self._request.content_encoding = value.strip().lower()
+        elif lowered == b"content-length":
+            if value.isdigit() and int(value) > self._app.max_body_bytes:
+                self._too_large(
+                    f"the body has {int(value)} bytes; this worker takes at most {self._app.max_body_bytes}"
+                )
+        elif lowered == b"expect" and value.lower() == b"100-continue":
+            self._expect_continue = True  # answered once the head is complete
+
+    def on_headers_complete(self) -> None:
+        request = self._request
+        request.method = self._parser.get_method()
+        request.path = b"".join(self._url)
+        if self._parser.should_keep_alive() is False:
+            request.keep_alive = False
+        if self._transport is not None and not self._rejected and self._expect_continue:
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        if self._rejected:
+            return
+        self._body_bytes += len(body)
+        if self._body_bytes > self._app.max_body_bytes:
+            self._too_large(f"the body is over this worker's limit of {self._app.max_body_bytes} bytes")
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._rejected:
+            return
+        request = self._request
+        request.body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        request.keep_alive = request.keep_alive and self._parser.should_keep_alive()
+        self._body = []
+        if self._task is None:
+            self._task = self._loop.create_task(self._serve(request))
+            return
+        self._pending.append(request)
+        if len(self._pending) >= MAX_PIPELINED and self._transport is not None and not self._paused:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES and not self._rejected:
+            self._reject(431, f"the request head is over {MAX_HEAD_BYTES} bytes")
+
+    # serving --------------------------------------------------------------------------
+    async def _serve(self, request: Request | None) -> None:
+        while request is not None:
+            reply = await self._app.handle(request)
+            transport = self._transport
+            if transport is None or transport.is_closing():
+                return
+            transport.write(_head(reply, keep_alive=request.keep_alive) + reply.body)
+            self.last_active = time.monotonic()
+            if not request.keep_alive:
+                transport.close()
+                return
+            request = self._pending.popleft() if self._pending else None
+            if self._paused and len(self._pending) < MAX_PIPELINED // 2:
+                self._paused = False
+                transport.resume_reading()
+        self._task = None
+
+    def _too_large(self, message: str) -> None:
+        self._reject(413, message)
+
+    def _reject(self, status: int, message: str) -> None:
+        """Answers at once and ends the connection; anything parsed after it is dropped.
+
+        The response goes out with a FIN, and what the client still sends (the rest of an
+        oversized body) is read and dropped for a moment before the socket closes: closing
+        with unread bytes would reset the connection and could destroy the response before
+        the client read it.
+        """
+        self._rejected = True
+        self._pending.clear()
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        reply = _error(status, message)
+        transport.write(_head(reply, keep_alive=False) + reply.body)
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._loop.call_later(LINGER_S, transport.close)
+        else:  # pragma: no cover - TCP transports can half-close
+            transport.close()
+
+    def close_if_idle(self, now: float) -> None:
+        if self._task is None and now - self.last_active > KEEPALIVE_S and self._transport is not None:
+            self._transport.close()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
 
 
 class DataPlaneServer:
     """Serves the app on the data plane's event-loop thread; ``start`` returns the port."""
 
-    def __init__(self, app: web.Application, *, host: str, port: int, loop: EventLoopThread) -> None:
+    def __init__(self, app: DataPlaneApp, *, host: str, port: int, loop: EventLoopThread) -> None:
         self._app = app
         self._host = host
         self._port = port
         self._loop = loop
-        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._connections: set[_Connection] = set()
         self.port = 0
 
     def start(self) -> int:
@@ -128,16 +384,34 @@ class DataPlaneServer:
         self.port = int(sock.getsockname()[1])
 
         async def serve() -> None:
-            self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
-            await self._runner.setup()
-            await web.SockSite(self._runner, sock).start()
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(lambda: _Connection(self._app, self._connections), sock=sock)
+            self._sweeper = loop.create_task(self._sweep())
 
         self._loop.run(serve(), timeout=30)
         log.info("data plane listening on %s:%d", self._host, self.port)
         return self.port
 
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(KEEPALIVE_S / 5)
+            now = time.monotonic()
+            for connection in list(self._connections):
+                connection.close_if_idle(now)
+
     def stop(self) -> None:
         """Stops serving (open connections are closed)."""
-        if self._runner is not None:
-            self._loop.run(self._runner.cleanup(), timeout=30)
-            self._runner = None
+        if self._server is None:
+            return
+
+        async def shutdown() -> None:
+            assert self._server is not None
+            self._server.close()
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+            for connection in list(self._connections):
+                connection.close()
+            await self._server.wait_closed()
+
+        self._loop.run(shutdown(), timeout=30)
+        self._server = None

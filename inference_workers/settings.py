@@ -79,6 +79,17 @@ def _int(environ: Mapping[str, str], variable: str, default: int, *, minimum: in
     return value
 
 
+def _bool(environ: Mapping[str, str], variable: str, default: bool) -> bool:
+    text = environ.get(variable, "").strip().lower()
+    if not text:
+        return default
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{variable}: {text!r} is not a yes/no value; use 1 or 0")
+
+
 def _float(environ: Mapping[str, str], variable: str, default: float, *, minimum: float) -> float:
     raw = environ.get(variable, "")
     if raw == "":
@@ -120,8 +131,9 @@ class WorkerSettings:
     headroom_bytes: int = 0
     max_body_bytes: int = 64 * 1024**2
     drain_seconds: float = 30.0
-    intra_op_threads: int = 0
+    intra_op_threads: int = 1
     inter_op_threads: int = 0
+    spin_wait: bool = False
     gpu_memory_budget_bytes: int = 0
     max_artifact_bytes: int = 16 * 1024**3
 
@@ -148,9 +160,12 @@ class WorkerSettings:
         ``BERTH_WORKER_TOKEN`` (the gateway's shared secret; default generated into the
         data dir), ``BERTH_WORKER_HEADROOM`` (memory never reserved, default 0),
         ``BERTH_WORKER_MAX_BODY`` (default 64MiB), ``BERTH_WORKER_DRAIN_S`` (default 30),
-        ``BERTH_WORKER_THREADS`` (intra-op threads per model, 0 = the runtime's choice),
+        ``BERTH_WORKER_THREADS`` (intra-op threads per model execution, default 1: a batch runs
+        on one core and parallelism comes from ``instance_count`` and co-hosted models, which
+        costs the least CPU per request; 0 = the runtime's choice, every core),
         ``BERTH_WORKER_INTER_OP_THREADS`` (threads running independent graph branches at once,
-        0 = the runtime's choice),
+        0 = the runtime's choice), ``BERTH_WORKER_SPIN_WAIT`` (``1``: idle runtime threads
+        spin-wait for the next run, burning cores other work on the host needs; default ``0``),
         ``BERTH_WORKER_MAX_ARTIFACT`` (default 16GiB).
 
         Raises:
@@ -197,8 +212,9 @@ class WorkerSettings:
             headroom_bytes=_size(environ, "BERTH_WORKER_HEADROOM", 0),
             max_body_bytes=_size(environ, "BERTH_WORKER_MAX_BODY", 64 * 1024**2),
             drain_seconds=_float(environ, "BERTH_WORKER_DRAIN_S", 30.0, minimum=0.0),
-            intra_op_threads=_int(environ, "BERTH_WORKER_THREADS", 0),
+            intra_op_threads=_int(environ, "BERTH_WORKER_THREADS", 1),
             inter_op_threads=_int(environ, "BERTH_WORKER_INTER_OP_THREADS", 0),
+            spin_wait=_bool(environ, "BERTH_WORKER_SPIN_WAIT", False),
             max_artifact_bytes=_size(environ, "BERTH_WORKER_MAX_ARTIFACT", 16 * 1024**3),
             data_dir=data_dir,
             broker=broker_config(

@@ -56,6 +56,7 @@ SERVER_NAME = "berth"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 HEADER_LENGTH = b"inference-header-content-length"
+CONTENT_ENCODING = b"content-encoding"
 REQUEST_ID = b"x-request-id"
 _REQUEST_ID_SHAPE = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 # What apps.tenants.keys.key_mint makes: brt_<8 hex>_<urlsafe secret>.
@@ -94,6 +95,7 @@ class GatewaySettings:
     key_cache_s: float
     worker_token: str
     redis_url: str
+    max_connections_per_worker: int = 256
 
     @classmethod
     def from_django(cls) -> GatewaySettings:
@@ -109,6 +111,7 @@ class GatewaySettings:
             key_cache_s=settings.BERTH_API_KEY_CACHE_S,
             worker_token=worker_token(configured=settings.BERTH_WORKER_TOKEN, data_dir=settings.BERTH_DATA_DIR),
             redis_url=settings.REDIS_URL,
+            max_connections_per_worker=settings.BERTH_GATEWAY_MAX_CONNECTIONS_PER_WORKER,
         )
 
 
@@ -278,7 +281,7 @@ class Gateway:
         self.database = _DatabaseThreads()
         self.keys = KeyCache(self.database, settings.key_cache_s)
         self.admission: Admission = admission_for(settings.redis_url or None)
-        self.upstream = Upstream()
+        self.upstream = Upstream(max_connections_per_worker=settings.max_connections_per_worker)
         self.snapshot: RoutingSnapshot | None = None
         self.outstanding: defaultdict[int, int] = defaultdict(int)
         self._worker_auth = f"Bearer {settings.worker_token}".encode()
@@ -313,6 +316,7 @@ class Gateway:
         from apps.monitoring.services import PREDICTION_LOG_MAX_BODY
 
         request_length = _header(scope, HEADER_LENGTH)
+        encoding = _header(scope, CONTENT_ENCODING)
         response_length = next((v for k, v in response.headers if k.lower() == HEADER_LENGTH), None)
         too_large = max(len(body), len(response.body)) > PREDICTION_LOG_MAX_BODY
         size = OVERSIZED_SAMPLE_BYTES if too_large else len(body) + len(response.body)
@@ -332,6 +336,7 @@ class Gateway:
                 response_header_length=response_length.decode("latin-1") if response_length else None,
                 retention_days=log.retention_days,
                 too_large=max(len(body), len(response.body)) if too_large else 0,
+                request_encoding=encoding.decode("latin-1").strip().lower() if encoding else "",
             )
         )
 
@@ -898,6 +903,9 @@ class GatewayApp:
             header_length = _header(scope, HEADER_LENGTH)
             if header_length is not None:
                 headers.append((HEADER_LENGTH, header_length))
+            encoding = _header(scope, CONTENT_ENCODING)
+            if encoding is not None:  # the worker inflates it (gzip, deflate), within its body limit
+                headers.append((CONTENT_ENCODING, encoding))
             gateway.note_served(model)
             response = await gateway.forward(tenant, model, version, body=body, headers=headers)
         except GatewayError as error:

@@ -137,8 +137,19 @@ class _Connection(asyncio.Protocol):
 class Upstream:
     """Pools of keep-alive connections to the workers' data planes, by base URL."""
 
-    def __init__(self, *, idle_s: float = 30.0, max_idle_per_worker: int = 64, connect_timeout_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        *,
+        idle_s: float = 30.0,
+        max_idle_per_worker: int = 64,
+        connect_timeout_s: float = 2.0,
+        max_connections_per_worker: int = 256,
+    ) -> None:
         self._idle: dict[str, deque[_Connection]] = {}
+        # Requests in flight per worker, each on its own connection; past the cap they wait.
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._max_connections = max(1, max_connections_per_worker)
+        self._busy: dict[str, int] = {}
         self._idle_s = idle_s
         self._max_idle = max_idle_per_worker
         self._connect_timeout_s = connect_timeout_s
@@ -172,6 +183,23 @@ class Upstream:
             UpstreamConnectError: Nothing was sent (the caller may try another worker).
             UpstreamBrokenError: The request was sent but no response came back.
         """
+        slots = self._slots.get(base_url)
+        if slots is None:
+            slots = self._slots[base_url] = asyncio.Semaphore(self._max_connections)
+        async with slots:
+            self._busy[base_url] = self._busy.get(base_url, 0) + 1
+            try:
+                return await self._exchange(base_url, method, path, headers, body)
+            finally:
+                self._busy[base_url] -= 1
+
+    def in_flight(self, base_url: str) -> int:
+        """Requests this pool has in flight to one worker now."""
+        return self._busy.get(base_url, 0)
+
+    async def _exchange(
+        self, base_url: str, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> UpstreamResponse:
         connection = self._take_idle(base_url) or await self._connect(base_url)
         parts = urlsplit(base_url)
         lines = [f"{method} {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Length: {len(body)}\r\n".encode()]
@@ -195,6 +223,9 @@ class Upstream:
         """Closes the idle connections to a worker (it failed, or left the fleet)."""
         for connection in self._idle.pop(base_url, ()):
             connection._close()
+        if not self._busy.get(base_url) and not (base_url in self._slots and self._slots[base_url].locked()):
+            self._slots.pop(base_url, None)  # nothing in flight: a worker that left takes no memory
+            self._busy.pop(base_url, None)
 
     async def close(self) -> None:
         """Closes every idle connection."""

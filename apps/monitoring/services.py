@@ -364,6 +364,7 @@ class LoggedPrediction:
     response_header_length: str | None
     retention_days: int
     too_large: int = 0  # the larger body's size when it was over the log's limit (bodies dropped)
+    request_encoding: str = ""  # the request's Content-Encoding (gzip, deflate), inflated when stored
 
 
 # Bodies larger than this are logged without their tensors (and cannot be scored).
@@ -373,16 +374,20 @@ PREDICTION_LOG_MAX_BODY = 1 << 20
 def prediction_logs_record(*, entries: Sequence[LoggedPrediction]) -> int:
     """Stores sampled predictions (one INSERT): inputs and outputs decoded from the v2 bodies
     (binary tensors included, up to 4,096 elements each). Returns how many were stored."""
-    from inference_workers.codec import decode_tensors
-    from inference_workers.errors import InvalidInputError
+    from inference_workers.codec import decode_tensors, decompress
+    from inference_workers.errors import DataPlaneError
 
-    def tensors(body: bytes, header_length: str | None, key: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        if len(body) > PREDICTION_LOG_MAX_BODY:
-            return {}, [{"omitted": f"body of {len(body)} bytes is over the log's {PREDICTION_LOG_MAX_BODY}"}]
+    def tensors(
+        body: bytes, header_length: str | None, key: str, encoding: str = ""
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         try:
+            if encoding and encoding != "identity":
+                body = decompress(body, encoding.encode(), limit=PREDICTION_LOG_MAX_BODY)
+            if len(body) > PREDICTION_LOG_MAX_BODY:
+                return {}, [{"omitted": f"body of {len(body)} bytes is over the log's {PREDICTION_LOG_MAX_BODY}"}]
             return decode_tensors(body, header_length=header_length, key=key)
-        except InvalidInputError as exc:
-            return {}, [{"omitted": str(exc)}]
+        except DataPlaneError as exc:
+            return {}, [{"omitted": exc.message}]
 
     tenants = dict(Tenant.objects.filter(slug__in={e.tenant for e in entries}).values_list("slug", "pk"))
     rows = []
@@ -394,7 +399,9 @@ def prediction_logs_record(*, entries: Sequence[LoggedPrediction]) -> int:
             request_header: dict[str, Any] = {}
             inputs, outputs = omitted, omitted
         else:
-            request_header, inputs = tensors(entry.request_body, entry.request_header_length, "inputs")
+            request_header, inputs = tensors(
+                entry.request_body, entry.request_header_length, "inputs", entry.request_encoding
+            )
             _, outputs = tensors(entry.response_body, entry.response_header_length, "outputs")
         at = datetime.fromtimestamp(entry.at, tz=UTC)
         inputs, outputs = _without_nul(inputs), _without_nul(outputs)

@@ -178,6 +178,9 @@ BERTH_WORKER_TOKEN = env.str("BERTH_WORKER_TOKEN", default="")
 BERTH_GATEWAY_MAX_BODY_MB = env.int("BERTH_GATEWAY_MAX_BODY_MB", default=64)
 BERTH_GATEWAY_TIMEOUT_S = env.float("BERTH_GATEWAY_TIMEOUT_S", default=30.0)
 BERTH_GATEWAY_COLD_START_S = env.float("BERTH_GATEWAY_COLD_START_S", default=30.0)
+# Connections one gateway process keeps open to one worker at most; requests past it wait
+# for one to free (within BERTH_GATEWAY_TIMEOUT_S), so a burst cannot exhaust descriptors.
+BERTH_GATEWAY_MAX_CONNECTIONS_PER_WORKER = env.int("BERTH_GATEWAY_MAX_CONNECTIONS_PER_WORKER", default=256)
 # How often the routing table is re-read (a new replica, a traffic change or a revoked key
 # reaches the gateway within this, at most 2 s for keys).
 BERTH_GATEWAY_REFRESH_S = env.float("BERTH_GATEWAY_REFRESH_S", default=0.5)

@@ -65,6 +65,9 @@ class OnnxRunner:
         session_options.inter_op_num_threads = options.inter_op_threads
         if options.inter_op_threads > 1:  # independent branches run at once only in parallel mode
             session_options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        if not options.spin_wait:
+            session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         session_options.log_severity_level = 3
         providers: list[Any] = ["CPUExecutionProvider"]
         if options.cuda_index is not None:

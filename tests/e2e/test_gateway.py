@@ -130,6 +130,11 @@ def test_a_stock_client_infers_json_and_binary(gateway_platform: Platform, binar
     single.set_data_from_numpy(rows[1:2], binary_data=binary)
     alone = client.infer(MODEL, [single], model_version="1", headers=_bearer(key)).as_numpy("output")
     np.testing.assert_allclose(alone[0], out[1], rtol=1e-5)
+    # A compressed request body travels to the worker as it came and is inflated there.
+    packed = client.infer(
+        MODEL, [data], outputs=[wanted], headers=_bearer(key), request_compression_algorithm="gzip"
+    ).as_numpy("output")
+    np.testing.assert_allclose(packed, out, rtol=1e-5)
 
 
 def test_the_request_id_is_kept_or_made_and_returned(gateway_platform: Platform):

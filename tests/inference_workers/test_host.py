@@ -204,3 +204,8 @@ def test_thread_settings_reach_the_onnx_session(tmp_path):
     options = runner._session.get_session_options()
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 2)
     assert options.execution_mode.name == "ORT_PARALLEL"
+    # Idle threads sleep unless spin-waiting is asked for.
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    spinning = OnnxRunner(path, RuntimeOptions(device="cpu", intra_op_threads=2, spin_wait=True))
+    with pytest.raises(RuntimeError, match="does not have"):  # left at ONNX Runtime's default (spinning)
+        spinning._session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")

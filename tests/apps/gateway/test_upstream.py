@@ -36,6 +36,12 @@ async def worker() -> AsyncIterator[tuple[str, list[int]]]:
         await response.write_eof()
         return response
 
+    async def slow(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        peers.append(request.transport.get_extra_info("peername")[1])
+        await asyncio.sleep(0.2)
+        return web.Response(body=b"late")
+
     async def close(request: web.Request) -> web.Response:
         return web.Response(body=b"bye", headers={"Connection": "close"})
 
@@ -43,6 +49,7 @@ async def worker() -> AsyncIterator[tuple[str, list[int]]]:
     app.router.add_post("/infer", infer)
     app.router.add_get("/chunked", chunked)
     app.router.add_get("/close", close)
+    app.router.add_get("/slow", slow)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     port = free_port()
@@ -105,4 +112,24 @@ async def test_a_pooled_connection_closed_by_the_worker_while_idle_is_not_reused
     await asyncio.sleep(0.05)
     response = await upstream.request(url, "POST", "/infer", headers=[], body=b"2")
     assert response.status == 200
+    await upstream.close()
+
+
+async def test_connections_to_one_worker_are_capped_and_the_rest_wait(worker):
+    url, peers = worker
+    upstream = Upstream(max_connections_per_worker=3)
+    watched: list[int] = []
+
+    async def watch() -> None:
+        for _ in range(40):
+            watched.append(upstream.in_flight(url))
+            await asyncio.sleep(0.02)
+
+    watcher = asyncio.ensure_future(watch())
+    answers = await asyncio.gather(*(upstream.request(url, "GET", "/slow", headers=[]) for _ in range(9)))
+    await watcher
+    assert [answer.body for answer in answers] == [b"late"] * 9  # every request answered, none refused
+    assert max(watched) == 3  # never more than the cap at once
+    assert len(set(peers)) == 3  # three connections carried all nine requests
+    assert upstream.in_flight(url) == 0
     await upstream.close()

@@ -101,6 +101,27 @@ def test_logged_predictions_keep_inputs_outputs_and_ids_and_bad_bodies_do_not_br
     assert "omitted" in logs["req-bad"].inputs[0] and "omitted" in logs["req-bad"].outputs[0]
 
 
+def test_a_compressed_request_is_logged_inflated(world_a, clf):
+    import gzip
+
+    body, length = _response(np.array([[0.2, 0.3, 0.5]]))
+    packed = gzip.compress(_request([[5.0, 6.0]], "zipped"))
+    prediction_logs_record(
+        entries=[
+            LoggedPrediction(
+                "alpha", "clf", 1, "req-gz", time.time(), packed, None, body, length, 7, request_encoding="gzip"
+            ),
+            LoggedPrediction(
+                "alpha", "clf", 1, "req-junk", time.time(), b"junk", None, body, length, 7, request_encoding="gzip"
+            ),
+        ]
+    )
+    logs = {log.request_id: log for log in PredictionLog.objects.all()}
+    assert logs["req-gz"].inference_id == "zipped" and logs["req-gz"].inputs[0]["data"] == [5.0, 6.0]
+    assert "not valid gzip" in logs["req-junk"].inputs[0]["omitted"]  # a bad body does not break the batch
+    assert logs["req-junk"].outputs[0]["data"] == pytest.approx([0.2, 0.3, 0.5])
+
+
 def test_feedback_scores_classification_by_the_top_class_joins_either_id_and_replaces(world_a, clf):
     _log("req-1", [[0.1, 0.7, 0.2]], inference_id="client-1")
     _log("req-2", [[0.9, 0.0, 0.1], [0.0, 0.1, 0.9]])
