@@ -7,8 +7,9 @@ empty device only when none has room; never past a device's capacity less its he
 Replicas of one version always go to distinct devices (a worker hosts a version once). Each tenant's memory quota
 (per device kind) and replica cap are kept. When nothing fits, idle scale-to-zero
 replicas are evicted least-recently-used first, but never one used within the churn
-guard. Replicas already placed stay where they are (no churn); replicas no longer wanted
-are unloaded. Equal input gives an equal plan, whatever its order.
+guard; a tenant at its quota likewise makes way with its own idle replicas. Replicas
+already placed stay where they are (no churn); replicas no longer wanted are unloaded.
+Equal input gives an equal plan, whatever its order.
 """
 
 from __future__ import annotations
@@ -162,6 +163,34 @@ def place(
             continue
         limit = quota.memory_bytes.get(want.kind, 0)
         used = tenant_memory.get((tenant, want.kind), 0)
+        short_bytes = used + want.footprint_bytes - limit
+        short_count = tenant_replicas.get(tenant, 0) + 1 - quota.max_replicas
+        if (short_bytes > 0 or short_count > 0) and limit >= want.footprint_bytes:
+            # At its quota: the tenant's own idle scale-to-zero replicas (LRU, past the churn
+            # guard) make way for the one it asks for now, as they would for device memory.
+            own = [
+                p
+                for d in by_id.values()
+                if d.kind == want.kind
+                for p in on_device[d.device_id]
+                if p.replica[0] == tenant and p.replica[:3] != want.replica[:3]
+            ]
+            victims: list[Placed] = []
+            freed = 0
+            for candidate in _evictable(own, now, churn_guard_s):
+                if freed >= short_bytes and len(victims) >= short_count:
+                    break
+                victims.append(candidate)
+                freed += candidate.reserved_bytes
+            if victims and freed >= short_bytes and len(victims) >= short_count:
+                for victim in victims:
+                    evictions.append((victim.replica, victim.device_id))
+                    on_device[victim.device_id].remove(victim)
+                    reserved[victim.device_id] -= victim.reserved_bytes
+                    assignments.pop(victim.replica, None)
+                    tenant_memory[(tenant, want.kind)] -= victim.reserved_bytes
+                    tenant_replicas[tenant] -= 1
+                used = tenant_memory.get((tenant, want.kind), 0)
         if used + want.footprint_bytes > limit:
             pending.append(
                 (

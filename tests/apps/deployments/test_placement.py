@@ -185,6 +185,30 @@ def test_nothing_used_within_the_churn_guard_is_evicted():
     assert plan.pending[0][0] == rid("t", "new") and "no cuda device has" in plan.pending[0][1]
 
 
+def test_a_tenant_at_its_quota_makes_way_with_its_own_idle_replicas_only():
+    devices = [Device("gpu0", "cuda", 80 * GiB)]
+    quota = Quota(memory_bytes={"cuda": 6 * GiB}, max_replicas=5)
+    placed = [
+        Placed(rid("t", "idle"), "gpu0", 4 * GiB, last_used_at=100.0, idle_evictable=True),
+        Placed(rid("t", "busy"), "gpu0", 2 * GiB, last_used_at=100.0, idle_evictable=False),
+        Placed(rid("u", "other"), "gpu0", 4 * GiB, last_used_at=10.0, idle_evictable=True),
+    ]
+    wanted = [Wanted(p.replica, p.reserved_bytes, "cuda") for p in placed] + [Wanted(rid("t", "new"), 3 * GiB, "cuda")]
+    quotas = {"t": quota, "u": BIG}
+    plan = place(devices=devices, placed=placed, wanted=wanted, quotas=quotas, now=1000.0, churn_guard_s=300)
+    assert plan.evictions == ((rid("t", "idle"), "gpu0"),)  # its own; never the other tenant's
+    assert plan.assignments[rid("t", "new")] == "gpu0"
+    # Used within the churn guard: nothing is evicted and the quota refusal stands.
+    plan = place(devices=devices, placed=placed, wanted=wanted, quotas=quotas, now=200.0, churn_guard_s=300)
+    assert plan.evictions == ()
+    assert plan.pending[0][0] == rid("t", "new") and "quota: needs 3072 MiB" in plan.pending[0][1]
+    # The replica cap makes way the same way.
+    capped = {"t": Quota(memory_bytes={"cuda": 80 * GiB}, max_replicas=2), "u": BIG}
+    plan = place(devices=devices, placed=placed, wanted=wanted, quotas=capped, now=1000.0, churn_guard_s=300)
+    assert plan.evictions == ((rid("t", "idle"), "gpu0"),)
+    assert rid("t", "new") in plan.assignments
+
+
 def test_quota_refusals_say_what_is_needed_and_left():
     quota = Quota(memory_bytes={"cuda": 6 * GiB}, max_replicas=5)
     plan = place(
