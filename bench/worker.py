@@ -4,7 +4,8 @@ Prints, in one run, for the reference MLP (FP32 [batch, 256] → 1024 → 1024 �
 direct in-process onnxruntime (the floor), a minimal aiohttp v2 server around the same
 session (the floor for one Python HTTP hop), and Berth's worker, at concurrency 1 and 16,
 batch-1 requests, JSON and binary; then a small conv net at c=16 through the worker
-without and with dynamic batching. Ratios against the targets are printed at the end.
+without and with dynamic batching; then the worker in its latency configuration (every
+core per execution, spinning threads) at c=1 and c=16. Ratios against the targets are printed at the end.
 
     .venv/bin/python -m bench.worker [--seconds 5]
 """
@@ -172,6 +173,27 @@ def main() -> None:
         )
         results += [conv_unbatched, conv_batched]
 
+    # The latency configuration: every core per execution, idle threads spin-waiting (ONNX
+    # Runtime's own defaults). It wins at c=1 on an idle machine and costs whole cores between
+    # runs, which a gateway or other models on the same host then lack (see docs/workers.md).
+    spin_env = {"BERTH_WORKER_THREADS": "0", "BERTH_WORKER_SPIN_WAIT": "1"}
+    with WorkerProcess(worker_id="bench-worker-spin", extra_env=spin_env) as worker:
+        worker.load("bench", "mlp", mlp, batching={"max_batch_size": 32, "max_queue_delay_us": 0})
+        url = f"{worker.url}/v2/models/bench.mlp/infer"
+        json_headers = {**worker.headers, "Content-Type": "application/json"}
+        s_c1 = run_load(
+            "berth worker (JSON, spin)", url, json_body, headers=json_headers, concurrency=1, seconds=args.seconds
+        )
+        s_c16 = run_load(
+            "berth worker (JSON, batching, spin)",
+            url,
+            json_body,
+            headers=json_headers,
+            concurrency=16,
+            seconds=args.seconds,
+        )
+        results += [s_c1, s_c16]
+
     print()
     summary(results)
     print()
@@ -180,6 +202,10 @@ def main() -> None:
         f"c=1 p50: worker {w_c1.pct(50):.3f} ms vs KServe {KSERVE_C1_P50_MS} ms "
         f"(ratio {w_c1.pct(50) / KSERVE_C1_P50_MS:.2f}, target < 1) and vs bare aiohttp {floor:.3f} ms "
         f"(ratio {w_c1.pct(50) / floor:.2f}, target <= 1.5)"
+    )
+    print(
+        f"c=1 p50 with BERTH_WORKER_THREADS=0 BERTH_WORKER_SPIN_WAIT=1: {s_c1.pct(50):.3f} ms "
+        f"(ratio to bare aiohttp {s_c1.pct(50) / floor:.2f}); c=16 {s_c16.rps:.0f} req/s"
     )
     print(
         f"c=16 req/s: worker {w_c16.rps:.0f} vs KServe {KSERVE_C16_RPS:.0f} "

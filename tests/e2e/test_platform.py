@@ -267,6 +267,7 @@ def test_a_killed_workers_replica_is_ready_on_another_worker_within_10_s(platfor
 
     platform.wait_healthy()
     spare_id = f"{platform.worker_id}-z"  # sorts last: the empty device placement opens first
+    stop_load = threading.Event()
     with (tmp_path / "spare.log").open("wb") as log:
         spare = subprocess.Popen(
             [PYTHON, "-m", "inference_workers", "--device", "cpu", "--worker-id", spare_id],
@@ -280,6 +281,8 @@ def test_a_killed_workers_replica_is_ready_on_another_worker_within_10_s(platfor
         base = f"{platform.base_url}/api/v1/tenants/demo/models/demo-mlp"
         deadline = time.monotonic() + 120
         with platform.admin() as admin:
+            quota = {"requests_per_second": 100_000, "max_concurrent_requests": 1000}  # the load is not refused
+            assert admin.patch("/api/v1/tenants/demo/quota/", json=quota).status_code == 200
             while len([w for w in admin.get("/api/v1/workers/").json() if w["state"] == "ready"]) < 2:
                 assert time.monotonic() < deadline, "the spare worker never registered"
                 time.sleep(0.2)
@@ -296,12 +299,43 @@ def test_a_killed_workers_replica_is_ready_on_another_worker_within_10_s(platfor
             assert time.monotonic() < deadline, replica()
             time.sleep(0.2)
         assert replica()["worker"] == spare_id
+        # Under load: two clients keep calling the model through the gateway across the kill.
+        answers: list[tuple[float, int, str]] = []
+        one_row = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+
+        def load() -> None:
+            with httpx.Client(timeout=60) as client:
+                while not stop_load.is_set():
+                    sent_at = time.monotonic()
+                    answer = client.post(f"{platform.base_url}/v2/models/demo-mlp/infer", json=one_row, headers=headers)
+                    answers.append((sent_at, answer.status_code, answer.text))
+
+        clients = [threading.Thread(target=load, daemon=True) for _ in range(2)]
+        for client in clients:
+            client.start()
+        time.sleep(1.5)
         spare.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         while not (replica().get("state") == "ready" and replica().get("worker") == platform.worker_id):
             assert time.monotonic() - killed_at < 10, f"not ready elsewhere within 10 s: {replica()}"
             time.sleep(0.2)
+        recovered_at = time.monotonic()
+        time.sleep(2.0)
+        stop_load.set()
+        for client in clients:
+            client.join(timeout=60)
+        before = [code for sent_at, code, _ in answers if sent_at < killed_at]
+        assert before and set(before) <= {200, 502}, before  # 502: in flight at the kill, not retried
+        # Between the kill and the new replica: answered (a cold start waits for the new
+        # replica) or refused clearly; never a 500, never a hang.
+        for _, code, text in answers:
+            assert code in (200, 502, 503), (code, text)
+            if code != 200:
+                assert "error" in text
+        after = [code for sent_at, code, _ in answers if sent_at > recovered_at + 1.0]
+        assert len(after) > 10 and set(after) == {200}, after
     finally:
+        stop_load.set()
         if spare.poll() is None:
             spare.kill()
         spare.wait()
