@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from apps.deployments.placement import Device, Placed, Quota, Wanted, place
@@ -268,3 +268,77 @@ def test_a_versions_copies_go_down_before_small_singles_so_none_is_stranded():
     plan = place(devices=devices, placed=[], wanted=wanted, quotas=quotas, now=0.0)
     assert plan.pending == ()
     assert len({plan.assignments[rid("t", "copies", n)] for n in range(3)}) == 3
+
+
+@st.composite
+def occupied_fleets(draw):
+    """A fleet already running a first plan's replicas (some idle and evictable, some no longer
+    wanted), asked for more: the properties must hold from any such state, not just empty."""
+    devices, first_wanted, quotas = draw(fleets())
+    first = place(devices=devices, placed=[], wanted=first_wanted, quotas=quotas, now=0.0)
+    sizes = {w.replica: w.footprint_bytes for w in first_wanted}
+    placed = [
+        Placed(
+            replica,
+            device_id,
+            sizes[replica],
+            last_used_at=float(draw(st.integers(0, 1000))),
+            idle_evictable=draw(st.booleans()),
+        )
+        for replica, device_id in sorted(first.assignments.items())
+    ]
+    kept = [w for w in first_wanted if w.replica in first.assignments and draw(st.integers(0, 4))]
+    more = []
+    for m in range(draw(st.integers(0, 6))):
+        tenant = draw(st.sampled_from(sorted(quotas)))
+        footprint = draw(st.integers(50, 8192)) * MiB
+        for r in range(draw(st.integers(1, 3))):
+            more.append(Wanted(replica=rid(tenant, f"new{m}", r), footprint_bytes=footprint, kind="cuda"))
+    return devices, placed, kept + more, quotas
+
+
+@settings(max_examples=150, deadline=None)
+@given(occupied_fleets(), st.randoms(use_true_random=False))
+def test_from_an_occupied_fleet_no_over_commit_quotas_kept_no_churn_and_order_free(fleet, rng: random.Random):
+    devices, placed, wanted, quotas = fleet
+    now, guard = 1000.0, 300.0
+    plan = place(devices=devices, placed=placed, wanted=wanted, quotas=quotas, now=now, churn_guard_s=guard)
+    sizes = {w.replica: w.footprint_bytes for w in wanted}
+    totals = reserved_after(plan, devices, placed, wanted)
+    for device in devices:
+        assert totals[device.device_id] <= device.capacity_bytes - device.headroom_bytes
+    by_replica = {p.replica: p for p in placed}
+    evicted = {replica for replica, _ in plan.evictions}
+    for replica, device_id in plan.evictions:
+        victim = by_replica[replica]
+        assert victim.idle_evictable and now - victim.last_used_at >= guard  # only idle, past the guard
+        assert device_id == victim.device_id  # unloaded where it is
+    for item in placed:
+        if item.replica in sizes and item.replica not in evicted:
+            assert plan.assignments[item.replica] == item.device_id  # what runs stays where it is
+        if item.replica not in sizes:
+            assert (item.replica, item.device_id) in plan.unloads
+    # Nothing newly loaded breaks a tenant's memory quota on top of what it keeps.
+    for tenant, quota in quotas.items():
+        loaded = [r for r, _ in plan.loads if r[0] == tenant]
+        if loaded:
+            mine = [r for r in plan.assignments if r[0] == tenant]
+            assert (
+                sum(sizes.get(r, by_replica[r].reserved_bytes if r in by_replica else 0) for r in mine)
+                <= (quota.memory_bytes["cuda"])
+            )
+            assert len(mine) <= quota.max_replicas
+    shuffled_devices, shuffled_placed, shuffled_wanted = devices[:], placed[:], wanted[:]
+    rng.shuffle(shuffled_devices)
+    rng.shuffle(shuffled_placed)
+    rng.shuffle(shuffled_wanted)
+    again = place(
+        devices=shuffled_devices,
+        placed=shuffled_placed,
+        wanted=shuffled_wanted,
+        quotas=quotas,
+        now=now,
+        churn_guard_s=guard,
+    )
+    assert again == plan
+    event(f"evictions: {bool(plan.evictions)}, loads: {bool(plan.loads)}, unloads: {bool(plan.unloads)}")
