@@ -60,6 +60,7 @@ class WorkerRuntime:
         self._heartbeat_thread: threading.Thread | None = None
         self.state: WorkerState = "ready"
         self.draining_for_exit = False
+        self._dataplane: DataPlane | None = None
 
     @property
     def dataplane_url(self) -> str:
@@ -91,7 +92,7 @@ class WorkerRuntime:
             metrics=self.metrics,
             headroom_bytes=settings.headroom_bytes,
         )
-        dataplane = DataPlane(self.host, is_draining=lambda: self.draining_for_exit)
+        dataplane = self._dataplane = DataPlane(self.host, is_draining=lambda: self.draining_for_exit)
         app = build_app(dataplane, token=settings.token, max_body_bytes=settings.max_body_bytes, metrics=self.metrics)
         self._server = DataPlaneServer(app, host=settings.bind_host, port=settings.port, loop=self._loop)
         self._server.start()
@@ -104,8 +105,48 @@ class WorkerRuntime:
         self.draining_for_exit = True
         self.state = "draining"
 
+    def begin_handover(self) -> None:
+        """SIGTERM arrived: report draining (the control plane moves the replicas) and keep
+        serving until the hand-over in ``stop`` ends; without a hand-over, drain at once."""
+        if self.settings.handover_seconds > 0:
+            self.state = "draining"
+        else:
+            self.begin_drain()
+
+    def _hand_over(self) -> None:
+        """Keeps serving while the control plane places this worker's replicas elsewhere.
+
+        The control plane, told by a ``draining`` heartbeat, loads a replacement for each
+        replica here; each one here keeps its place in routing until its replacement is ready,
+        then leaves it, and the gateways stop sending here within their refresh. So the worker
+        waits until no inference request has come for ``HANDOVER_QUIET_S`` (or it hosts
+        nothing, or ``BERTH_WORKER_HANDOVER_S`` passed); with no broker to say it, at once.
+        """
+        host, dataplane = self.host, self._dataplane
+        if host is None or dataplane is None or self.draining_for_exit or self.settings.handover_seconds <= 0:
+            return
+        if not host.states():
+            return
+        self.state = "draining"
+        try:
+            self._send_heartbeat()
+        except (OperationalError, OSError) as exc:
+            log.warning("cannot tell the control plane this worker is leaving (%s); draining at once", exc)
+            return
+        started = time.monotonic()
+        deadline = started + self.settings.handover_seconds
+        log.info("handing over: serving until the gateways stop sending here (at most %.0f s)", deadline - started)
+        while time.monotonic() < deadline and host.states():
+            quiet = time.monotonic() - max(dataplane.last_infer_at, started)
+            if quiet >= HANDOVER_QUIET_S and host.inflight == 0:
+                break
+            time.sleep(0.05)
+        log.info("hand-over ended after %.1f s", time.monotonic() - started)
+
     def stop(self) -> None:
-        """Drains (in-flight requests finish, new ones get 503), then stops everything."""
+        """Hands over (see ``_hand_over``), drains (in-flight requests finish, new ones get
+        503), then stops everything."""
+        self._hand_over()
         self.begin_drain()
         if self.host is not None:
             with contextlib.suppress(OperationalError, OSError):  # the broker may be down: drain anyway
@@ -184,6 +225,8 @@ class WorkerRuntime:
 
 
 HEARTBEAT_EXPIRES_S = 600.0
+# No inference for this long during a hand-over: the gateways route elsewhere now.
+HANDOVER_QUIET_S = 1.0
 
 
 def make_celery_app(settings: WorkerSettings) -> Celery:
@@ -222,8 +265,9 @@ def make_celery_app(settings: WorkerSettings) -> Celery:
 
     @worker_shutting_down.connect(weak=False)
     def drain_on_shutdown(**kwargs: Any) -> None:
-        # Sent as SIGTERM arrives, well before the bootstep is stopped: refuse new work now.
-        runtime.begin_drain()
+        # Sent as SIGTERM arrives, well before the bootstep is stopped: report draining now
+        # (the hand-over keeps serving meanwhile), or refuse new work at once without one.
+        runtime.begin_handover()
 
     def host() -> ModelHost:
         assert runtime.host is not None, "the worker runtime is not started"

@@ -6,6 +6,7 @@ means lives here: health, server and model metadata, readiness, and infer.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,7 @@ class DataPlane:
     def __init__(self, host: ModelHost, *, is_draining: Callable[[], bool]) -> None:
         self.host = host
         self._is_draining = is_draining
+        self.last_infer_at = 0.0  # time.monotonic() of the last infer request (the SIGTERM handover waits for quiet)
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
@@ -76,6 +78,7 @@ class DataPlane:
         Returns:
             The response body and headers.
         """
+        self.last_infer_at = time.monotonic()
         if self._is_draining():
             raise UnavailableError("the worker is draining; send requests to another replica")
         entry = self._entry(name, version)

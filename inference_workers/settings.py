@@ -131,6 +131,7 @@ class WorkerSettings:
     headroom_bytes: int = 0
     max_body_bytes: int = 64 * 1024**2
     drain_seconds: float = 30.0
+    handover_seconds: float = 20.0
     intra_op_threads: int = 1
     inter_op_threads: int = 0
     spin_wait: bool = False
@@ -160,6 +161,8 @@ class WorkerSettings:
         ``BERTH_WORKER_TOKEN`` (the gateway's shared secret; default generated into the
         data dir), ``BERTH_WORKER_HEADROOM`` (memory never reserved, default 0),
         ``BERTH_WORKER_MAX_BODY`` (default 64MiB), ``BERTH_WORKER_DRAIN_S`` (default 30),
+        ``BERTH_WORKER_HANDOVER_S`` (after SIGTERM, how long the worker keeps serving while the
+        control plane moves its replicas, default 20; 0 drains at once),
         ``BERTH_WORKER_THREADS`` (intra-op threads per model execution, default 1: a batch runs
         on one core and parallelism comes from ``instance_count`` and co-hosted models, which
         costs the least CPU per request; 0 = the runtime's choice, every core),
@@ -212,6 +215,7 @@ class WorkerSettings:
             headroom_bytes=_size(environ, "BERTH_WORKER_HEADROOM", 0),
             max_body_bytes=_size(environ, "BERTH_WORKER_MAX_BODY", 64 * 1024**2),
             drain_seconds=_float(environ, "BERTH_WORKER_DRAIN_S", 30.0, minimum=0.0),
+            handover_seconds=_float(environ, "BERTH_WORKER_HANDOVER_S", 20.0, minimum=0.0),
             intra_op_threads=_int(environ, "BERTH_WORKER_THREADS", 1),
             inter_op_threads=_int(environ, "BERTH_WORKER_INTER_OP_THREADS", 0),
             spin_wait=_bool(environ, "BERTH_WORKER_SPIN_WAIT", False),

@@ -10,6 +10,7 @@ until its replacement is ready.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -28,8 +29,11 @@ MODEL = "demo-mlp"
 ONE_ROW = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
 
 
+Fleet = tuple[Platform, list[str], dict[str, subprocess.Popen]]
+
+
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Platform, list[str]]]:
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     tmp = tmp_path_factory.mktemp("fleet")
     with boot_platform(tmp, BERTH_SEED_DEMO_DEPLOY="1", BERTH_WORKER_MEMORY_BUDGET="256MiB") as platform:
         platform.wait_healthy()
@@ -49,7 +53,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Platform, 
             )
             ids.append(worker_id)
         try:
-            yield platform, ids
+            yield platform, ids, dict(zip(ids[1:], spares, strict=True))
         finally:
             for spare in spares:
                 spare.terminate()
@@ -107,7 +111,7 @@ class Load:
 
 
 def test_scale_canary_drain_and_undeploy_converge_under_load_without_a_failed_request(fleet):
-    platform, worker_ids = fleet
+    platform, worker_ids, spares = fleet
     key = _key(platform)
     bearer = {"Authorization": f"Bearer {key}"}
     base = f"{platform.base_url}/api/v1/tenants/demo/models/{MODEL}"
@@ -131,7 +135,8 @@ def test_scale_canary_drain_and_undeploy_converge_under_load_without_a_failed_re
         return {
             worker_id
             for worker_id, worker in workers().items()
-            if any(h["model"] == MODEL and h["version"] == version for h in worker["hosted"])
+            if worker["state"] != "dead"
+            and any(h["model"] == MODEL and h["version"] == version for h in worker["hosted"])
         }
 
     _until("three ready workers", lambda: sum(w["state"] == "ready" for w in workers().values()) == 3, platform)
@@ -181,6 +186,19 @@ def test_scale_canary_drain_and_undeploy_converge_under_load_without_a_failed_re
             platform,
         )
         assert admin.delete(f"/api/v1/workers/{source}/drain/").status_code == 200
+
+        # SIGTERM a worker serving it: it reports draining and keeps serving while the control
+        # plane loads a replacement elsewhere, then leaves once the traffic has moved.
+        assert httpx.patch(
+            f"{base}/deployment/", headers=bearer, json={"min_replicas": 2, "max_replicas": 2}
+        ).is_success
+        _until("two replicas", lambda: len(ready_on().get("2", ())) == 2, platform)
+        time.sleep(1)  # both are in the gateway's routing table
+        leaving = sorted(ready_on()["2"] & set(spares))[0]  # one of the two is a spare's
+        survivors = set(worker_ids) - {leaving}
+        spares[leaving].send_signal(signal.SIGTERM)
+        _until("the replica moved", lambda: ready_on().get("2", set()) == survivors, platform)
+        assert spares[leaving].wait(timeout=60) == 0
         time.sleep(1)
     assert load.failures == [], load.failures[:5]
     assert load.statuses[200] > 100

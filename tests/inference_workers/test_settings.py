@@ -61,6 +61,7 @@ def test_worker_variables_override_the_shared_ones(tmp_path):
         ("BERTH_WORKER_MEMORY_BUDGET", "lots"),
         ("BERTH_WORKER_INTER_OP_THREADS", "-1"),
         ("BERTH_WORKER_SPIN_WAIT", "maybe"),
+        ("BERTH_WORKER_HANDOVER_S", "-1"),
     ],
 )
 def test_each_bad_value_is_refused_naming_its_variable(tmp_path, variable, value):

@@ -119,7 +119,15 @@ def test_commands_load_serve_report_and_unload(worker: Worker, model_files):
     assert worker.command("status")["state"] == "draining"
 
 
-def test_sigterm_drains_in_flight_then_exits(worker: Worker, tmp_path):
+def test_sigterm_drains_in_flight_then_exits(tmp_path):
+    worker = Worker(tmp_path, BERTH_WORKER_HANDOVER_S="0")  # the drain alone (the hand-over is below)
+    try:
+        _drains_in_flight_then_exits(worker, tmp_path)
+    finally:
+        worker.stop()
+
+
+def _drains_in_flight_then_exits(worker: Worker, tmp_path: Path) -> None:
     slow = models.slow_torchscript(tmp_path / "slow.pt")
     specs = {
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
@@ -157,6 +165,38 @@ def test_sigterm_drains_in_flight_then_exits(worker: Worker, tmp_path):
     assert worker.process.wait(timeout=60) == 0
     with pytest.raises(httpx.ConnectError):
         infer(url, worker.headers, "acme.slow")
+
+
+def test_after_sigterm_it_serves_until_the_traffic_moves_then_drains_and_exits(tmp_path, model_files):
+    """The hand-over: reported draining, it keeps answering while requests still come (the
+    control plane is placing replacements); once none has come for a second, it exits."""
+    worker = Worker(tmp_path, BERTH_WORKER_HANDOVER_S="20")
+    try:
+        assert worker.command("load", load_message(model_files["doubler"], model="doubler"))["state"] == "ready"
+        url = worker.url()
+        assert infer(url, worker.headers).status_code == 200
+        worker.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        answers = []
+        with httpx.Client(timeout=30) as client:
+            body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1.0] * 4}]}
+            while time.monotonic() - signalled < 3.0:  # the traffic still comes for 3 s
+                answer = client.post(f"{url}/v2/models/acme.doubler/infer", json=body, headers=worker.headers)
+                answers.append(answer.status_code)
+                time.sleep(0.05)
+            traffic_stopped = time.monotonic()
+            assert len(answers) > 20 and set(answers) == {200}, answers  # served throughout, not refused
+            assert worker.process.poll() is None  # still there while the traffic came
+            ready = client.get(f"{url}/v2/health/ready")
+            assert ready.status_code == 200
+        assert worker.process.wait(timeout=30) == 0
+        exited = time.monotonic()
+        assert exited - traffic_stopped >= 0.9  # it waited for a quiet second first
+        assert "hand-over ended" in worker.log.read_text()
+        with pytest.raises(httpx.ConnectError):
+            infer(url, worker.headers)
+    finally:
+        worker.stop()
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
