@@ -33,6 +33,7 @@ from inference_workers.types import (
     DRAIN_TASK,
     HEARTBEAT_TASK,
     LOAD_TASK,
+    SERVING_TASK,
     STATUS_TASK,
     UNLOAD_TASK,
     LoadCommand,
@@ -117,10 +118,13 @@ class WorkerRuntime:
         """Keeps serving while the control plane places this worker's replicas elsewhere.
 
         The control plane, told by a ``draining`` heartbeat, loads a replacement for each
-        replica here; each one here keeps its place in routing until its replacement is ready,
-        then leaves it, and the gateways stop sending here within their refresh. So the worker
-        waits until no inference request has come for ``HANDOVER_QUIET_S`` (or it hosts
-        nothing, or ``BERTH_WORKER_HANDOVER_S`` passed); with no broker to say it, at once.
+        replica here; each one here stays in routing until its replacement is ready, then
+        leaves it. The worker asks the control plane how many of its replicas are still
+        routed to (``SERVING_TASK``) and keeps serving while any is; once none is, it waits
+        for a quiet second (gateways re-read their tables within it). If the control plane
+        does not answer (it is stopping too, as under ``make run``), the quiet second alone
+        ends the hand-over. ``BERTH_WORKER_HANDOVER_S`` bounds it all; with no broker to
+        report draining to, there is no hand-over.
         """
         host, dataplane = self.host, self._dataplane
         if host is None or dataplane is None or self.draining_for_exit or self.settings.handover_seconds <= 0:
@@ -135,13 +139,28 @@ class WorkerRuntime:
             return
         started = time.monotonic()
         deadline = started + self.settings.handover_seconds
-        log.info("handing over: serving until the gateways stop sending here (at most %.0f s)", deadline - started)
+        log.info("handing over: serving until the replicas here have moved (at most %.0f s)", deadline - started)
         while time.monotonic() < deadline and host.states():
+            serving = self._still_routed()
             quiet = time.monotonic() - max(dataplane.last_infer_at, started)
-            if quiet >= HANDOVER_QUIET_S and host.inflight == 0:
-                break
-            time.sleep(0.05)
+            if serving == 0 or serving is None:
+                if quiet >= HANDOVER_QUIET_S and host.inflight == 0:
+                    break
+                time.sleep(0.05)
+            else:
+                time.sleep(0.25)
         log.info("hand-over ended after %.1f s", time.monotonic() - started)
+
+    def _still_routed(self) -> int | None:
+        """The control plane's count of this worker's replicas still in routing (None: no answer)."""
+        try:
+            result = self._app.send_task(
+                SERVING_TASK, args=[self.settings.worker_id], queue=self.settings.control_queue, expires=5
+            )
+            return int(result.get(timeout=HANDOVER_ASK_TIMEOUT_S, interval=0.05))
+        except Exception as exc:  # noqa: BLE001 - no answer is an answer: fall back to the quiet second
+            log.debug("the control plane did not say whether the replicas moved: %s", exc)
+            return None
 
     def stop(self) -> None:
         """Hands over (see ``_hand_over``), drains (in-flight requests finish, new ones get
@@ -227,6 +246,7 @@ class WorkerRuntime:
 HEARTBEAT_EXPIRES_S = 600.0
 # No inference for this long during a hand-over: the gateways route elsewhere now.
 HANDOVER_QUIET_S = 1.0
+HANDOVER_ASK_TIMEOUT_S = 1.0
 
 
 def make_celery_app(settings: WorkerSettings) -> Celery:

@@ -124,10 +124,10 @@ class DataPlaneApp:
             if self.dataplane.ready():
                 return _json({"ready": True})
             return _error(503, "the worker is draining; send requests to another replica")
+        if not self._authorized(request):  # anything but health needs the token, unknown paths too
+            raise UnauthorizedError("missing or wrong worker token; only the gateway may call a worker")
         if len(parts) < 2 or parts[0] != "" or parts[1] not in ("v2", "metrics"):
             return _error(404, f"no route {path.decode('latin-1')!r} on a worker")
-        if not self._authorized(request):
-            raise UnauthorizedError("missing or wrong worker token; only the gateway may call a worker")
         if parts[1] == "metrics" and len(parts) == 2:
             self._allow(method, b"GET")
             return Reply(200, generate_latest(self._metrics.registry), CONTENT_TYPE_LATEST.encode())
@@ -152,7 +152,7 @@ class DataPlaneApp:
             if request.content_encoding and request.content_encoding != b"identity":
                 body = decompress(body, request.content_encoding, limit=self.max_body_bytes)
             payload, headers = await self.dataplane.infer(name, version, body, header_length=request.header_length)
-            content_type = headers.pop("Content-Type", "application/json")
+            content_type = headers.pop("content-type", "application/json")
             return Reply(200, payload, content_type.encode(), headers)
         if len(rest) == 1 and rest[0] == "ready":
             self._allow(method, b"GET")

@@ -14,6 +14,8 @@ DeviceKind = Literal["cpu", "cuda"]
 WorkerState = Literal["ready", "draining"]
 
 HEARTBEAT_TASK = "berth.worker_heartbeat"
+# Asked by a worker handing over after SIGTERM: how many of its replicas gateways still route to.
+SERVING_TASK = "berth.worker_serving"
 # What a worker id may be (BERTH_WORKER_ID): it names queues, URLs and pages.
 WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 LOAD_TASK = "berth.worker.load"

@@ -226,6 +226,12 @@ def _retire(
     return commands
 
 
+def orphan_unload_claim(worker_id: str, key: ModelKey) -> bool:
+    """Claims the unload of ``key`` from a worker for ``ORPHAN_RESEND_S``: False when one was
+    sent within it (by the orphan sweep, or by an undeploy), so it is not sent twice."""
+    return bool(cache.add(f"berth:orphan:{worker_id}:{key.dataplane_name}:{key.version}", 1, ORPHAN_RESEND_S))
+
+
 def _orphans(workers: dict[int, Worker]) -> list[tuple[str, str, dict[str, Any]]]:
     """Unloads what a live worker hosts that no replica row refers to (a worker marked dead by
     mistake that came back, a lost command); each at most once per ``ORPHAN_RESEND_S``."""
@@ -242,7 +248,7 @@ def _orphans(workers: dict[int, Worker]) -> list[tuple[str, str, dict[str, Any]]
             key = ModelKey(tenant=hosted["tenant"], model=hosted["model"], version=hosted["version"])
             if (worker.pk, key.tenant, key.model, key.version) in referenced:
                 continue
-            if cache.add(f"berth:orphan:{worker.worker_id}:{key.dataplane_name}:{key.version}", 1, ORPHAN_RESEND_S):
+            if orphan_unload_claim(worker.worker_id, key):
                 log.info("worker %s hosts %s, which no replica wants; unloading", worker.worker_id, key)
                 commands.append((worker.queue, UNLOAD_TASK, key.__dict__))
     return commands

@@ -396,8 +396,15 @@ def deployment_spec_of(deployment: Deployment) -> DeploymentSpec:
 def deployment_delete(*, actor: Actor, deployment: Deployment) -> None:
     """Undeploys a model (its replicas are unloaded by the reconcile loop)."""
     model = deployment.model
+    from apps.deployments.reconcile import orphan_unload_claim
+    from inference_workers.types import ModelKey
+
     unload = [
-        (replica.worker.queue, {"tenant": model.tenant.slug, "model": model.name, "version": replica.version.number})
+        (
+            replica.worker.worker_id,
+            replica.worker.queue,
+            ModelKey(model.tenant.slug, model.name, replica.version.number),
+        )
         for replica in deployment.replicas.select_related("worker", "version")
         if replica.worker is not None
     ]
@@ -407,8 +414,11 @@ def deployment_delete(*, actor: Actor, deployment: Deployment) -> None:
     def send() -> None:
         from celery import current_app
 
-        for queue, key in unload:
-            current_app.send_task(UNLOAD_TASK, args=[key], queue=queue)
+        for worker_id, queue, key in unload:
+            # Claimed, so the orphan sweep does not send it again while the worker's last
+            # heartbeat still lists the model.
+            if orphan_unload_claim(worker_id, key):
+                current_app.send_task(UNLOAD_TASK, args=[key.__dict__], queue=queue)
 
     transaction.on_commit(send, robust=True)
 

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from apps.deployments.services import worker_mark_missing, worker_record_heartbeat
-from inference_workers.types import HEARTBEAT_TASK, MessageError, WorkerHeartbeat
+from inference_workers.types import HEARTBEAT_TASK, SERVING_TASK, MessageError, WorkerHeartbeat
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,15 @@ def worker_heartbeat(message: dict[str, Any]) -> None:
         log.warning("dropped a malformed heartbeat: %s", exc)
         return
     worker_record_heartbeat(heartbeat=heartbeat)
+
+
+@shared_task(name=SERVING_TASK)
+def worker_serving(worker_id: str) -> int:
+    """How many replicas on this worker the gateways still route to: a worker handing over
+    after SIGTERM keeps serving until this is 0 (each has a ready replacement elsewhere)."""
+    from apps.deployments.models import Replica
+
+    return Replica.objects.filter(worker__worker_id=worker_id, state=Replica.State.READY).count()
 
 
 @shared_task(name="berth.workers_mark_missing", ignore_result=True)

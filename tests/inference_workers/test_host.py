@@ -67,13 +67,14 @@ def test_headroom_is_never_reserved(make_host, model_files):
 
 def test_eviction_when_allowed_takes_the_least_recently_used_idle_model(make_host, loop_thread, model_files):
     host = make_host(budget=200 * MiB)
-    host.load(load_command(model_files["doubler"], model="old", reservation=80 * MiB))
-    host.load(load_command(model_files["doubler"], model="recent", reservation=80 * MiB))
-    infer(host, loop_thread, "acme.recent", np.ones((1, 4), np.float32))  # "old" is now the LRU
+    host.load(load_command(model_files["doubler"], model="used", reservation=80 * MiB))
+    host.load(load_command(model_files["doubler"], model="unused", reservation=80 * MiB))
+    # Loaded first, but used since: the model loaded later and never used is the LRU one.
+    infer(host, loop_thread, "acme.used", np.ones((1, 4), np.float32))
     with pytest.raises(InsufficientMemoryError):
         host.load(load_command(model_files["doubler"], model="new", reservation=80 * MiB))
     host.load(load_command(model_files["doubler"], model="new", reservation=80 * MiB, allow_evict=True))
-    assert sorted(s.key.model for s in host.states()) == ["new", "recent"]
+    assert sorted(s.key.model for s in host.states()) == ["new", "used"]
 
 
 def test_unload_really_frees_memory(make_host, model_files):
@@ -91,7 +92,17 @@ def test_unload_really_frees_memory(make_host, model_files):
     assert host.unload(ModelKey("acme", "big", 1)) is False  # idempotent
 
 
-def test_a_model_is_never_loaded_twice(make_host, model_files):
+def test_a_model_is_never_loaded_twice(make_host, model_files, monkeypatch):
+    from inference_workers import host as host_module
+
+    opened = []
+    real = host_module.measure_footprint
+
+    def counting(*args, **kwargs):
+        opened.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(host_module, "measure_footprint", counting)
     host = make_host()
     command = load_command(model_files["mlp"], model="mlp")
     reports = []
@@ -103,6 +114,7 @@ def test_a_model_is_never_loaded_twice(make_host, model_files):
     assert len(host.states()) == 1
     assert len({r.reserved_bytes for r in reports}) == 1  # later loads saw the first one's result
     assert host.load(command).state == "ready"
+    assert len(opened) == 1  # one runtime session opened for five loads of one key
 
 
 def test_a_checksum_mismatch_fails_the_load_and_reserves_nothing(make_host, model_files):
@@ -209,3 +221,17 @@ def test_thread_settings_reach_the_onnx_session(tmp_path):
     spinning = OnnxRunner(path, RuntimeOptions(device="cpu", intra_op_threads=2, spin_wait=True))
     with pytest.raises(RuntimeError, match="does not have"):  # left at ONNX Runtime's default (spinning)
         spinning._session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+
+def test_each_load_checks_the_devices_real_use_against_the_accounting(make_host, model_files, caplog):
+    # A budget far under this process's real RSS: the accounting fits, reality does not.
+    host = make_host(budget=64 * MiB)
+    with caplog.at_level("WARNING", logger="inference_workers.host"):
+        host.load(load_command(model_files["doubler"], model="tiny", reservation=1 * MiB))
+    assert host.last_device_state is not None and host.last_device_state.used_bytes > 64 * MiB
+    assert any("over its budget" in record.getMessage() for record in caplog.records)
+    caplog.clear()
+    roomy = make_host(budget=1024**4)
+    with caplog.at_level("WARNING", logger="inference_workers.host"):
+        roomy.load(load_command(model_files["doubler"], model="tiny", reservation=1 * MiB))
+    assert not [record for record in caplog.records if "over its budget" in record.getMessage()]

@@ -199,6 +199,7 @@ def test_wrong_methods_and_unknown_paths(worker):
         response = httpx.get(worker["url"] + path, headers=auth)
         assert response.status_code == 404, path
         assert "error" in response.json()
+        assert httpx.get(worker["url"] + path).status_code == 401, path  # without the token: 401 first
     # A percent-encoded name is decoded like any other path segment.
     assert httpx.post(worker["url"] + "/v2/models/acme%2Edoubler/infer", content=BODY, headers=auth).status_code == 200
 
@@ -269,3 +270,57 @@ def test_bad_compressed_bodies_get_clear_errors(worker):
         response = httpx.post(worker["url"] + INFER, content=body, headers={**auth, **headers})
         assert response.status_code == status, headers
         assert complaint in response.json()["error"]
+
+
+def test_each_answer_has_one_content_type_and_one_length(worker):
+    binary_request = json.dumps(
+        {
+            "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}],
+            "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    with connect(worker) as sock:
+        for body, wanted in ((BODY, "application/json"), (binary_request, "application/octet-stream")):
+            sock.sendall(request(body=body))
+            buffer = bytearray()
+            while b"\r\n\r\n" not in buffer:
+                buffer += sock.recv(65536)
+            head = bytes(buffer).split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
+            types = [line for line in head.split("\r\n") if line.startswith("content-type:")]
+            lengths = [line for line in head.split("\r\n") if line.startswith("content-length:")]
+            assert types == [f"content-type: {wanted}"] and len(lengths) == 1, head
+            read_response(sock, buffer)  # the rest of this answer
+
+
+def test_a_model_that_raises_fails_only_its_own_requests_over_http(worker, model_files):
+    import concurrent.futures
+
+    from tests.inference_workers import models
+
+    inputs, outputs = models.doubler_specs()
+    worker["host"].load(  # one request per execution: a good request never shares a bad one's batch
+        load_command(
+            model_files["raiser"],
+            model="raiser",
+            model_format="torchscript",
+            inputs=inputs,
+            outputs=outputs,
+            batching=BatchingConfig(max_batch_size=1),
+        )
+    )
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    def call(model: str, value: float) -> httpx.Response:
+        body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [value] * 4}]}
+        return httpx.post(f"{worker['url']}/v2/models/acme.{model}/infer", json=body, headers=auth, timeout=30)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        bad = [pool.submit(call, "raiser", 500.0) for _ in range(12)]  # sum 2000: the model raises
+        good = [pool.submit(call, "doubler", 1.0) for _ in range(12)]  # at the same time, beside it
+        fine = [pool.submit(call, "raiser", 1.0) for _ in range(4)]
+    for answer in (future.result() for future in bad):
+        assert answer.status_code == 500 and "sum over 1000" in answer.json()["error"]
+    for answer in (future.result() for future in good):
+        assert answer.status_code == 200 and answer.json()["outputs"][0]["data"] == [2.0] * 4
+    for answer in (future.result() for future in fine):
+        assert answer.status_code == 200  # its own good requests still run

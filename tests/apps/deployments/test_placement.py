@@ -341,4 +341,26 @@ def test_from_an_occupied_fleet_no_over_commit_quotas_kept_no_churn_and_order_fr
         churn_guard_s=guard,
     )
     assert again == plan
+    _anti_affinity_holds(plan, devices)
     event(f"evictions: {bool(plan.evictions)}, loads: {bool(plan.loads)}, unloads: {bool(plan.unloads)}")
+
+
+def _anti_affinity_holds(plan, devices) -> None:
+    """Copies of one version are on distinct devices, and one waits for "a device of its own"
+    only when every schedulable device already hosts a copy."""
+    by_version: dict[tuple, list[str]] = {}
+    for replica, device_id in plan.assignments.items():
+        by_version.setdefault(replica[:3], []).append(device_id)
+    for device_ids in by_version.values():
+        assert len(device_ids) == len(set(device_ids))
+    schedulable = {d.device_id for d in devices if d.schedulable}
+    for replica, reason in plan.pending:
+        if "already hosts a replica" in reason:
+            assert schedulable <= set(by_version.get(replica[:3], ()))
+
+
+@settings(max_examples=150, deadline=None)
+@given(fleets())
+def test_copies_of_a_version_share_no_device_on_random_fleets(fleet):
+    devices, wanted, quotas = fleet
+    _anti_affinity_holds(place(devices=devices, placed=[], wanted=wanted, quotas=quotas, now=0.0), devices)

@@ -70,12 +70,12 @@ def test_replicas_are_placed_on_distinct_workers_then_become_ready(deployment, d
     assert all(r.state == "loading" for r in rows)
     with django_capture_on_commit_callbacks() as again:
         assert run().loads == 0  # never the same command twice for one step
+    assert again == []  # and no command at all: nothing changed
     report_hosted(first, "ready")
     report_hosted(second, "ready")
     reconcile_once()
     assert list(Replica.objects.values_list("state", flat=True)) == ["ready", "ready"]
     assert Replica.objects.get(index=0).reserved_bytes == 120 * MiB
-    del again
 
 
 def test_a_dead_workers_replica_is_placed_elsewhere(deployment):
@@ -159,6 +159,29 @@ def test_undeploying_removes_the_replicas(deployment, world_a):
     assert Replica.objects.count() == 2
     assert world_a.session("member").delete("/api/v1/tenants/alpha/models/clf/deployment/").status_code == 204
     assert Replica.objects.count() == 0
+
+
+def test_an_undeploy_sends_each_unload_once(deployment, world_a, monkeypatch, django_capture_on_commit_callbacks):
+    from control_plane.celery import app
+
+    sent: list[tuple[str, dict]] = []
+    monkeypatch.setattr(app, "send_task", lambda name, args, queue: sent.append((queue, args[0])))
+    first, second = WorkerFactory.create(worker_id="w1"), WorkerFactory.create(worker_id="w2")
+    reconcile_once()
+    report_hosted(first, "ready")
+    report_hosted(second, "ready")
+    reconcile_once()
+    sent.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert world_a.session("member").delete("/api/v1/tenants/alpha/models/clf/deployment/").status_code == 204
+    assert sorted(queue for queue, _ in sent) == [first.queue, second.queue]
+    assert all(key == {"tenant": "alpha", "model": "clf", "version": 1} for _, key in sent)
+    # The workers' last heartbeats still list the model: the next passes send nothing more.
+    sent.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        reconcile_once()
+        reconcile_once()
+    assert sent == []
 
 
 def test_a_second_pass_waits_while_one_holds_the_lock(deployment):
@@ -297,12 +320,16 @@ def test_a_drained_workers_replica_serves_until_its_replacement_is_ready_then_un
     rows = {(r.worker.worker_id if r.worker else None, r.state, r.retiring) for r in Replica.objects.all()}
     assert rows == {("w1", "ready", True), ("w2", "loading", False)}
     assert routed_workers() == {"w1"}  # still served where it was
+    from apps.deployments.tasks import worker_serving
+
+    assert worker_serving("w1") == 1  # what a worker handing over after SIGTERM asks
     report_hosted(spare, "ready")
     with django_capture_on_commit_callbacks(execute=False) as sent:
         run()
     rows = {(r.worker.worker_id if r.worker else None, r.state, r.retiring) for r in Replica.objects.all()}
     assert rows == {("w1", "unloading", True), ("w2", "ready", False)}
     assert routed_workers() == {"w2"}  # out of routing at once...
+    assert worker_serving("w1") == 0 and worker_serving("w2") == 1
     assert not sent
     with django_capture_on_commit_callbacks(execute=False) as sent:
         reconcile_once(now=time.time() + 10)  # ...and unloaded after the grace period
