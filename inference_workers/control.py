@@ -140,8 +140,12 @@ class WorkerRuntime:
         started = time.monotonic()
         deadline = started + self.settings.handover_seconds
         log.info("handing over: serving until the replicas here have moved (at most %.0f s)", deadline - started)
+        said: int | None = -1
         while time.monotonic() < deadline and host.states():
             serving = self._still_routed()
+            if serving != said:
+                log.info("the control plane says %s of the replicas here still serve", serving)
+                said = serving
             quiet = time.monotonic() - max(dataplane.last_infer_at, started)
             if serving == 0 or serving is None:
                 if quiet >= HANDOVER_QUIET_S and host.inflight == 0:
@@ -157,9 +161,11 @@ class WorkerRuntime:
             result = self._app.send_task(
                 SERVING_TASK, args=[self.settings.worker_id], queue=self.settings.control_queue, expires=5
             )
-            return int(result.get(timeout=HANDOVER_ASK_TIMEOUT_S, interval=0.05))
+            # Not inside a task: Celery's guard against waiting on tasks from tasks does not apply.
+            answer = result.get(timeout=HANDOVER_ASK_TIMEOUT_S, interval=0.05, disable_sync_subtasks=False)
+            return int(answer)
         except Exception as exc:  # noqa: BLE001 - no answer is an answer: fall back to the quiet second
-            log.debug("the control plane did not say whether the replicas moved: %s", exc)
+            log.info("the control plane did not say whether the replicas moved: %r", exc)
             return None
 
     def stop(self) -> None:

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -29,7 +30,7 @@ MODEL = "demo-mlp"
 ONE_ROW = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
 
 
-Fleet = tuple[Platform, list[str], dict[str, subprocess.Popen]]
+Fleet = tuple[Platform, list[str], dict[str, subprocess.Popen], dict[str, Path]]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             )
             ids.append(worker_id)
         try:
-            yield platform, ids, dict(zip(ids[1:], spares, strict=True))
+            logs = {worker_id: tmp / f"spare-{n}.log" for n, worker_id in enumerate(ids[1:], start=1)}
+            yield platform, ids, dict(zip(ids[1:], spares, strict=True)), logs
         finally:
             for spare in spares:
                 spare.terminate()
@@ -111,7 +113,7 @@ class Load:
 
 
 def test_scale_canary_drain_and_undeploy_converge_under_load_without_a_failed_request(fleet):
-    platform, worker_ids, spares = fleet
+    platform, worker_ids, spares, spare_logs = fleet
     key = _key(platform)
     bearer = {"Authorization": f"Bearer {key}"}
     base = f"{platform.base_url}/api/v1/tenants/demo/models/{MODEL}"
@@ -199,6 +201,10 @@ def test_scale_canary_drain_and_undeploy_converge_under_load_without_a_failed_re
         spares[leaving].send_signal(signal.SIGTERM)
         _until("the replica moved", lambda: ready_on().get("2", set()) == survivors, platform)
         assert spares[leaving].wait(timeout=60) == 0
+        # It left because the control plane said its replica had moved (its draining heartbeats
+        # start the move as SIGTERM arrives, so it may have moved before the first question).
+        said = spare_logs[leaving].read_text()
+        assert "says 0 of the replicas here still serve" in said, said[-2000:]
         time.sleep(1)
     assert load.failures == [], load.failures[:5]
     assert load.statuses[200] > 100
