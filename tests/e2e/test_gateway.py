@@ -86,6 +86,12 @@ def test_the_printed_demo_snippet_runs_against_the_seeded_deployment(gateway_pla
     assert "[[" in run.stdout
     curl = re.search(r"curl -s .*?/infer", log, flags=re.S)
     assert curl and f"{gateway_platform.base_url}/v2/models/{MODEL}/infer" in curl[0]
+    # The printed curl runs as printed (its line continuations and quoting included).
+    command = re.sub(r"^\S+\s+\| ", "", curl[0], flags=re.M)
+    answered = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert answered.returncode == 0, answered.stderr
+    reply = json.loads(answered.stdout)
+    assert reply["model_name"] == MODEL and reply["outputs"][0]["shape"] == [1, 3], reply
 
 
 def test_a_stock_client_reads_health_metadata_and_the_repository(gateway_platform: Platform):
