@@ -402,15 +402,17 @@ class RedisAdmission:
         await self._redis.aclose()
 
 
-def admission_for(redis_url: str | None) -> Admission:
+def admission_for(redis_url: str | None, *, longest_request_s: float = 60.0) -> Admission:
     """The admission control to use: shared through Redis when ``redis_url`` is set.
 
     Args:
         redis_url: The Redis URL from settings, or None / "" when there is no Redis.
+        longest_request_s: How long one request may hold a concurrency slot at most (body,
+            cold start and answer); a crashed gateway's slots expire a margin after it.
 
     Returns:
         A :class:`RedisAdmission` for ``redis_url``, else a :class:`LocalAdmission`.
     """
     if redis_url:
-        return RedisAdmission(redis_url)
+        return RedisAdmission(redis_url, slot_ttl_s=max(120.0, longest_request_s + 30.0))
     return LocalAdmission()

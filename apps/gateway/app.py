@@ -280,7 +280,10 @@ class Gateway:
         self.settings = settings
         self.database = _DatabaseThreads()
         self.keys = KeyCache(self.database, settings.key_cache_s)
-        self.admission: Admission = admission_for(settings.redis_url or None)
+        # A request holds its slot while its body arrives, while it waits for a cold start and
+        # while the worker answers: each bounded.
+        longest = 2 * settings.timeout_s + settings.cold_start_s
+        self.admission: Admission = admission_for(settings.redis_url or None, longest_request_s=longest)
         self.upstream = Upstream(max_connections_per_worker=settings.max_connections_per_worker)
         self.snapshot: RoutingSnapshot | None = None
         self.outstanding: defaultdict[int, int] = defaultdict(int)
@@ -612,6 +615,8 @@ class Gateway:
         path = f"/v2/models/{tenant.slug}.{model.name}/versions/{version.number}/infer"
         worker_headers = [(b"authorization", self._worker_auth), *headers]
         replicas = await self.ready_replicas(tenant, model, version)
+        # One deadline for the answer, whichever replica gives it (a retry does not restart it).
+        deadline = asyncio.get_running_loop().time() + self.settings.timeout_s
         tried: set[str] = set()
         failure = ""
         last: UpstreamResponse | None = None
@@ -623,7 +628,7 @@ class Gateway:
                 metrics.RETRIES.labels(tenant.slug, model.name).inc()
             self.outstanding[replica.replica_id] += 1
             try:
-                async with asyncio.timeout(self.settings.timeout_s):
+                async with asyncio.timeout_at(deadline):
                     response = await self.upstream.request(replica.url, "POST", path, headers=worker_headers, body=body)
             except UpstreamConnectError as exc:
                 self._mark_suspect(replica)

@@ -322,3 +322,8 @@ async def test_admission_for_shares_through_redis_only_when_a_url_is_given():
     shared = admission_for(UNREACHABLE_REDIS_URL)  # nothing connects until the first call
     assert isinstance(shared, RedisAdmission)
     await shared.close()
+    # A crashed gateway's slots outlive its longest possible request, by a margin.
+    assert admission_for(UNREACHABLE_REDIS_URL)._slot_ttl_us == 120 * 1_000_000  # type: ignore[attr-defined]
+    long = admission_for(UNREACHABLE_REDIS_URL, longest_request_s=300)
+    assert long._slot_ttl_us == 330 * 1_000_000  # type: ignore[attr-defined]
+    await long.close()
