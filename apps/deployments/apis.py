@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.deployments.models import Deployment, Replica, Worker
-from apps.deployments.selectors import deployment_replicas, worker_list
+from apps.deployments.selectors import deployment_replicas, deployment_wanted, worker_list
 from apps.deployments.services import (
     DeploymentSpec,
     deployment_canary,
@@ -137,6 +137,7 @@ class DeploymentApi(TenantApiView):
         replicas = serializers.SerializerMethodField()
 
         stable_version = serializers.SerializerMethodField()
+        versions = serializers.SerializerMethodField()
 
         class Meta:
             model = Deployment
@@ -153,6 +154,7 @@ class DeploymentApi(TenantApiView):
                 "stable_version",
                 "created_at",
                 "updated_at",
+                "versions",
                 "replicas",
             ]
 
@@ -161,7 +163,19 @@ class DeploymentApi(TenantApiView):
 
         @extend_schema_field(serializers.ListField(child=serializers.DictField()))
         def get_replicas(self, deployment: Deployment) -> list[dict[str, Any]]:
-            return list(DeploymentApi.ReplicaOutput(deployment_replicas(deployment=deployment), many=True).data)
+            return list(DeploymentApi.ReplicaOutput(self._replicas(deployment), many=True).data)
+
+        @extend_schema_field(serializers.ListField(child=serializers.DictField()))
+        def get_versions(self, deployment: Deployment) -> list[dict[str, Any]]:
+            """Desired against actual per serving version: weight, replicas wanted (the
+            autoscaler's last decision, else the minimum) and ready."""
+            return deployment_wanted(deployment=deployment, replicas=self._replicas(deployment))
+
+        def _replicas(self, deployment: Deployment) -> list[Replica]:
+            cache = self.context.setdefault("replicas", {})
+            if deployment.pk not in cache:
+                cache[deployment.pk] = list(deployment_replicas(deployment=deployment))
+            return cache[deployment.pk]
 
     def _spec(self, data: dict[str, Any], base: DeploymentSpec | None = None) -> DeploymentSpec:
         values = {**(base.__dict__ if base else {}), **data}

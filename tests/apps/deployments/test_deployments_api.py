@@ -53,6 +53,7 @@ def test_put_creates_then_get_shows_desired_and_actual(world_a, versions):
     assert body["traffic"] == {"1": 100} and body["max_replicas"] == 3
     assert body["batching"]["max_batch_size"] == 16
     assert body["replicas"] == []  # none placed yet
+    assert body["versions"] == [{"version": "1", "weight": 100, "wanted": 1, "ready": 0}]  # desired vs actual
     assert AuditEvent.objects.filter(action="deployment.create", target="clf").exists()
 
 
@@ -64,6 +65,38 @@ def test_the_canary_shifts_traffic_then_promotes_or_rolls_back(world_a, versions
         assert response.status_code == 200, response.json()
         assert response.json()["traffic"] == split
     assert Deployment.objects.get().min_replicas == 1  # PATCH kept what it did not name
+
+
+def test_the_canary_steps_shift_promote_and_roll_back_through_their_endpoints(world_a, versions):
+    client = world_a.session("member")
+    client.put(URL, {"traffic": {"1": 100}}, format="json")
+    canary = client.post(URL + "canary/", {"version": 2, "percent": 10}, format="json")
+    assert canary.status_code == 200, canary.json()
+    assert canary.json()["traffic"] == {"1": 90, "2": 10} and canary.json()["stable_version"] == 1
+    assert client.post(URL + "canary/", {"version": 2, "percent": 50}, format="json").json()["traffic"] == {
+        "1": 50,
+        "2": 50,
+    }
+    rolled = client.post(URL + "rollback/", {}, format="json").json()
+    assert rolled["traffic"] == {"1": 100} and rolled["stable_version"] == 1
+    assert client.post(URL + "rollback/", {}, format="json").status_code == 409  # nothing to roll back
+    client.post(URL + "canary/", {"version": 2, "percent": 10}, format="json")
+    promoted = client.post(URL + "promote/", {}, format="json").json()
+    assert promoted["traffic"] == {"2": 100} and promoted["stable_version"] == 2
+    assert client.post(URL + "promote/", {}, format="json").status_code == 409  # no canary left
+    missing = client.post(URL + "canary/", {"version": 1}, format="json")
+    assert missing.status_code == 400 and "percent" in missing.json()["error"]
+    # A viewer may read but not steer traffic.
+    assert world_a.session("viewer").post(URL + "rollback/", {}, format="json").status_code == 403
+
+
+def test_another_tenant_cannot_see_or_steer_the_deployment(world_a, world_b, versions):
+    world_a.session("member").put(URL, {"traffic": {"1": 90, "2": 10}}, format="json")
+    outsider = world_b.session("member")
+    assert outsider.get(URL).status_code == 404
+    for step in ("canary/", "promote/", "rollback/"):
+        assert outsider.post(URL + step, {"version": 2, "percent": 50}, format="json").status_code == 404, step
+    assert Deployment.objects.get().traffic == {"1": 90, "2": 10}
 
 
 @pytest.mark.parametrize(
