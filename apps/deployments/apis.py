@@ -38,6 +38,7 @@ class WorkerListApi(APIView):
 
     class OutputSerializer(serializers.ModelSerializer):
         last_heartbeat_age_s = serializers.SerializerMethodField()
+        allocatable_bytes = serializers.IntegerField(read_only=True)
 
         class Meta:
             model = Worker
@@ -52,6 +53,7 @@ class WorkerListApi(APIView):
                 "device_name",
                 "device_uuid",
                 "capacity_bytes",
+                "allocatable_bytes",
                 "reserved_bytes",
                 "used_bytes",
                 "hosted",

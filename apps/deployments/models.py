@@ -43,6 +43,15 @@ class Worker(models.Model):
     def __str__(self) -> str:
         return f"{self.worker_id} ({self.device_kind}, {self.state})"
 
+    @property
+    def allocatable_bytes(self) -> int:
+        """What placement may reserve here: the capacity less the headroom kept free on every
+        device of its kind (``BERTH_DEVICE_HEADROOM_MB_CPU`` / ``_CUDA``)."""
+        from django.conf import settings
+
+        headroom = settings.BERTH_DEVICE_HEADROOM_MB.get(self.device_kind, 0) * 1024 * 1024
+        return max(self.capacity_bytes - headroom, 0)
+
 
 class Deployment(models.Model):
     """How a tenant's model is served: traffic split over its versions, batching, scaling.

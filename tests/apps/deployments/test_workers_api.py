@@ -24,6 +24,17 @@ def test_staff_see_every_worker_with_heartbeat_age(staff_user):
     assert rows[0]["reserved_bytes"] == 0 and rows[0]["hosted"] == []
 
 
+def test_each_device_shows_what_placement_may_reserve_on_it(staff_user, settings):
+    settings.BERTH_DEVICE_HEADROOM_MB = {"cpu": 0, "cuda": 512}
+    WorkerFactory(worker_id="cpu-1", device_kind="cpu", capacity_bytes=4 * 1024**3)
+    WorkerFactory(worker_id="gpu-1", device_kind="cuda", capacity_bytes=80 * 1024**3)
+    client = APIClient()
+    client.force_authenticate(staff_user)
+    rows = {row["worker_id"]: row for row in client.get(URL).json()}
+    assert rows["cpu-1"]["allocatable_bytes"] == 4 * 1024**3
+    assert rows["gpu-1"]["allocatable_bytes"] == 80 * 1024**3 - 512 * 1024**2  # a CUDA context's headroom
+
+
 def test_non_staff_are_refused(plain_user):
     client = APIClient()
     client.force_authenticate(plain_user)
