@@ -82,6 +82,19 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
+def mlp_json_runs(
+    worker: WorkerProcess, mlp: Path, body: bytes, *, seconds: float, suffix: str = ""
+) -> tuple[Result, Result]:
+    """Loads the MLP on ``worker`` and runs it at c=1 and at c=16 with batching, JSON."""
+    worker.load("bench", "mlp", mlp, batching={"max_batch_size": 32, "max_queue_delay_us": 0})
+    url = f"{worker.url}/v2/models/bench.mlp/infer"
+    headers = {**worker.headers, "Content-Type": "application/json"}
+    return (
+        run_load(f"berth worker (JSON{suffix})", url, body, headers=headers, concurrency=1, seconds=seconds),
+        run_load(f"berth worker (JSON, batching{suffix})", url, body, headers=headers, concurrency=16, seconds=seconds),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -125,17 +138,10 @@ def main() -> None:
         bare.wait()
 
     with WorkerProcess(worker_id="bench-worker") as worker:
-        worker.load("bench", "mlp", mlp, batching={"max_batch_size": 32, "max_queue_delay_us": 0})
+        w_c1, w_c16 = mlp_json_runs(worker, mlp, json_body, seconds=args.seconds)
         worker.load("bench", "conv1", conv, batching={"max_batch_size": 1})
         worker.load("bench", "conv", conv, batching={"max_batch_size": 32, "max_queue_delay_us": 0})
         url = f"{worker.url}/v2/models/bench.mlp/infer"
-        json_headers = {**worker.headers, "Content-Type": "application/json"}
-        w_c1 = run_load(
-            "berth worker (JSON)", url, json_body, headers=json_headers, concurrency=1, seconds=args.seconds
-        )
-        w_c16 = run_load(
-            "berth worker (JSON, batching)", url, json_body, headers=json_headers, concurrency=16, seconds=args.seconds
-        )
         wb_c1 = run_load(
             "berth worker (binary)",
             url,
@@ -178,20 +184,7 @@ def main() -> None:
     # runs, which a gateway or other models on the same host then lack (see docs/workers.md).
     spin_env = {"BERTH_WORKER_THREADS": "0", "BERTH_WORKER_SPIN_WAIT": "1"}
     with WorkerProcess(worker_id="bench-worker-spin", extra_env=spin_env) as worker:
-        worker.load("bench", "mlp", mlp, batching={"max_batch_size": 32, "max_queue_delay_us": 0})
-        url = f"{worker.url}/v2/models/bench.mlp/infer"
-        json_headers = {**worker.headers, "Content-Type": "application/json"}
-        s_c1 = run_load(
-            "berth worker (JSON, spin)", url, json_body, headers=json_headers, concurrency=1, seconds=args.seconds
-        )
-        s_c16 = run_load(
-            "berth worker (JSON, batching, spin)",
-            url,
-            json_body,
-            headers=json_headers,
-            concurrency=16,
-            seconds=args.seconds,
-        )
+        s_c1, s_c16 = mlp_json_runs(worker, mlp, json_body, seconds=args.seconds, suffix=", spin")
         results += [s_c1, s_c16]
 
     print()

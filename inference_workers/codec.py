@@ -358,7 +358,8 @@ def decode_tensors(
 
 
 def decompress(body: bytes, encoding: bytes, *, limit: int) -> bytes:
-    """A ``gzip`` or ``deflate`` request body, inflated to at most ``limit`` bytes.
+    """A ``gzip`` or ``deflate`` request body, inflated to at most ``limit`` bytes
+    (``identity``: the body as it is).
 
     Raises:
         UnsupportedEncodingError: Another encoding (415).
@@ -366,6 +367,8 @@ def decompress(body: bytes, encoding: bytes, *, limit: int) -> bytes:
             thousandfold; inflating stops at the limit).
         InvalidInputError: The bytes are not what the encoding says, or are cut short.
     """
+    if encoding == b"identity":
+        return body
     if encoding == b"gzip":
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     elif encoding == b"deflate":

@@ -40,6 +40,16 @@ class ModelNotFoundError(DataPlaneError):
     status = 404
 
 
+class MethodNotAllowedError(DataPlaneError):
+    """The route exists but not for this method (the answer names the one allowed)."""
+
+    status = 405
+
+    def __init__(self, method: str, allowed: str) -> None:
+        super().__init__(f"{method} is not allowed here; use {allowed}")
+        self.allowed = allowed
+
+
 class PayloadTooLargeError(DataPlaneError):
     """The request body is over the worker's limit."""
 

@@ -25,7 +25,6 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import cast
 from urllib.parse import unquote
@@ -36,7 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inference_workers.codec import decompress, error_body
 from inference_workers.dataplane import DataPlane
-from inference_workers.errors import DataPlaneError, UnauthorizedError
+from inference_workers.errors import DataPlaneError, MethodNotAllowedError, UnauthorizedError
 from inference_workers.loop import EventLoopThread
 from inference_workers.metrics import WorkerMetrics
 
@@ -87,9 +86,6 @@ def _error(status: int, message: str) -> Reply:
     return Reply(status, error_body(message))
 
 
-Route = Callable[[Request, str, str | None], Awaitable[Reply]]
-
-
 class DataPlaneApp:
     """Routes requests to the data plane: ``handle(request) -> Reply``; never raises."""
 
@@ -106,6 +102,8 @@ class DataPlaneApp:
     async def handle(self, request: Request) -> Reply:
         try:
             return await self._route(request)
+        except MethodNotAllowedError as error:
+            return Reply(405, error_body(error.message), headers={"Allow": error.allowed})
         except DataPlaneError as error:
             return _error(error.status, error.message)
         except Exception:  # a bug must still answer in the protocol's shape, and be logged
@@ -149,7 +147,7 @@ class DataPlaneApp:
         if len(rest) == 1 and rest[0] == "infer":
             self._allow(method, b"POST")
             body = request.body
-            if request.content_encoding and request.content_encoding != b"identity":
+            if request.content_encoding:
                 body = decompress(body, request.content_encoding, limit=self.max_body_bytes)
             payload, headers = await self.dataplane.infer(name, version, body, header_length=request.header_length)
             content_type = headers.pop("content-type", "application/json")
@@ -164,11 +162,7 @@ class DataPlaneApp:
     @staticmethod
     def _allow(method: bytes, allowed: bytes) -> None:
         if method != allowed:
-            raise _MethodNotAllowed(f"{method.decode()} is not allowed here; use {allowed.decode()}")
-
-
-class _MethodNotAllowed(DataPlaneError):
-    status = 405
+            raise MethodNotAllowedError(method.decode(), allowed.decode())
 
 
 def build_app(dataplane: DataPlane, *, token: str, max_body_bytes: int, metrics: WorkerMetrics) -> DataPlaneApp:
@@ -183,8 +177,6 @@ def _head(reply: Reply, *, keep_alive: bool) -> bytes:
     ]
     if reply.headers:
         lines.extend(f"{name}: {value}\r\n".encode("latin-1") for name, value in reply.headers.items())
-    if reply.status == 405:
-        lines.append(b"Allow: GET, POST\r\n")
     if not keep_alive:
         lines.append(b"Connection: close\r\n")
     lines.append(b"\r\n")
@@ -263,8 +255,8 @@ class _Connection(asyncio.Protocol):
             self._request.content_encoding = value.strip().lower()
         elif lowered == b"content-length":
             if value.isdigit() and int(value) > self._app.max_body_bytes:
-                self._too_large(
-                    f"the body has {int(value)} bytes; this worker takes at most {self._app.max_body_bytes}"
+                self._reject(
+                    413, f"the body has {int(value)} bytes; this worker takes at most {self._app.max_body_bytes}"
                 )
         elif lowered == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True  # answered once the head is complete
@@ -283,7 +275,7 @@ class _Connection(asyncio.Protocol):
             return
         self._body_bytes += len(body)
         if self._body_bytes > self._app.max_body_bytes:
-            self._too_large(f"the body is over this worker's limit of {self._app.max_body_bytes} bytes")
+            self._reject(413, f"the body is over this worker's limit of {self._app.max_body_bytes} bytes")
             return
         self._body.append(body)
 
@@ -324,9 +316,6 @@ class _Connection(asyncio.Protocol):
                 self._paused = False
                 transport.resume_reading()
         self._task = None
-
-    def _too_large(self, message: str) -> None:
-        self._reject(413, message)
 
     def _reject(self, status: int, message: str) -> None:
         """Answers at once and ends the connection; anything parsed after it is dropped.

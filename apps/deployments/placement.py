@@ -155,6 +155,16 @@ def place(
             if other_id != replica
         )
 
+    def evict(victim: Placed, kind: str) -> None:
+        """Takes an idle replica off its device (unloaded where it is), freeing its memory and
+        its tenant's quota."""
+        evictions.append((victim.replica, victim.device_id))
+        on_device[victim.device_id].remove(victim)
+        reserved[victim.device_id] -= victim.reserved_bytes
+        assignments.pop(victim.replica, None)
+        tenant_memory[(victim.replica[0], kind)] -= victim.reserved_bytes
+        tenant_replicas[victim.replica[0]] -= 1
+
     for want in todo:
         tenant = want.replica[0]
         quota = quotas.get(tenant)
@@ -184,12 +194,7 @@ def place(
                 freed += candidate.reserved_bytes
             if victims and freed >= short_bytes and len(victims) >= short_count:
                 for victim in victims:
-                    evictions.append((victim.replica, victim.device_id))
-                    on_device[victim.device_id].remove(victim)
-                    reserved[victim.device_id] -= victim.reserved_bytes
-                    assignments.pop(victim.replica, None)
-                    tenant_memory[(tenant, want.kind)] -= victim.reserved_bytes
-                    tenant_replicas[tenant] -= 1
+                    evict(victim, want.kind)
                 used = tenant_memory.get((tenant, want.kind), 0)
         if used + want.footprint_bytes > limit:
             pending.append(
@@ -226,12 +231,7 @@ def place(
             if room is not None:
                 chosen, victims = room
                 for victim in victims:
-                    evictions.append((victim.replica, chosen))
-                    on_device[chosen].remove(victim)
-                    reserved[chosen] -= victim.reserved_bytes
-                    assignments.pop(victim.replica, None)
-                    tenant_memory[(victim.replica[0], want.kind)] -= victim.reserved_bytes
-                    tenant_replicas[victim.replica[0]] -= 1
+                    evict(victim, want.kind)
         if chosen is None and of_kind and not candidates:
             pending.append(
                 (want.replica, f"every {want.kind} device already hosts a replica of this version; add a device")

@@ -16,6 +16,11 @@ def worker_list() -> QuerySet[Worker]:
     return Worker.objects.order_by("worker_id")
 
 
+def worker_replicas_serving(*, worker_id: str) -> int:
+    """How many replicas on a worker the gateways still route to (ready, not yet moved off)."""
+    return Replica.objects.filter(worker__worker_id=worker_id, state=Replica.State.READY).count()
+
+
 def tenant_deployment_usage(*, tenant: Tenant, kind: str, excluding: Model | None = None) -> tuple[int, int]:
     """(bytes of ``kind``, replicas of every kind) the tenant's deployments hold at their minimum
     (``max_replicas`` in the quota counts replicas on every device kind)."""

@@ -30,9 +30,9 @@ def worker_heartbeat(message: dict[str, Any]) -> None:
 def worker_serving(worker_id: str) -> int:
     """How many replicas on this worker the gateways still route to: a worker handing over
     after SIGTERM keeps serving until this is 0 (each has a ready replacement elsewhere)."""
-    from apps.deployments.models import Replica
+    from apps.deployments.selectors import worker_replicas_serving
 
-    return Replica.objects.filter(worker__worker_id=worker_id, state=Replica.State.READY).count()
+    return worker_replicas_serving(worker_id=worker_id)
 
 
 @shared_task(name="berth.workers_mark_missing", ignore_result=True)

@@ -223,8 +223,8 @@ class Upstream:
         """Closes the idle connections to a worker (it failed, or left the fleet)."""
         for connection in self._idle.pop(base_url, ()):
             connection._close()
-        if not self._busy.get(base_url) and not (base_url in self._slots and self._slots[base_url].locked()):
-            self._slots.pop(base_url, None)  # nothing in flight: a worker that left takes no memory
+        if not self._busy.get(base_url):  # nothing in flight (so nobody waits): drop its slots too
+            self._slots.pop(base_url, None)
             self._busy.pop(base_url, None)
 
     async def close(self) -> None:

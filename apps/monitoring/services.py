@@ -381,7 +381,7 @@ def prediction_logs_record(*, entries: Sequence[LoggedPrediction]) -> int:
         body: bytes, header_length: str | None, key: str, encoding: str = ""
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         try:
-            if encoding and encoding != "identity":
+            if encoding:
                 body = decompress(body, encoding.encode(), limit=PREDICTION_LOG_MAX_BODY)
             if len(body) > PREDICTION_LOG_MAX_BODY:
                 return {}, [{"omitted": f"body of {len(body)} bytes is over the log's {PREDICTION_LOG_MAX_BODY}"}]
