@@ -1,6 +1,9 @@
 """The floor for one Python HTTP hop: a minimal aiohttp v2 server around one ORT session.
 
-Run as a process by bench/worker.py: ``python -m bench.bare_server MODEL PORT``.
+Run as a process by bench/worker.py: ``python -m bench.bare_server MODEL PORT [THREADS SPIN]``.
+With THREADS and SPIN the session is made as the worker makes its own (``intra_op_num_threads``
+THREADS, idle threads spinning only when SPIN is 1), so the worker's default configuration
+can be held against a floor around the same session; without them ONNX Runtime's defaults.
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ from aiohttp import web
 
 def main() -> None:
     model, port = sys.argv[1], int(sys.argv[2])
-    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if len(sys.argv) > 3:
+        options.intra_op_num_threads = int(sys.argv[3])
+        if sys.argv[4] != "1":
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
 
     async def infer(request: web.Request) -> web.Response:

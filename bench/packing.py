@@ -108,6 +108,7 @@ def main() -> None:
     )
     within = []
     ratios = []
+    fleet_ratios = []
     for number in range(args.mixes):
         mix = make_mix(rng)
         plan = place(devices=mix.devices, placed=[], wanted=mix.wanted, quotas=mix.quotas, now=0.0)
@@ -123,6 +124,7 @@ def main() -> None:
         mm_placed, mm_used, mm_over = modelmesh(mix)
         within.append(used / bound if bound else 1.0)
         ratios.append(per_device / 1.0)
+        fleet_ratios.append(len(resident) / one_per_device if one_per_device else 0.0)
         print(
             f"{number:>3} {len(mix.devices):>4} {len(mix.wanted):>8} | {len(resident):>15} {bound:>11} {used:>4} "
             f"{per_device:>7.1f} | {one_per_device:>15} {1.0:>7.1f} | {mm_placed:>17} {mm_used:>4} {mm_over:>8}"
@@ -135,6 +137,10 @@ def main() -> None:
     print(
         f"models per device vs one-per-device: worst {min(ratios):.1f}x, mean {sum(ratios) / len(ratios):.1f}x "
         f"(target: at least 3x)"
+    )
+    print(
+        f"replicas resident on the whole fleet vs one-per-device on the same fleet: worst {min(fleet_ratios):.1f}x, "
+        f"mean {sum(fleet_ratios) / len(fleet_ratios):.1f}x (target: at least 3x)"
     )
     sys.stdout.flush()
 

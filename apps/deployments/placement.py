@@ -4,6 +4,9 @@ Best-fit decreasing by **measured** footprint: each new replica (those over half
 device first, then versions with more copies, then largest first) goes to
 the device already in use where it leaves the least memory free, and opens the largest
 empty device only when none has room; never past a device's capacity less its headroom.
+It plans once per fit rule (best fit; the largest device in use first; copies spread over the
+devices the total needs, opened up front) and keeps the plan that leaves the fewest replicas
+pending, evicts the fewest, and uses the fewest devices.
 Replicas of one version always go to distinct devices (a worker hosts a version once). Each tenant's memory quota
 (per device kind) and replica cap are kept. When nothing fits, idle scale-to-zero
 replicas are evicted least-recently-used first, but never one used within the churn
@@ -77,6 +80,12 @@ def _mib(size: int) -> str:
     return f"{size / 1024**2:.0f} MiB"
 
 
+# How a replica picks among the devices in use that have room for it: the one it leaves
+# with the least free (best fit), or the largest (first fit over devices by capacity, which
+# fills big devices before small ones when copies of a version must spread).
+FITS = ("best", "largest", "spread")
+
+
 def place(
     *,
     devices: list[Device],
@@ -88,6 +97,9 @@ def place(
 ) -> Plan:
     """Computes a placement plan.
 
+    Plans once per fit rule (``FITS``) and keeps the plan that leaves the fewest replicas
+    pending, then evicts the fewest, then uses the fewest devices (the first rule on a tie).
+
     Args:
         devices: The fleet.
         placed: Replicas holding memory now (their reservations).
@@ -96,6 +108,34 @@ def place(
         now: The current time (seconds), for the churn guard.
         churn_guard_s: Nothing used more recently than this is evicted.
     """
+    plans = [
+        _place(
+            devices=devices,
+            placed=placed,
+            wanted=wanted,
+            quotas=quotas,
+            now=now,
+            churn_guard_s=churn_guard_s,
+            fit=fit,
+        )
+        for fit in FITS
+    ]
+    return min(
+        plans,
+        key=lambda plan: (len(plan.pending), len(plan.evictions), len(set(plan.assignments.values()))),
+    )
+
+
+def _place(
+    *,
+    devices: list[Device],
+    placed: list[Placed],
+    wanted: list[Wanted],
+    quotas: dict[str, Quota],
+    now: float,
+    churn_guard_s: float,
+    fit: str,
+) -> Plan:
     by_id = {device.device_id: device for device in sorted(devices, key=lambda d: d.device_id)}
     wanted_by_id = {w.replica: w for w in wanted}
     reserved: dict[str, int] = dict.fromkeys(by_id, 0)
@@ -146,6 +186,20 @@ def place(
         device = by_id[device_id]
         return device.capacity_bytes - device.headroom_bytes - reserved[device_id]
 
+    # "spread" opens up front, per kind, the fewest largest devices whose room covers every
+    # wanted replica, and spreads copies of a version over them (most free first), so the
+    # last copies still find distinct devices with room among those already open.
+    opened: set[str] = set()
+    if fit == "spread":
+        for kind in sorted({w.kind for w in todo}):
+            need = sum(w.footprint_bytes for w in todo if w.kind == kind)
+            pool = [d for d in by_id.values() if d.kind == kind and d.schedulable]
+            for device in sorted(pool, key=lambda d: (-free(d.device_id), d.device_id)):
+                if need <= 0:
+                    break
+                opened.add(device.device_id)
+                need -= free(device.device_id)
+
     def siblings(device_id: str, replica: ReplicaId) -> bool:
         if replica[:3] in occupied[device_id]:
             return True  # a leaving copy of the version is still there
@@ -165,7 +219,26 @@ def place(
         tenant_memory[(victim.replica[0], kind)] -= victim.reserved_bytes
         tenant_replicas[victim.replica[0]] -= 1
 
+    def snapshot() -> Callable[[], None]:
+        """Returns what puts every count and list evictions change back as they are now."""
+        kept_reserved, kept_assignments = dict(reserved), dict(assignments)
+        kept_memory, kept_replicas = dict(tenant_memory), dict(tenant_replicas)
+        kept_on_device = {device_id: list(items) for device_id, items in on_device.items()}
+        kept_evictions = len(evictions)
+
+        def restore() -> None:
+            reserved.update(kept_reserved)
+            on_device.update(kept_on_device)
+            assignments.clear()
+            assignments.update(kept_assignments)
+            tenant_memory.update(kept_memory)
+            tenant_replicas.update(kept_replicas)
+            del evictions[kept_evictions:]
+
+        return restore
+
     for want in todo:
+        undo_quota_evictions: Callable[[], None] | None = None
         tenant = want.replica[0]
         quota = quotas.get(tenant)
         if quota is None:
@@ -193,6 +266,8 @@ def place(
                 victims.append(candidate)
                 freed += candidate.reserved_bytes
             if victims and freed >= short_bytes and len(victims) >= short_count:
+                # Undone if the replica then finds no device: nothing is evicted for nothing.
+                undo_quota_evictions = snapshot()
                 for victim in victims:
                     evict(victim, want.kind)
                 used = tenant_memory.get((tenant, want.kind), 0)
@@ -219,10 +294,17 @@ def place(
         choice_pool = [d for d in fitting if not siblings(d.device_id, want.replica)]
         chosen: str | None = None
         if choice_pool:
-            # Best fit among devices already in use; open an empty device (the largest) only
-            # when none of them has room, so the fleet's other devices stay free.
-            in_use = [d for d in choice_pool if on_device[d.device_id]]
-            if in_use:
+            # Among devices already in use (or opened up front by "spread") by the fit rule;
+            # open an empty device (the largest) only when none of them has room, so the
+            # fleet's other devices stay free.
+            in_use = [d for d in choice_pool if on_device[d.device_id] or d.device_id in opened]
+            if in_use and fit == "spread" and copies[want.replica[:3]] > 1:
+                chosen = min(in_use, key=lambda d: (-(free(d.device_id) - want.footprint_bytes), d.device_id)).device_id
+            elif in_use and fit == "largest":
+                chosen = min(
+                    in_use, key=lambda d: (-d.capacity_bytes, free(d.device_id) - want.footprint_bytes, d.device_id)
+                ).device_id
+            elif in_use:
                 chosen = min(in_use, key=lambda d: (free(d.device_id) - want.footprint_bytes, d.device_id)).device_id
             else:
                 chosen = max(choice_pool, key=lambda d: (d.capacity_bytes, d.device_id)).device_id
@@ -232,6 +314,8 @@ def place(
                 chosen, victims = room
                 for victim in victims:
                     evict(victim, want.kind)
+        if chosen is None and undo_quota_evictions is not None:
+            undo_quota_evictions()
         if chosen is None and of_kind and not candidates:
             pending.append(
                 (want.replica, f"every {want.kind} device already hosts a replica of this version; add a device")

@@ -209,6 +209,27 @@ def test_a_tenant_at_its_quota_makes_way_with_its_own_idle_replicas_only():
     assert rid("t", "new") in plan.assignments
 
 
+def test_a_quota_eviction_is_undone_when_the_replica_then_finds_no_device():
+    # Evicting t's idle replica makes quota room, but the device would still lack room for
+    # the new one (u's busy replica holds it): nothing is evicted and the reason is the device.
+    devices = [Device("gpu0", "cuda", 10 * GiB)]
+    placed = [
+        Placed(rid("t", "idle"), "gpu0", 3 * GiB, last_used_at=0.0, idle_evictable=True),
+        Placed(rid("u", "busy"), "gpu0", 6 * GiB, last_used_at=0.0, idle_evictable=False),
+    ]
+    wanted = [Wanted(p.replica, p.reserved_bytes, "cuda") for p in placed] + [Wanted(rid("t", "new"), 5 * GiB, "cuda")]
+    quotas = {"t": Quota(memory_bytes={"cuda": 6 * GiB}, max_replicas=5), "u": BIG}
+    plan = place(devices=devices, placed=placed, wanted=wanted, quotas=quotas, now=1000.0, churn_guard_s=300)
+    assert plan.evictions == ()
+    assert plan.assignments[rid("t", "idle")] == "gpu0"
+    assert plan.pending == ((rid("t", "new"), "no cuda device has 5120 MiB free (the most free is 1024 MiB)"),)
+    # With room for it once the idle replica goes, the same eviction stands.
+    roomy = [Device("gpu0", "cuda", 12 * GiB)]
+    plan = place(devices=roomy, placed=placed, wanted=wanted, quotas=quotas, now=1000.0, churn_guard_s=300)
+    assert plan.evictions == ((rid("t", "idle"), "gpu0"),)
+    assert plan.assignments[rid("t", "new")] == "gpu0"
+
+
 def test_quota_refusals_say_what_is_needed_and_left():
     quota = Quota(memory_bytes={"cuda": 6 * GiB}, max_replicas=5)
     plan = place(
@@ -268,6 +289,23 @@ def test_a_versions_copies_go_down_before_small_singles_so_none_is_stranded():
     plan = place(devices=devices, placed=[], wanted=wanted, quotas=quotas, now=0.0)
     assert plan.pending == ()
     assert len({plan.assignments[rid("t", "copies", n)] for n in range(3)}) == 3
+
+
+def test_copies_spread_over_the_devices_the_fleet_needs_rather_than_opening_another():
+    # Best fit alone puts both 4s on the 8, then the pair's copies need two more devices
+    # (three in all); spreading the pair over the two devices the total needs packs it in two.
+    devices = [Device("d0", "cuda", 6), Device("d1", "cuda", 6), Device("d2", "cuda", 8)]
+    wanted = [
+        Wanted(rid("t", "m0"), 4, "cuda"),
+        Wanted(rid("t", "m1"), 4, "cuda"),
+        Wanted(rid("t", "pair", 0), 2, "cuda"),
+        Wanted(rid("t", "pair", 1), 2, "cuda"),
+    ]
+    plan = place(devices=devices, placed=[], wanted=wanted, quotas={"t": BIG}, now=0.0)
+    assert plan.pending == ()
+    assert len(set(plan.assignments.values())) == 2
+    assert plan.assignments[rid("t", "pair", 0)] != plan.assignments[rid("t", "pair", 1)]
+    assert reserved_after(plan, devices, [], wanted) in ({"d0": 6, "d1": 0, "d2": 6}, {"d0": 0, "d1": 6, "d2": 6})
 
 
 @st.composite
