@@ -488,6 +488,12 @@ def _reconcile(now: float) -> PassReport:
         for queue, task, message in commands:
             current_app.send_task(task, args=[message], queue=queue)
 
+    # An unload sent in this pass is the orphan sweep's too: the worker's last heartbeat still
+    # lists the model, so claim it here and the sweep does not send it again.
+    worker_of_queue = {w.queue: w.worker_id for w in workers.values()}
+    for queue, task, message in commands:
+        if task == UNLOAD_TASK and queue in worker_of_queue:
+            orphan_unload_claim(worker_of_queue[queue], ModelKey(**message))
     commands.extend(_orphans(workers))
     if commands:
         transaction.on_commit(send, robust=True)

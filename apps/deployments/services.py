@@ -39,6 +39,23 @@ def worker_record_heartbeat(*, heartbeat: WorkerHeartbeat) -> Worker:
     state: str = heartbeat.state
     if worker is not None and worker.drain_requested_at is not None and state == Worker.State.READY:
         state = Worker.State.DRAINING  # staff drained it: the control plane's word holds
+    heartbeat_hosted = [
+        {
+            "tenant": model.key.tenant,
+            "model": model.key.model,
+            "version": model.key.version,
+            "state": model.state,
+            "reserved_bytes": model.reserved_bytes,
+            "measured_bytes": model.measured_bytes,
+            "reason": model.reason,
+            "inflight": model.inflight,
+            "queue_depth": model.queue_depth,
+            "p50_ms": model.p50_ms,
+            "p99_ms": model.p99_ms,
+            "last_used_at": model.last_used_at,
+        }
+        for model in heartbeat.models
+    ]
     fields = {
         "host": heartbeat.host,
         "dataplane_url": heartbeat.dataplane_url,
@@ -52,23 +69,7 @@ def worker_record_heartbeat(*, heartbeat: WorkerHeartbeat) -> Worker:
         "used_bytes": device.used_bytes,
         "utilisation_pct": device.utilisation_pct,
         "reserved_bytes": sum(model.reserved_bytes for model in heartbeat.models if model.state != "failed"),
-        "hosted": [
-            {
-                "tenant": model.key.tenant,
-                "model": model.key.model,
-                "version": model.key.version,
-                "state": model.state,
-                "reserved_bytes": model.reserved_bytes,
-                "measured_bytes": model.measured_bytes,
-                "reason": model.reason,
-                "inflight": model.inflight,
-                "queue_depth": model.queue_depth,
-                "p50_ms": model.p50_ms,
-                "p99_ms": model.p99_ms,
-                "last_used_at": model.last_used_at,
-            }
-            for model in heartbeat.models
-        ],
+        "hosted": heartbeat_hosted,
         "last_heartbeat_at": seen_at,
     }
     if worker is None:
@@ -85,11 +86,19 @@ def worker_record_heartbeat(*, heartbeat: WorkerHeartbeat) -> Worker:
                 _record_batches(heartbeat, since=None, sample=False)  # its batches are its own
                 return worker
     previous = worker.last_heartbeat_at
+    # A model loaded, failed or gone, or the worker's own state changed: the next pass acts on
+    # it now rather than at the next beat; a heartbeat that changes nothing of that triggers none.
+    if worker.state != state or _hosted_states(worker.hosted) != _hosted_states(heartbeat_hosted):
+        _reconcile_after_commit()
     for name, value in fields.items():
         setattr(worker, name, value)
     worker.save(update_fields=list(fields))
     _record_batches(heartbeat, since=previous)
     return worker
+
+
+def _hosted_states(hosted: list[dict[str, Any]]) -> set[tuple[str, str, int, str]]:
+    return {(h["tenant"], h["model"], h["version"], h["state"]) for h in hosted}
 
 
 def _record_batches(heartbeat: WorkerHeartbeat, *, since: datetime | None, sample: bool = True) -> None:
@@ -277,6 +286,18 @@ def _check_quota(*, tenant: Tenant, model: Model, spec: DeploymentSpec, versions
         )
 
 
+SCALING_FIELDS = ("min_replicas", "max_replicas", "target_inflight_per_replica", "scale_to_zero_after_s", "device_kind")
+
+
+def _autoscale_kept(current: Deployment | None, spec: DeploymentSpec) -> dict[str, Any]:
+    """The autoscaler's memory per version after a change: a change of scaling applies now (no
+    stabilisation holds the old count), while a change of traffic alone (a canary step) keeps
+    what the versions still in traffic had, so a scale-down held in its window stays held."""
+    if current is None or any(getattr(current, name) != getattr(spec, name) for name in SCALING_FIELDS):
+        return {}
+    return {number: state for number, state in (current.autoscale or {}).items() if number in spec.traffic}
+
+
 @transaction.atomic
 def deployment_put(*, actor: Actor, model: Model, spec: DeploymentSpec) -> Deployment:
     """Creates or replaces a model's deployment (refused with 409 past the tenant's quota)."""
@@ -296,8 +317,7 @@ def deployment_put(*, actor: Actor, model: Model, spec: DeploymentSpec) -> Deplo
             "scale_to_zero_after_s": spec.scale_to_zero_after_s,
             "device_kind": spec.device_kind,
             "prediction_log": prediction_log_config(spec.prediction_log, versions=versions),
-            # An operator's change applies now: no stabilisation holds the old count.
-            "autoscale": {},
+            "autoscale": _autoscale_kept(current, spec),
         },
     )
     # A failed replica is tried again when its deployment changes.

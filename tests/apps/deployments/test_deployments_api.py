@@ -154,7 +154,9 @@ def test_other_deployments_count_against_the_quota(world_a, versions, staff_clie
 def test_max_replicas_quota_is_409(world_a, versions, staff_client):
     staff_client.patch("/api/v1/tenants/alpha/quota/", {"max_replicas": 1, "cpu_memory_mb": 100_000}, format="json")
     response = world_a.session("member").put(URL, {"traffic": {"1": 90, "2": 10}}, format="json")
-    assert response.status_code == 409 and "max_replicas 1" in response.json()["error"]
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert error == "this deployment needs 2 replicas; tenant 'alpha' has 1 left of its max_replicas 1"
 
 
 def test_a_deployed_version_cannot_be_deleted_until_traffic_moves_away(world_a, versions):
@@ -178,3 +180,26 @@ def test_viewers_and_read_keys_cannot_deploy(world_a, versions):
     assert world_a.session("viewer").put(URL, {"traffic": {"1": 100}}, format="json").status_code == 403
     assert world_a.bearer("read").put(URL, {"traffic": {"1": 100}}, format="json").status_code == 403
     assert world_a.bearer("manage").put(URL, {"traffic": {"1": 100}}, format="json").status_code == 200
+
+
+def test_a_replica_that_cannot_fit_the_fleet_shows_pending_with_its_reason(world_a, versions):
+    from apps.deployments.reconcile import reconcile_once
+
+    client = world_a.session("member")
+    assert client.put(URL, {"traffic": {"1": 100}, "min_replicas": 1}, format="json").status_code == 200
+    reconcile_once()  # no worker in the fleet
+    (replica,) = world_a.session("viewer").get(URL).json()["replicas"]
+    assert replica["state"] == "pending" and replica["worker"] is None
+    assert replica["reason"] == "no cpu device has 500 MiB free (the most free is 0 MiB)"
+
+
+def test_a_traffic_change_keeps_the_autoscalers_memory_and_a_scaling_change_clears_it(world_a, versions):
+    client = world_a.session("member")
+    assert client.put(URL, {"traffic": {"1": 100}, "max_replicas": 3}, format="json").status_code == 200
+    held = {"replicas": 3, "needed_at": 1.0}
+    Deployment.objects.filter(model=versions).update(autoscale={"1": held, "9": held})
+    assert client.patch(URL, {"traffic": {"1": 90, "2": 10}}, format="json").status_code == 200
+    # A canary step: the held count of version 1 stays (its scale-down waits out its window).
+    assert Deployment.objects.get(model=versions).autoscale == {"1": held}
+    assert client.patch(URL, {"max_replicas": 2}, format="json").status_code == 200
+    assert Deployment.objects.get(model=versions).autoscale == {}  # applies now

@@ -184,6 +184,73 @@ def test_an_undeploy_sends_each_unload_once(deployment, world_a, monkeypatch, dj
     assert sent == []
 
 
+@pytest.fixture
+def sent_tasks(monkeypatch):
+    """Every task the reconcile loop sends: (task name, queue, message)."""
+    from control_plane.celery import app
+
+    sent: list[tuple[str, str, dict]] = []
+    monkeypatch.setattr(app, "send_task", lambda name, args, queue: sent.append((name, queue, args[0])))
+    return sent
+
+
+def test_a_failed_loads_unload_is_sent_once_though_the_heartbeat_still_lists_it(
+    deployment, settings, sent_tasks, django_capture_on_commit_callbacks
+):
+    import time
+
+    from inference_workers.types import UNLOAD_TASK
+
+    settings.BERTH_LOAD_RETRY_S = 10
+    deployment.min_replicas = 1
+    deployment.save()
+    WorkerFactory.create(worker_id="w1")
+    WorkerFactory.create(worker_id="w2")
+    now = time.time()
+    reconcile_once(now=now)
+    tried = Replica.objects.get().worker
+    assert tried is not None
+    report_hosted(tried, "failed", "sha256 mismatch")
+    sent_tasks.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        reconcile_once(now=now + 1)
+    assert [(name, queue) for name, queue, _ in sent_tasks] == [(UNLOAD_TASK, tried.queue)]
+    sent_tasks.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        reconcile_once(now=now + 2)  # in the backoff; the heartbeat still lists the failure
+    assert sent_tasks == []
+
+
+def test_a_scaled_down_replicas_unload_is_sent_once_after_the_grace(
+    deployment, settings, sent_tasks, django_capture_on_commit_callbacks
+):
+    import time
+
+    from inference_workers.types import UNLOAD_TASK
+
+    settings.BERTH_UNLOAD_GRACE_S = 5
+    first, second = WorkerFactory.create(worker_id="w1"), WorkerFactory.create(worker_id="w2")
+    now = time.time()
+    reconcile_once(now=now)
+    report_hosted(first, "ready")
+    report_hosted(second, "ready")
+    reconcile_once(now=now + 1)
+    deployment.min_replicas = deployment.max_replicas = 1
+    deployment.save()
+    sent_tasks.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        reconcile_once(now=now + 2)  # out of routing first: nothing sent within the grace
+    assert sent_tasks == []
+    assert Replica.objects.filter(state="unloading").count() == 1
+    leaving = Replica.objects.get(state="unloading").worker
+    assert leaving is not None
+    with django_capture_on_commit_callbacks(execute=True):
+        reconcile_once(now=now + 8)
+        reconcile_once(now=now + 9)  # both heartbeats still list the model
+    assert [(name, queue) for name, queue, _ in sent_tasks] == [(UNLOAD_TASK, leaving.queue)]
+    assert Replica.objects.count() == 1
+
+
 def test_a_second_pass_waits_while_one_holds_the_lock(deployment):
     from django.core.cache import cache
 

@@ -105,3 +105,25 @@ def test_a_heartbeat_records_hosted_models_and_their_reservations():
     assert worker.reserved_bytes == 300
     assert [(h["model"], h["state"]) for h in worker.hosted] == [("clf", "ready"), ("bad", "failed")]
     assert worker.hosted[1]["reason"] == "sha256 mismatch" and worker.hosted[0]["inflight"] == 3
+
+
+def test_a_heartbeat_that_changes_a_models_state_triggers_a_reconcile_after_commit(
+    django_capture_on_commit_callbacks,
+):
+    from inference_workers.types import HostedModel, ModelKey
+
+    def beat(at: float, state: str | None) -> WorkerHeartbeat:
+        models = () if state is None else (HostedModel(ModelKey("acme", "clf", 1), state, 100, 100),)  # type: ignore[arg-type]
+        return WorkerHeartbeat(**{**_heartbeat(sent_at=at).__dict__, "models": models})
+
+    now = timezone.now().timestamp()
+    worker_record_heartbeat(heartbeat=beat(now - 10, "loading"))
+    for at, state, triggers in (
+        (now - 8, "loading", False),  # nothing changed: the beat's pass will do
+        (now - 6, "ready", True),  # loaded
+        (now - 4, "ready", False),
+        (now - 2, None, True),  # gone
+    ):
+        with django_capture_on_commit_callbacks() as callbacks:
+            worker_record_heartbeat(heartbeat=beat(at, state))
+        assert len(callbacks) == int(triggers), (state, callbacks)
