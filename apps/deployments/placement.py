@@ -374,14 +374,15 @@ def _make_room(
     now: float,
     churn_guard_s: float,
 ) -> tuple[str, list[Placed]] | None:
-    """The device where evicting idle replicas (LRU) frees enough, evicting the fewest bytes,
-    with those victims."""
-    best: tuple[int, str, list[Placed]] | None = None
+    """The device where evicting idle replicas (LRU within it) frees enough, with those
+    victims: least recently used first across the fleet (the device whose most recently used
+    victim was used longest ago), then the fewest bytes evicted."""
+    best: tuple[float, int, str, list[Placed]] | None = None
     for device in candidates:
         victims = _victims_for(want, on_device[device.device_id], free(device.device_id), now, churn_guard_s)
         if not victims:
             continue
-        evicted = sum(v.reserved_bytes for v in victims)
-        if best is None or (evicted, device.device_id) < best[:2]:
-            best = (evicted, device.device_id, victims)
-    return (best[1], best[2]) if best else None
+        rank = (max(v.last_used_at for v in victims), sum(v.reserved_bytes for v in victims), device.device_id)
+        if best is None or rank < best[:3]:
+            best = (*rank, victims)
+    return (best[2], best[3]) if best else None

@@ -176,6 +176,22 @@ def test_idle_replicas_are_evicted_least_recently_used_first_past_the_churn_guar
     assert plan.assignments[rid("t", "new")] == "gpu0"
 
 
+def test_eviction_takes_the_least_recently_used_replica_across_devices():
+    # Either device makes room by one eviction; the one used longest ago goes, though the other
+    # would free fewer bytes.
+    devices = [Device("gpu0", "cuda", 10 * GiB), Device("gpu1", "cuda", 10 * GiB)]
+    placed = [
+        Placed(rid("t", "recent"), "gpu0", 3 * GiB, last_used_at=600.0, idle_evictable=True),
+        Placed(rid("t", "busy0"), "gpu0", 6 * GiB, last_used_at=990.0),
+        Placed(rid("t", "oldest"), "gpu1", 5 * GiB, last_used_at=10.0, idle_evictable=True),
+        Placed(rid("t", "busy1"), "gpu1", 4 * GiB, last_used_at=990.0),
+    ]
+    wanted = [Wanted(p.replica, p.reserved_bytes, "cuda") for p in placed] + [Wanted(rid("t", "new"), 4 * GiB, "cuda")]
+    plan = place(devices=devices, placed=placed, wanted=wanted, quotas={"t": BIG}, now=1000.0, churn_guard_s=300)
+    assert plan.evictions == ((rid("t", "oldest"), "gpu1"),)
+    assert plan.assignments[rid("t", "new")] == "gpu1"
+
+
 def test_nothing_used_within_the_churn_guard_is_evicted():
     devices = [Device("gpu0", "cuda", 10 * GiB)]
     placed = [Placed(rid("t", "recent"), "gpu0", 8 * GiB, last_used_at=900.0, idle_evictable=True)]
