@@ -68,7 +68,7 @@ def _load_command(replica: Replica, deployment: Deployment) -> LoadCommand:
         sha256=version.sha256,
         format=version.format,  # type: ignore[arg-type]
         batching=BatchingConfig.from_message(batching),
-        reservation_bytes=version.footprint_bytes or 0,
+        reservation_bytes=replica.reserved_bytes,
         allow_evict=False,
         inputs=tuple(TensorSpec.from_message(spec) for spec in version.declared_inputs),
         outputs=tuple(TensorSpec.from_message(spec) for spec in version.declared_outputs),
@@ -377,6 +377,18 @@ def _reconcile(now: float) -> PassReport:
         if r.failed_on
     }
     load = _load_by_version(workers)
+    # What a ready replica of the version holds on a worker of the kind (the worker's own
+    # measure, from its heartbeat) sizes the next one there; the registry's validation (on the
+    # CPU, in a sandbox) only until one has loaded.
+    measured: dict[tuple[int, str], int] = {}
+    for r in replicas:
+        if r.state == Replica.State.READY and r.worker is not None and not r.retiring and r.reserved_bytes > 0:
+            key = (r.version_id, r.worker.device_kind)
+            measured[key] = max(measured.get(key, 0), r.reserved_bytes)
+
+    def footprint(version: ModelVersion, kind: str) -> int:
+        return measured.get((version.pk, kind)) or version.footprint_bytes or 0
+
     by_version: dict[int, list[Replica]] = {}
     for r in replicas:
         if not r.retiring:
@@ -395,7 +407,7 @@ def _reconcile(now: float) -> PassReport:
                 wanted.append(
                     Wanted(
                         replica=replica_id,
-                        footprint_bytes=version.footprint_bytes or 0,
+                        footprint_bytes=footprint(version, deployment.device_kind),
                         kind=deployment.device_kind,
                         avoid=avoid.get(replica_id, frozenset()),
                         surplus=index >= max(deployment.min_replicas, 1),
@@ -460,7 +472,7 @@ def _reconcile(now: float) -> PassReport:
             row = Replica(deployment=deployment, version=version, index=index)
         row.worker, row.state, row.reason, row.retry_at = worker, Replica.State.LOADING, "", None
         row.loading_since = datetime.fromtimestamp(now, tz=UTC)
-        row.reserved_bytes = version.footprint_bytes or 0
+        row.reserved_bytes = footprint(version, worker.device_kind)
         row.save()
         commands.append((worker.queue, LOAD_TASK, _load_command(row, deployment).to_message()))
     for replica_id, reason in plan.pending:

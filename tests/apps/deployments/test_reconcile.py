@@ -661,3 +661,31 @@ def test_a_worker_marked_dead_asks_for_a_reconcile_at_once(deployment, django_ca
     with django_capture_on_commit_callbacks() as callbacks:
         assert worker_mark_missing(now=timezone.now(), interval_s=2, missed=3) == 1
     assert len(callbacks) == 1  # the reconcile task, queued after commit
+
+
+def test_the_next_replica_is_sized_by_what_a_loaded_one_measured_on_that_kind(
+    deployment, sent_tasks, django_capture_on_commit_callbacks
+):
+    from inference_workers.types import LOAD_TASK
+
+    deployment.min_replicas = deployment.max_replicas = 1
+    deployment.save()
+    first = WorkerFactory.create(worker_id="w1")
+    WorkerFactory.create(worker_id="w2")
+    with django_capture_on_commit_callbacks(execute=True):
+        reconcile_once()
+    (name, _, message), *_ = sent_tasks
+    assert name == LOAD_TASK and message["reservation_bytes"] == 100 * MiB  # the registry's measure
+    loaded = Replica.objects.get().worker
+    assert loaded is not None
+    report_hosted(loaded, "ready")  # the worker measured 120 MiB
+    reconcile_once()
+    deployment.min_replicas = deployment.max_replicas = 2
+    deployment.save()
+    sent_tasks.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        reconcile_once()
+    loads = [message for name, _, message in sent_tasks if name == LOAD_TASK]
+    assert [m["reservation_bytes"] for m in loads] == [120 * MiB]
+    assert Replica.objects.get(index=1).reserved_bytes == 120 * MiB
+    del first
