@@ -37,6 +37,8 @@ LOCK_KEY = "berth:reconcile-lock"
 MAX_LOAD_ATTEMPTS = 3
 ORPHAN_RESEND_S = 10
 LOCK_TTL_S = 30
+AGAIN_KEY = "berth:reconcile-again"
+MAX_AGAIN = 3  # passes asked for during passes: the beat's next pass covers any beyond
 MiB = 1024**2
 
 
@@ -326,12 +328,20 @@ def _mark_evicted(deployment: Deployment, number: int, now: float) -> None:
 
 
 def reconcile_once(*, now: float | None = None) -> PassReport | None:
-    """One reconcile pass; None when another pass holds the lock."""
+    """One reconcile pass; None when another pass holds the lock. A pass asked for while
+    another runs is not lost: it marks ``AGAIN_KEY``, and the running pass, once committed,
+    runs again (each change after the running pass read the database is then seen)."""
     token = uuid.uuid4().hex
     if not cache.add(LOCK_KEY, token, timeout=LOCK_TTL_S):
+        cache.set(AGAIN_KEY, 1, timeout=LOCK_TTL_S)
         return None
     try:
-        return _reconcile(now or time.time())
+        report = _reconcile(now or time.time())
+        for _ in range(MAX_AGAIN):
+            if not cache.delete(AGAIN_KEY):
+                break
+            report = _reconcile(now or time.time())
+        return report
     finally:
         if cache.get(LOCK_KEY) == token:  # past its timeout the lock may be another pass's
             cache.delete(LOCK_KEY)

@@ -262,6 +262,31 @@ def test_a_second_pass_waits_while_one_holds_the_lock(deployment):
     assert reconcile_once() is not None
 
 
+def test_a_pass_asked_for_while_one_runs_runs_after_it(deployment, monkeypatch):
+    from django.core.cache import cache
+
+    from apps.deployments import reconcile
+
+    passes: list[float] = []
+    asked: list[bool] = []
+    real = reconcile._reconcile
+
+    def counted(now: float) -> PassReport:
+        passes.append(now)
+        if not asked:
+            asked.append(True)
+            assert reconcile_once() is None  # asked for while this one holds the lock
+        return real(now)
+
+    monkeypatch.setattr(reconcile, "_reconcile", counted)
+    assert reconcile_once() is not None
+    assert len(passes) == 2  # the one asked for ran once the first had committed
+    assert cache.get(reconcile.LOCK_KEY) is None
+    passes.clear()
+    assert reconcile_once() is not None
+    assert len(passes) == 1  # nothing was asked for meanwhile
+
+
 def test_an_idle_deployment_scales_to_zero_and_a_cold_start_brings_it_back(deployment):
     from datetime import timedelta
 
