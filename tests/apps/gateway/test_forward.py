@@ -112,3 +112,116 @@ async def test_requests_in_flight_count_against_their_replica(worker_url):
     assert not pending.done()
     assert (await pending).status == 200
     assert gateway.outstanding[1] == 0
+
+
+class _RawReplica:
+    """A stand-in worker on a real socket: reads each request whole, then answers ``reply``,
+    or, with ``reply=None``, closes the connection without a word (it died while it had the
+    request). Counts the requests it read."""
+
+    def __init__(self, reply: bytes | None) -> None:
+        self.reply = reply
+        self.requests = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                self.requests += 1
+                if self.reply is None:
+                    break
+                writer.write(self.reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+def _http(status: str, body: bytes) -> bytes:
+    return f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+OK_REPLY = _http("200 OK", b'{"model_name":"acme.m","outputs":[]}')
+
+
+async def test_a_replica_that_dies_holding_the_request_is_502_and_never_retried():
+    from apps.gateway.app import GatewayError
+
+    broken, live = _RawReplica(None), _RawReplica(OK_REPLY)
+    first = ReplicaRoute(replica_id=1, worker_id="broken-worker", url=await broken.start())
+    second = ReplicaRoute(replica_id=2, worker_id="live-worker", url=await live.start())
+    gateway = _gateway()
+    gateway.outstanding[second.replica_id] = 5  # the broken one looks idler: it is tried first
+    retries = metrics.RETRIES.labels("acme", "m")
+    before = retries._value.get()
+    tenant, model, version = _routes(first, second)
+    try:
+        with pytest.raises(GatewayError) as refused:
+            await gateway.forward(tenant, model, version, body=BODY, headers=[])
+        assert refused.value.status == 502 and "not retried because it may have run" in refused.value.message
+        assert broken.requests == 1  # it had the request whole
+        assert live.requests == 0  # and it was not sent again
+        assert retries._value.get() == before
+        assert "broken-worker" in gateway._suspect_workers()
+    finally:
+        await asyncio.gather(*gateway.background, return_exceptions=True)
+        await broken.stop()
+        await live.stop()
+
+
+async def test_a_connection_failure_is_retried_once_and_not_twice():
+    from apps.gateway.app import GatewayError
+
+    live = _RawReplica(OK_REPLY)
+    dead = [ReplicaRoute(replica_id=n, worker_id=f"dead-{n}", url=f"http://127.0.0.1:{free_port()}") for n in (1, 2)]
+    alive = ReplicaRoute(replica_id=3, worker_id="live-worker", url=await live.start())
+    gateway = _gateway()
+    gateway.outstanding[alive.replica_id] = 50  # both dead ones look idler
+    retries = metrics.RETRIES.labels("acme", "m")
+    before = retries._value.get()
+    tenant, model, version = _routes(*dead, alive)
+    try:
+        with pytest.raises(GatewayError) as refused:
+            await gateway.forward(tenant, model, version, body=BODY, headers=[])
+        assert refused.value.status == 503 and refused.value.retry_after_s == 1
+        assert "could take the request" in refused.value.message
+        assert retries._value.get() == before + 1  # one retry, no third try
+        assert live.requests == 0
+    finally:
+        await asyncio.gather(*gateway.background, return_exceptions=True)
+        await live.stop()
+
+
+async def test_a_workers_500_is_passed_on_with_its_reason_and_not_retried():
+    failing = _RawReplica(_http("500 Internal Server Error", b'{"error":"model raised: ValueError: bad weights"}'))
+    live = _RawReplica(OK_REPLY)
+    first = ReplicaRoute(replica_id=1, worker_id="failing-worker", url=await failing.start())
+    second = ReplicaRoute(replica_id=2, worker_id="live-worker", url=await live.start())
+    gateway = _gateway()
+    gateway.outstanding[second.replica_id] = 5
+    tenant, model, version = _routes(first, second)
+    try:
+        answer = await gateway.forward(tenant, model, version, body=BODY, headers=[])
+        assert answer.status == 500
+        assert json.loads(answer.body) == {"error": "model raised: ValueError: bad weights"}
+        assert (failing.requests, live.requests) == (1, 0)
+    finally:
+        await failing.stop()
+        await live.stop()
