@@ -141,6 +141,8 @@ class DynamicBatcher:
         if self._closing:
             raise UnavailableError(f"model {self.name} is being unloaded; retry on another replica")
         if self.config.max_queue_size and len(self._queue) >= self.config.max_queue_size:
+            self._drop_dead(asyncio.get_running_loop().time())  # cancelled and expired ones hold no place
+        if self.config.max_queue_size and len(self._queue) >= self.config.max_queue_size:
             raise QueueFullError(f"model {self.name} has {len(self._queue)} requests queued (its max_queue_size)")
         rows = 1
         if self.batched:

@@ -32,7 +32,8 @@ class InferRequest:
     id: str | None
     parameters: dict[str, Any]
     inputs: dict[str, np.ndarray]
-    requested: list[tuple[str, bool]] | None  # (output name, binary?) or None for all
+    # (output name, binary? — None: as binary_data_output says) or None for all outputs
+    requested: list[tuple[str, bool | None]] | None
     binary_default: bool = False
     timeout_us: int | None = field(default=None)
 
@@ -210,7 +211,7 @@ def decode_request(body: bytes, *, header_length: str | None, signature_inputs: 
     parameters = header.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInputError("'parameters' must be a JSON object")
-    requested = None
+    requested: list[tuple[str, bool | None]] | None = None
     if header.get("outputs") is not None:
         if not isinstance(header["outputs"], list):
             raise InvalidInputError("'outputs' must be a list of {\"name\": …}")
@@ -221,10 +222,10 @@ def decode_request(body: bytes, *, header_length: str | None, signature_inputs: 
             output_parameters = output.get("parameters") or {}
             if not isinstance(output_parameters, dict):
                 raise InvalidInputError(f"output '{output['name']}': 'parameters' must be a JSON object")
-            binary = output_parameters.get("binary_data", False)
-            if not isinstance(binary, bool):
+            as_binary = output_parameters.get("binary_data")
+            if as_binary is not None and not isinstance(as_binary, bool):
                 raise InvalidInputError(f"output '{output['name']}': binary_data must be true or false")
-            requested.append((output["name"], binary))
+            requested.append((output["name"], as_binary))
     timeout = parameters.get("timeout")
     binary_default = parameters.get("binary_data_output", False)
     if not isinstance(binary_default, bool):
@@ -260,7 +261,8 @@ def encode_response(
         unknown = sorted(name for name, _ in request.requested if name not in outputs)
         if unknown:
             raise InvalidInputError(f"requested output(s) {unknown} do not exist; the model has {sorted(outputs)}")
-        wanted = [(name, binary or request.binary_default) for name, binary in request.requested]
+        # An output's own binary_data wins over the request's binary_data_output.
+        wanted = [(name, request.binary_default if binary is None else binary) for name, binary in request.requested]
     tensors: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for name, binary in wanted:

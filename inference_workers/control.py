@@ -272,6 +272,9 @@ def make_celery_app(settings: WorkerSettings) -> Celery:
         worker_prefetch_multiplier=1,
         task_default_queue=settings.queue,
         broker_connection_retry_on_startup=True,
+        # Never give up on the broker: Celery's default (100 tries, about 45 min with its
+        # backoff) would end the process, data plane and all, in a long broker outage.
+        broker_connection_max_retries=None,
         worker_hijack_root_logger=True,
         result_expires=3600,
     )
@@ -315,7 +318,10 @@ def make_celery_app(settings: WorkerSettings) -> Celery:
     @app.task(name=UNLOAD_TASK)
     def unload(message: dict[str, Any]) -> dict[str, Any]:
         """Unloads a model version; unloading one that is not hosted succeeds too."""
-        key = ModelKey.from_message(message)
+        try:
+            key = ModelKey.from_message(message)
+        except MessageError as exc:
+            return {"unloaded": False, "reason": f"malformed unload command: {exc}"}
         return {"key": key.__dict__, "unloaded": host().unload(key)}
 
     @app.task(name=DRAIN_TASK)

@@ -154,6 +154,22 @@ async def test_a_full_queue_rejects_at_once():
     await batcher.close()
 
 
+async def test_cancelled_requests_hold_no_place_in_a_full_queue():
+    model = Model(delay=0.3)
+    batcher = await make(model, max_batch_size=1, max_queue_size=2)
+    running = asyncio.ensure_future(batcher.submit(row(0.0)))
+    await asyncio.sleep(0.05)  # the instance is now busy
+    gone = [asyncio.ensure_future(batcher.submit(row(1.0))) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    for task in gone:
+        task.cancel()  # their clients left
+    await asyncio.sleep(0.01)
+    assert (await batcher.submit(row(2.0)))["y"].tolist() == [[4.0] * 4]  # taken, not refused
+    await running
+    assert model.calls == [1, 1]  # the cancelled ones never ran
+    await batcher.close()
+
+
 async def test_a_request_that_waits_past_its_timeout_is_failed_not_run():
     model = Model(delay=0.3)
     batcher = await make(model, max_batch_size=1, default_timeout_us=50_000)

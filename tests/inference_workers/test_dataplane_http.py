@@ -120,6 +120,25 @@ def test_binary_infer_in_and_out(worker):
     assert np.array_equal(out, array * 2)
 
 
+def test_binary_data_output_applies_where_an_output_does_not_say_otherwise(worker):
+    path = "/v2/models/acme.doubler/infer"
+    everything = post(worker, path, doubler_request(parameters={"binary_data_output": True}))
+    length = int(everything.headers["Inference-Header-Content-Length"])
+    assert json.loads(everything.content[:length])["outputs"][0]["parameters"]["binary_data_size"] == 32
+    named = post(worker, path, doubler_request(parameters={"binary_data_output": True}, outputs=[{"name": "output"}]))
+    assert "Inference-Header-Content-Length" in named.headers  # no word of its own: the request's
+    own_word = post(
+        worker,
+        path,
+        doubler_request(
+            parameters={"binary_data_output": True},
+            outputs=[{"name": "output", "parameters": {"binary_data": False}}],
+        ),
+    )
+    assert "Inference-Header-Content-Length" not in own_word.headers  # the output's own word wins
+    assert own_word.json()["outputs"][0]["data"] == [2, 4, 6, 8, 10, 12, 14, 16]
+
+
 def test_a_stock_v2_client_works_unchanged(worker):
     client = triton.InferenceServerClient(url=f"127.0.0.1:{worker['port']}")
     assert client.is_server_live()

@@ -125,6 +125,28 @@ def test_a_checksum_mismatch_fails_the_load_and_reserves_nothing(make_host, mode
     assert host.states()[0].state == "failed"
 
 
+def test_running_out_of_memory_while_loading_fails_only_that_load(make_host, loop_thread, model_files, monkeypatch):
+    from inference_workers import host as host_module
+
+    host = make_host()
+    host.load(load_command(model_files["doubler"], model="good"))
+    real = host_module.measure_footprint
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError  # the allocation a real load makes, failing
+
+    monkeypatch.setattr(host_module, "measure_footprint", exhausted)
+    with pytest.raises(LoadError, match="out of memory while loading the model"):
+        host.load(load_command(model_files["doubler"], model="big"))
+    reports = {r.key.model: r for r in host.states()}
+    assert reports["big"].state == "failed" and reports["big"].reserved_bytes == 0
+    assert reports["big"].reason == "out of memory while loading the model"
+    assert host.reserved_bytes == reports["good"].reserved_bytes  # the failed load holds nothing
+    assert infer(host, loop_thread, "acme.good", np.ones((1, 4), dtype=np.float32))["output"].tolist() == [[2.0] * 4]
+    monkeypatch.setattr(host_module, "measure_footprint", real)
+    assert host.load(load_command(model_files["doubler"], model="big")).state == "ready"  # once memory is back
+
+
 def test_a_missing_artifact_fails_clearly(make_host, tmp_path):
     host = make_host()
     with pytest.raises(LoadError, match="cannot fetch"):
