@@ -153,6 +153,10 @@ def test_the_request_id_is_kept_or_made_and_returned(gateway_platform: Platform)
     assert re.fullmatch(r"[0-9a-f]{32}", made.headers["x-request-id"])
     refused = httpx.get(f"{gateway_platform.base_url}/v2/models/{MODEL}", headers={"X-Request-ID": "r-1"})
     assert refused.status_code == 401 and refused.headers["x-request-id"] == "r-1"
+    for unusable in ("has spaces", "x" * 129, "semi;colon"):  # not echoed: a fresh one instead
+        replaced = _infer_json(gateway_platform, key, ONE_ROW, **{"X-Request-ID": unusable})
+        assert replaced.status_code == 200, replaced.text
+        assert re.fullmatch(r"[0-9a-f]{32}", replaced.headers["x-request-id"])
 
 
 def _make_tenant_with_model(platform: Platform, slug: str, *, scopes: list[str], **quota: int) -> str:
@@ -232,13 +236,29 @@ def test_tenants_are_isolated_and_a_revoked_key_stops_within_2_s(gateway_platfor
 @pytest.mark.parametrize(
     ("body", "header_length", "needle"),
     [
-        (b'{"inputs": [', None, "JSON"),
-        ({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "INT8", "data": [1, 2, 3, 4]}]}, None, "input"),
-        ({"inputs": [{"name": "input", "shape": [1, 5], "datatype": "FP32", "data": [1, 2, 3, 4, 5]}]}, None, "input"),
-        ({"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}, None, "input"),
-        ({"inputs": []}, None, "input"),
-        ({"inputs": [{"name": "nope", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}, None, "nope"),
-        ("binary-short", "len", "binary"),
+        (b'{"inputs": [', None, "not valid JSON"),
+        (
+            {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "INT8", "data": [1, 2, 3, 4]}]},
+            None,
+            "input 'input' has datatype INT8; the model expects FP32",
+        ),
+        (
+            {"inputs": [{"name": "input", "shape": [1, 5], "datatype": "FP32", "data": [1, 2, 3, 4, 5]}]},
+            None,
+            "input 'input': dimension 1 is 5; the model expects 4",
+        ),
+        (
+            {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]},
+            None,
+            "input 'input': 4 elements given for shape [2, 4]",
+        ),
+        ({"inputs": []}, None, "the request needs a non-empty 'inputs' list"),
+        (
+            {"inputs": [{"name": "nope", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]},
+            None,
+            "input 'nope' is not an input of this model",
+        ),
+        ("binary-short", "len", "input 'input': binary_data_size 16 runs past the end of the body (12 bytes left)"),
     ],
     ids=[
         "malformed-json",
@@ -345,6 +365,7 @@ def test_a_hung_worker_gives_504_and_holds_a_concurrency_slot(gateway_platform: 
             second = _infer_json(gateway_platform, key, ONE_ROW)
             assert second.status_code == 429, second.text
             assert "in flight" in second.json()["error"]
+            assert int(second.headers["retry-after"]) >= 1
             hung = first.result(timeout=20)
         assert hung.status_code == 504, hung.text
         assert "BERTH_GATEWAY_TIMEOUT_S" in hung.json()["error"]
