@@ -290,6 +290,11 @@ class ModelHost:
             entry.runner.close()
         with self._lock:
             self._entries.pop(key, None)
+            # The cached artifact goes with the last model using it (a load inserts its entry
+            # under this lock before it fetches, so none is fetching it now).
+            sha256 = entry.command.sha256
+            if not any(other.command.sha256 == sha256 for other in self._entries.values()):
+                self.cache.remove(sha256)
         self.metrics.forget(key)
         entry.runner = entry.batcher = None
         release_freed_memory()

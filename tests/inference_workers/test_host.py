@@ -92,6 +92,19 @@ def test_unload_really_frees_memory(make_host, model_files):
     assert host.unload(ModelKey("acme", "big", 1)) is False  # idempotent
 
 
+def test_the_cached_artifact_goes_with_the_last_model_using_it(make_host, model_files):
+    host = make_host()
+    first = load_command(model_files["doubler"], model="one")
+    host.load(first)
+    host.load(load_command(model_files["doubler"], model="two"))  # the same artifact
+    cached = host.cache.path_for(first.sha256)
+    assert cached.is_file()
+    assert host.unload(ModelKey("acme", "one", 1))
+    assert cached.is_file()  # still "two"'s
+    assert host.unload(ModelKey("acme", "two", 1))
+    assert not cached.exists() and list(host.cache.folder.rglob("*")) == []
+
+
 def test_a_model_is_never_loaded_twice(make_host, model_files, monkeypatch):
     from inference_workers import host as host_module
 
