@@ -660,9 +660,9 @@ class Gateway:
             if response.status == 404:
                 failure = "its worker no longer hosts it"
                 break
-            return response
+            return _retry_after_on_503(response)
         if last is not None and last.status == 503:
-            return last
+            return _retry_after_on_503(last)
         raise GatewayError(
             503,
             f"no replica of model '{model.name}' version {version.number} could take the request ({failure}); "
@@ -682,6 +682,14 @@ class Gateway:
         if found is None:
             raise GatewayError(503, f"model '{model.name}' version {number} is in the traffic split but gone")
         return found
+
+
+def _retry_after_on_503(response: UpstreamResponse) -> UpstreamResponse:
+    """A worker's 503 (draining, its queue full) goes out with ``Retry-After: 1``, as the
+    gateway's own 503s and 429s do, so a client knows it may come back at once."""
+    if response.status == 503 and all(name != b"retry-after" for name, _ in response.headers):
+        response.headers.append((b"retry-after", b"1"))
+    return response
 
 
 def _index_filter(body: bytes) -> bool:

@@ -225,3 +225,15 @@ async def test_a_workers_500_is_passed_on_with_its_reason_and_not_retried():
     finally:
         await failing.stop()
         await live.stop()
+
+
+async def test_a_workers_503_goes_out_with_retry_after():
+    full = _RawReplica(_http("503 Service Unavailable", b'{"error":"model acme.m has 8 requests queued"}'))
+    only = ReplicaRoute(replica_id=1, worker_id="full-worker", url=await full.start())
+    tenant, model, version = _routes(only)
+    try:
+        answer = await _gateway().forward(tenant, model, version, body=BODY, headers=[])
+        assert answer.status == 503 and (b"retry-after", b"1") in answer.headers
+        assert json.loads(answer.body) == {"error": "model acme.m has 8 requests queued"}
+    finally:
+        await full.stop()
