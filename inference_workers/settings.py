@@ -66,7 +66,9 @@ def parse_size(text: str, *, variable: str) -> int:
     return size
 
 
-def _int(environ: Mapping[str, str], variable: str, default: int, *, minimum: int = 0) -> int:
+def _int(
+    environ: Mapping[str, str], variable: str, default: int, *, minimum: int = 0, maximum: int | None = None
+) -> int:
     raw = environ.get(variable, "")
     if raw == "":
         return default
@@ -76,6 +78,8 @@ def _int(environ: Mapping[str, str], variable: str, default: int, *, minimum: in
         raise SettingsError(f"{variable}: {raw!r} is not a whole number") from None
     if value < minimum:
         raise SettingsError(f"{variable}: must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{variable}: must be at most {maximum}, got {value}")
     return value
 
 
@@ -202,7 +206,7 @@ class WorkerSettings:
             memory_budget_bytes=parse_size(budget_text, variable="BERTH_WORKER_MEMORY_BUDGET"),
             gpu_memory_budget_bytes=_size(environ, "BERTH_WORKER_GPU_MEMORY_BUDGET", 0),
             bind_host=bind_host,
-            port=_int(environ, "BERTH_WORKER_PORT", 0),
+            port=_int(environ, "BERTH_WORKER_PORT", 0, maximum=65535),
             advertise_host=advertise_host,
             heartbeat_interval_s=_float(environ, "BERTH_WORKER_HEARTBEAT_S", 2.0, minimum=0.1),
             control_queue=environ.get("BERTH_WORKER_CONTROL_QUEUE", "")

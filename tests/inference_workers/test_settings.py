@@ -56,6 +56,7 @@ def test_worker_variables_override_the_shared_ones(tmp_path):
         ("BERTH_WORKER_DEVICE", "gpu0"),
         ("BERTH_WORKER_PORT", "eighty"),
         ("BERTH_WORKER_PORT", "-5"),
+        ("BERTH_WORKER_PORT", "70000"),
         ("BERTH_WORKER_HEARTBEAT_S", "0"),
         ("BERTH_WORKER_ID", "has space"),
         ("BERTH_WORKER_MEMORY_BUDGET", "lots"),
