@@ -383,22 +383,29 @@ async def _closed_loop(spec: LoadSpec, *, begin: float, record_from: float, stop
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def user() -> None:
-            while (t0 := time.monotonic()) < stop:
-                try:
-                    async with session.post(spec.url, data=spec.body, headers=spec.headers) as response:
-                        await response.read()
-                        status = response.status
-                except (aiohttp.ClientError, TimeoutError):
-                    status = 0
-                if t0 < record_from:
-                    tally.warmup_answers += 1
-                    continue
-                tally.statuses[status] += 1
-                if status == 200:
-                    tally.latencies.append(time.monotonic() - t0)
+            while time.monotonic() < stop:
+                await _send_counted(session, spec, tally, record_from)
 
         await asyncio.gather(*(user() for _ in range(spec.concurrency)))
     return tally
+
+
+async def _send_counted(session: aiohttp.ClientSession, spec: LoadSpec, tally: Tally, record_from: float) -> None:
+    """Sends one request and counts its status, and for a 200 its latency from the send;
+    one sent before ``record_from`` only counts as a warm-up answer."""
+    t0 = time.monotonic()
+    try:
+        async with session.post(spec.url, data=spec.body, headers=spec.headers) as response:
+            await response.read()
+            status = response.status
+    except (aiohttp.ClientError, TimeoutError):
+        status = 0
+    if t0 < record_from:
+        tally.warmup_answers += 1
+        return
+    tally.statuses[status] += 1
+    if status == 200:
+        tally.latencies.append(time.monotonic() - t0)
 
 
 async def _open_loop(spec: LoadSpec, *, begin: float, record_from: float, stop: float) -> Tally:
@@ -410,29 +417,13 @@ async def _open_loop(spec: LoadSpec, *, begin: float, record_from: float, stop: 
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-
-        async def one() -> None:
-            t0 = time.monotonic()
-            try:
-                async with session.post(spec.url, data=spec.body, headers=spec.headers) as response:
-                    await response.read()
-                    status = response.status
-            except (aiohttp.ClientError, TimeoutError):
-                status = 0
-            if t0 < record_from:
-                tally.warmup_answers += 1
-                return
-            tally.statuses[status] += 1
-            if status == 200:
-                tally.latencies.append(time.monotonic() - t0)
-
         pending: set[asyncio.Task[None]] = set()
         sent = 0
         while (due := begin + sent / spec.rate) < stop:
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             # Every request due by now goes out (timers tick in milliseconds).
             while (due := begin + sent / spec.rate) <= time.monotonic() and due < stop:
-                task = asyncio.create_task(one())
+                task = asyncio.create_task(_send_counted(session, spec, tally, record_from))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
                 sent += 1
