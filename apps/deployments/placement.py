@@ -81,8 +81,9 @@ def _mib(size: int) -> str:
 
 
 # How a replica picks among the devices in use that have room for it: the one it leaves
-# with the least free (best fit), or the largest (first fit over devices by capacity, which
-# fills big devices before small ones when copies of a version must spread).
+# with the least free (best fit); the largest (first fit over devices by capacity, which
+# fills big devices before small ones); or, for a version with copies, the one with the most
+# free among the devices the total needs, opened up front (spread).
 FITS = ("best", "largest", "spread")
 
 
