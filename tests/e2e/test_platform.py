@@ -325,7 +325,9 @@ def test_a_killed_workers_replica_is_ready_on_another_worker_within_10_s(platfor
         for client in clients:
             client.join(timeout=60)
         before = [code for sent_at, code, _ in answers if sent_at < killed_at]
-        assert before and set(before) <= {200, 502}, before  # 502: in flight at the kill, not retried
+        # 502: in flight at the kill, not retried; 503: sent just before the kill but reaching
+        # the gateway after it, when the dead worker was the only replica (connection refused).
+        assert before and set(before) <= {200, 502, 503}, before
         # Between the kill and the new replica: answered (a cold start waits for the new
         # replica) or refused clearly; never a 500, never a hang.
         for _, code, text in answers:
