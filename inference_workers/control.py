@@ -94,7 +94,13 @@ class WorkerRuntime:
             headroom_bytes=settings.headroom_bytes,
         )
         dataplane = self._dataplane = DataPlane(self.host, is_draining=lambda: self.draining_for_exit)
-        app = build_app(dataplane, token=settings.token, max_body_bytes=settings.max_body_bytes, metrics=self.metrics)
+        app = build_app(
+            dataplane,
+            token=settings.token,
+            max_body_bytes=settings.max_body_bytes,
+            metrics=self.metrics,
+            access_log=settings.access_log,
+        )
         self._server = DataPlaneServer(app, host=settings.bind_host, port=settings.port, loop=self._loop)
         self._server.start()
         log.info("worker %s serving on %s", settings.worker_id, self.dataplane_url)

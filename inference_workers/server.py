@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import socket
 import time
 from collections import deque
@@ -40,24 +41,37 @@ from inference_workers.loop import EventLoopThread
 from inference_workers.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
+access_logger = logging.getLogger("inference_workers.access")
 
 JSON = b"application/json"
 KEEPALIVE_S = 75.0  # above the gateway's pool idle time (30 s), so the gateway closes first
 MAX_HEAD_BYTES = 64 * 1024
 LINGER_S = 2.0  # how long a rejected request's remaining bytes are read and dropped
 MAX_PIPELINED = 16  # requests parsed ahead of the one being answered before reading pauses
+# The gateway's X-Request-ID shape (apps/gateway/app.py); another value is not echoed.
+_REQUEST_ID_SHAPE = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
 class Request:
     """What the data plane needs of one HTTP request."""
 
-    __slots__ = ("authorization", "body", "content_encoding", "header_length", "keep_alive", "method", "path")
+    __slots__ = (
+        "authorization",
+        "body",
+        "content_encoding",
+        "header_length",
+        "keep_alive",
+        "method",
+        "path",
+        "request_id",
+    )
 
     def __init__(self) -> None:
         self.method = b""
         self.path = b""
         self.authorization = b""
+        self.request_id = b""  # the gateway's X-Request-ID, echoed and named in the log
         self.header_length: str | None = None
         self.content_encoding = b""
         self.body = b""
@@ -89,9 +103,12 @@ def _error(status: int, message: str) -> Reply:
 class DataPlaneApp:
     """Routes requests to the data plane: ``handle(request) -> Reply``; never raises."""
 
-    def __init__(self, dataplane: DataPlane, *, token: str, max_body_bytes: int, metrics: WorkerMetrics) -> None:
+    def __init__(
+        self, dataplane: DataPlane, *, token: str, max_body_bytes: int, metrics: WorkerMetrics, access_log: bool = False
+    ) -> None:
         self.dataplane = dataplane
         self.max_body_bytes = max_body_bytes
+        self.access_log = access_log
         self._metrics = metrics
         self._expected = f"Bearer {token}".encode()
         self._token = token
@@ -105,9 +122,23 @@ class DataPlaneApp:
         except MethodNotAllowedError as error:
             return Reply(405, error_body(error.message), headers={"Allow": error.allowed})
         except DataPlaneError as error:
+            if error.status >= 500:
+                log.warning(
+                    "%s %s answered %d (request %s): %s",
+                    request.method.decode(),
+                    request.path.decode("latin-1"),
+                    error.status,
+                    request.request_id.decode() or "-",
+                    error.message,
+                )
             return _error(error.status, error.message)
         except Exception:  # a bug must still answer in the protocol's shape, and be logged
-            log.exception("unexpected error on %s %s", request.method.decode(), request.path.decode("latin-1"))
+            log.exception(
+                "unexpected error on %s %s (request %s)",
+                request.method.decode(),
+                request.path.decode("latin-1"),
+                request.request_id.decode() or "-",
+            )
             return _error(500, "internal error in the worker; see its log")
 
     async def _route(self, request: Request) -> Reply:
@@ -165,16 +196,20 @@ class DataPlaneApp:
             raise MethodNotAllowedError(method.decode(), allowed.decode())
 
 
-def build_app(dataplane: DataPlane, *, token: str, max_body_bytes: int, metrics: WorkerMetrics) -> DataPlaneApp:
+def build_app(
+    dataplane: DataPlane, *, token: str, max_body_bytes: int, metrics: WorkerMetrics, access_log: bool = False
+) -> DataPlaneApp:
     """The HTTP application serving ``dataplane``."""
-    return DataPlaneApp(dataplane, token=token, max_body_bytes=max_body_bytes, metrics=metrics)
+    return DataPlaneApp(dataplane, token=token, max_body_bytes=max_body_bytes, metrics=metrics, access_log=access_log)
 
 
-def _head(reply: Reply, *, keep_alive: bool) -> bytes:
+def _head(reply: Reply, *, keep_alive: bool, request_id: bytes = b"") -> bytes:
     lines = [
         b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
         % (reply.status, _REASONS.get(reply.status, b"Unknown"), reply.content_type, len(reply.body))
     ]
+    if request_id:
+        lines.append(b"X-Request-ID: %s\r\n" % request_id)
     if reply.headers:
         lines.extend(f"{name}: {value}\r\n".encode("latin-1") for name, value in reply.headers.items())
     if not keep_alive:
@@ -251,6 +286,9 @@ class _Connection(asyncio.Protocol):
             self._request.authorization = value
         elif lowered == b"inference-header-content-length":
             self._request.header_length = value.decode("latin-1")
+        elif lowered == b"x-request-id":
+            if _REQUEST_ID_SHAPE.match(value):  # anything else is not echoed (header injection)
+                self._request.request_id = value
         elif lowered == b"content-encoding":
             self._request.content_encoding = value.strip().lower()
         elif lowered == b"content-length":
@@ -306,7 +344,15 @@ class _Connection(asyncio.Protocol):
             transport = self._transport
             if transport is None or transport.is_closing():
                 return
-            transport.write(_head(reply, keep_alive=request.keep_alive) + reply.body)
+            if self._app.access_log:  # before the answer leaves: a client that got it finds its line
+                access_logger.info(
+                    "%s %s %d request=%s",
+                    request.method.decode(),
+                    request.path.decode("latin-1"),
+                    reply.status,
+                    request.request_id.decode() or "-",
+                )
+            transport.write(_head(reply, keep_alive=request.keep_alive, request_id=request.request_id) + reply.body)
             self.last_active = time.monotonic()
             if not request.keep_alive:
                 transport.close()

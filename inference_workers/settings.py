@@ -141,6 +141,7 @@ class WorkerSettings:
     spin_wait: bool = False
     gpu_memory_budget_bytes: int = 0
     max_artifact_bytes: int = 16 * 1024**3
+    access_log: bool = False
 
     @property
     def queue(self) -> str:
@@ -173,7 +174,9 @@ class WorkerSettings:
         ``BERTH_WORKER_INTER_OP_THREADS`` (threads running independent graph branches at once,
         0 = the runtime's choice), ``BERTH_WORKER_SPIN_WAIT`` (``1``: idle runtime threads
         spin-wait for the next run, burning cores other work on the host needs; default ``0``),
-        ``BERTH_WORKER_MAX_ARTIFACT`` (default 16GiB).
+        ``BERTH_WORKER_MAX_ARTIFACT`` (default 16GiB), ``BERTH_WORKER_ACCESS_LOG`` (``1``: one
+        log line per answered request with its status and the gateway's X-Request-ID, written
+        before the answer goes out; default ``0``).
 
         Raises:
             SettingsError: Naming the variable whose value is wrong.
@@ -224,6 +227,7 @@ class WorkerSettings:
             inter_op_threads=_int(environ, "BERTH_WORKER_INTER_OP_THREADS", 0),
             spin_wait=_bool(environ, "BERTH_WORKER_SPIN_WAIT", False),
             max_artifact_bytes=_size(environ, "BERTH_WORKER_MAX_ARTIFACT", 16 * 1024**3),
+            access_log=_bool(environ, "BERTH_WORKER_ACCESS_LOG", False),
             data_dir=data_dir,
             broker=broker_config(
                 url=broker_url,

@@ -42,6 +42,16 @@ class Platform:
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, auth=("admin", ADMIN_PASSWORD), timeout=10)
 
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a Prometheus counter's series on ``/metrics`` whose labels include ``labels``."""
+        with self.admin() as admin:
+            text = admin.get("/metrics").text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
     def descendants(self) -> list[psutil.Process]:
         try:
             return psutil.Process(self.process.pid).children(recursive=True)

@@ -6,6 +6,7 @@ One platform boots for the module, with the demo model deployed by the seed (as 
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import json
 import re
@@ -36,7 +37,11 @@ MODEL = "demo-mlp"
 def gateway_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     tmp = tmp_path_factory.mktemp("gateway")
     with boot_platform(
-        tmp, BERTH_SEED_DEMO_DEPLOY="1", BERTH_GATEWAY_TIMEOUT_S="2", BERTH_GATEWAY_COLD_START_S="15"
+        tmp,
+        BERTH_SEED_DEMO_DEPLOY="1",
+        BERTH_GATEWAY_TIMEOUT_S="2",
+        BERTH_GATEWAY_COLD_START_S="15",
+        BERTH_WORKER_ACCESS_LOG="1",  # the kill test counts executions by X-Request-ID
     ) as platform:
         platform.wait_healthy()
         yield platform
@@ -323,6 +328,48 @@ def test_a_body_over_the_limit_is_refused_with_413_before_it_is_read(gateway_pla
     assert "BERTH_GATEWAY_MAX_BODY_MB" in text
 
 
+def test_a_streamed_body_over_the_limit_is_refused_with_413(gateway_platform: Platform):
+    """A chunked body says no length up front: the gateway counts as it reads and stops at the limit."""
+    key = _demo_key(gateway_platform)
+    limit = 64 * 1024 * 1024
+    host, port = gateway_platform.base_url.removeprefix("http://").split(":")
+    chunk = b"%x\r\n%s\r\n" % (1024 * 1024, b"x" * 1024 * 1024)
+    replies: list[bytes] = []
+    with socket.create_connection((host, int(port)), timeout=30) as raw:
+
+        def read() -> None:  # reads while the body is still going out, so no reset can hide the answer
+            try:
+                while chunk_read := raw.recv(65536):
+                    replies.append(chunk_read)
+                    head, _, body = b"".join(replies).partition(b"\r\n\r\n")
+                    length = re.search(rb"(?i)content-length: *(\d+)", head)
+                    if length and len(body) >= int(length[1]):
+                        return  # one whole answer
+            except OSError:
+                pass
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            reader = pool.submit(read)
+            raw.sendall(
+                f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+                "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+            )
+            sent = 0
+            try:
+                while sent <= limit + 4 * len(chunk) and not replies:
+                    raw.sendall(chunk)
+                    sent += 1024 * 1024
+            except OSError:  # the gateway answered and closed while the body was still coming
+                pass
+            reader.result(timeout=30)
+    text = b"".join(replies).decode(errors="replace")
+    assert text.startswith("HTTP/1.1 413"), (sent, text[:500])
+    assert "BERTH_GATEWAY_MAX_BODY_MB" in text
+    assert sent > limit - len(chunk)  # refused once past the limit, not before
+    # The gateway is still serving.
+    assert _infer_json(gateway_platform, key, ONE_ROW).status_code == 200
+
+
 def test_rate_limit_answers_429_with_retry_after(gateway_platform: Platform):
     key = _make_tenant_with_model(gateway_platform, "limited", scopes=["infer"], requests_per_second=5)
     _wait_ready(gateway_platform, key)
@@ -374,25 +421,15 @@ def test_a_hung_worker_gives_504_and_holds_a_concurrency_slot(gateway_platform: 
     _wait_ready(gateway_platform, key)
 
 
-def _metric(platform: Platform, name: str, **labels: str) -> float:
-    with platform.admin() as admin:
-        text = admin.get("/metrics").text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_metrics_count_requests_per_tenant_and_are_closed_to_tenant_keys(gateway_platform: Platform):
     key = _demo_key(gateway_platform)
     _wait_ready(gateway_platform, key)
-    before = _metric(gateway_platform, "berth_gateway_requests_total", tenant="demo", model=MODEL, code="200")
+    before = gateway_platform.metric("berth_gateway_requests_total", tenant="demo", model=MODEL, code="200")
     for _ in range(3):
         assert _infer_json(gateway_platform, key, ONE_ROW).status_code == 200
-    after = _metric(gateway_platform, "berth_gateway_requests_total", tenant="demo", model=MODEL, code="200")
+    after = gateway_platform.metric("berth_gateway_requests_total", tenant="demo", model=MODEL, code="200")
     assert after - before == 3
-    assert _metric(gateway_platform, "berth_gateway_request_duration_seconds_count", tenant="demo") >= 3
+    assert gateway_platform.metric("berth_gateway_request_duration_seconds_count", tenant="demo") >= 3
     assert httpx.get(f"{gateway_platform.base_url}/metrics", headers=_bearer(key)).status_code == 403
     assert httpx.get(f"{gateway_platform.base_url}/metrics").status_code in (401, 403)
 
@@ -581,11 +618,11 @@ def test_a_scaled_to_zero_model_cold_starts_once_for_concurrent_requests(gateway
         )
         index = _client(gateway_platform).get_model_repository_index(headers=_bearer(key))
         assert next(e for e in index if e["name"] == MODEL)["state"] != "READY"
-        before = _metric(gateway_platform, "berth_gateway_cold_starts_total", tenant="demo", model=MODEL)
+        before = gateway_platform.metric("berth_gateway_cold_starts_total", tenant="demo", model=MODEL)
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(lambda _: _infer_json(gateway_platform, key, ONE_ROW), range(6)))
         assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
-        after = _metric(gateway_platform, "berth_gateway_cold_starts_total", tenant="demo", model=MODEL)
+        after = gateway_platform.metric("berth_gateway_cold_starts_total", tenant="demo", model=MODEL)
         assert after - before == 1
     finally:
         httpx.patch(base, headers=_bearer(key), json={"scale_to_zero_after_s": 0})
@@ -620,7 +657,7 @@ def test_a_worker_killed_under_load_loses_nothing_silently(gateway_platform: Pla
             stderr=subprocess.STDOUT,
         )
     base = f"{gateway_platform.base_url}/api/v1/tenants/demo/models/{MODEL}/deployment/"
-    retries_before = _metric(gateway_platform, "berth_gateway_retries_total", tenant="demo", model=MODEL)
+    retries_before = gateway_platform.metric("berth_gateway_retries_total", tenant="demo", model=MODEL)
     try:
         deadline = time.monotonic() + 90
         with gateway_platform.admin() as admin:
@@ -649,7 +686,9 @@ def test_a_worker_killed_under_load_loses_nothing_silently(gateway_platform: Pla
                     body = {"id": request_id, **ONE_ROW}
                     sent_at = time.monotonic()
                     answer = client.post(
-                        f"{gateway_platform.base_url}/v2/models/{MODEL}/infer", json=body, headers=_bearer(key)
+                        f"{gateway_platform.base_url}/v2/models/{MODEL}/infer",
+                        json=body,
+                        headers={**_bearer(key), "X-Request-ID": request_id},
                     )
                     seen.append((answer.status_code, request_id, answer.text, sent_at))
             return seen
@@ -673,8 +712,16 @@ def test_a_worker_killed_under_load_loses_nothing_silently(gateway_platform: Pla
         assert len(after) > 20 and set(after) == {200}, after
         # The gateway noticed the dead worker: requests it had in flight there broke (502, and it
         # was left out of routing), or a connection to it failed and was retried on the live one.
-        retries = _metric(gateway_platform, "berth_gateway_retries_total", tenant="demo", model=MODEL)
+        retries = gateway_platform.metric("berth_gateway_retries_total", tenant="demo", model=MODEL)
         assert codes.count(502) > 0 or retries > retries_before
+        # Each worker logs a request as it answers it (before the answer leaves), naming the
+        # X-Request-ID the gateway forwarded: every 200 ran exactly once, nothing ran twice.
+        spare.wait(timeout=10)
+        logged = (tmp_path / "spare.log").read_text(errors="replace") + gateway_platform.log()
+        executions = collections.Counter(re.findall(r"/infer 200 request=(w\d-[0-9a-f]{8})\b", logged))
+        assert executions and max(executions.values()) == 1, executions.most_common(3)
+        for code, request_id, _, _ in results:  # a 502 may have run just before the kill, once at most
+            assert executions[request_id] == 1 if code == 200 else executions[request_id] <= 1, (code, request_id)
     finally:
         if spare.poll() is None:
             spare.kill()

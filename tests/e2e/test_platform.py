@@ -314,6 +314,7 @@ def test_a_killed_workers_replica_is_ready_on_another_worker_within_10_s(platfor
         for client in clients:
             client.start()
         time.sleep(1.5)
+        cold_starts = platform.metric("berth_gateway_cold_starts_total", tenant="demo", model="demo-mlp")
         spare.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         while not (replica().get("state") == "ready" and replica().get("worker") == platform.worker_id):
@@ -336,6 +337,11 @@ def test_a_killed_workers_replica_is_ready_on_another_worker_within_10_s(platfor
                 assert "error" in text
         after = [code for sent_at, code, _ in answers if sent_at > recovered_at + 1.0]
         assert len(after) > 10 and set(after) == {200}, after
+        # Its only replica unreachable (suspect), the gateway asked for a cold start and the
+        # requests that waited for it were answered by the new replica.
+        assert platform.metric("berth_gateway_cold_starts_total", tenant="demo", model="demo-mlp") > cold_starts
+        waited = [code for sent_at, code, _ in answers if killed_at < sent_at < recovered_at]
+        assert 200 in waited, waited
     finally:
         stop_load.set()
         if spare.poll() is None:

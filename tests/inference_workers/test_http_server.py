@@ -324,3 +324,37 @@ def test_a_model_that_raises_fails_only_its_own_requests_over_http(worker, model
         assert answer.status_code == 200 and answer.json()["outputs"][0]["data"] == [2.0] * 4
     for answer in (future.result() for future in fine):
         assert answer.status_code == 200  # its own good requests still run
+
+
+def test_the_gateways_request_id_is_echoed_and_named_in_the_log_of_a_failure(worker, model_files, caplog):
+    from tests.inference_workers import models
+
+    inputs, outputs = models.doubler_specs()
+    worker["host"].load(
+        load_command(
+            model_files["raiser"],
+            model="raiser",
+            model_format="torchscript",
+            inputs=inputs,
+            outputs=outputs,
+            batching=BatchingConfig(max_batch_size=1),
+        )
+    )
+    bad = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [500] * 4}]})
+    with connect(worker) as sock, caplog.at_level("WARNING", logger="inference_workers.server"):
+        buffer = bytearray()
+        sock.sendall(request(extra="X-Request-ID: trace-42.a\r\n"))
+        status, headers, _ = read_response(sock, buffer)
+        assert status == 200 and headers["x-request-id"] == "trace-42.a"
+        sock.sendall(request(body=b"{", extra="X-Request-ID: trace-43\r\n"))
+        status, headers, _ = read_response(sock, buffer)
+        assert status == 400 and headers["x-request-id"] == "trace-43"
+        sock.sendall(request(extra="X-Request-ID: two words\r\n"))  # not the gateway's shape: not echoed
+        status, headers, _ = read_response(sock, buffer)
+        assert status == 200 and "x-request-id" not in headers
+        sock.sendall(request("/v2/models/acme.raiser/infer", bad.encode(), extra="X-Request-ID: trace-44\r\n"))
+        status, headers, _ = read_response(sock, buffer)
+        assert status == 500 and headers["x-request-id"] == "trace-44"
+    failures = [record.getMessage() for record in caplog.records if "trace-44" in record.getMessage()]
+    assert len(failures) == 1 and "500" in failures[0] and "sum over 1000" in failures[0], caplog.text
+    assert "trace-42.a" not in caplog.text  # answered requests are not logged one by one

@@ -63,6 +63,7 @@ def test_worker_variables_override_the_shared_ones(tmp_path):
         ("BERTH_WORKER_INTER_OP_THREADS", "-1"),
         ("BERTH_WORKER_SPIN_WAIT", "maybe"),
         ("BERTH_WORKER_HANDOVER_S", "-1"),
+        ("BERTH_WORKER_ACCESS_LOG", "verbose"),
     ],
 )
 def test_each_bad_value_is_refused_naming_its_variable(tmp_path, variable, value):
@@ -89,8 +90,9 @@ def test_serving_knobs_parse_and_the_token_is_generated_once(tmp_path):
     }
     defaults = WorkerSettings.from_env({"BERTH_DATA_DIR": str(tmp_path)})
     assert (defaults.intra_op_threads, defaults.spin_wait) == (1, False)  # least CPU per request
-    first = WorkerSettings.from_env({**env, "BERTH_WORKER_SPIN_WAIT": "yes"})
-    assert first.inter_op_threads == 3 and first.spin_wait
+    assert not defaults.access_log
+    first = WorkerSettings.from_env({**env, "BERTH_WORKER_SPIN_WAIT": "yes", "BERTH_WORKER_ACCESS_LOG": "1"})
+    assert first.inter_op_threads == 3 and first.spin_wait and first.access_log
     assert (first.headroom_bytes, first.max_body_bytes, first.drain_seconds, first.intra_op_threads) == (
         512 * 1024**2,
         1024**2,
