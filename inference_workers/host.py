@@ -201,6 +201,7 @@ class ModelHost:
                     raise
                 raise LoadError(reason) from exc
             self._check_reality(key)
+            release_freed_memory()  # what the load made is frozen with the rest
             return entry.report()
 
     def _evict(self, victim: HostedEntry, *, for_key: ModelKey) -> None:

@@ -5,17 +5,15 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from inference_workers.batching import BatchObserver
-from inference_workers.histogram import Counts, record
+from inference_workers.histogram import Counts, merge, percentile, record
 from inference_workers.types import HostedModel, ModelKey
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -150,7 +148,11 @@ class ModelStats(BatchObserver):
         self._queue_seconds = metrics.queue_seconds.labels(*labels)
         self._compute_seconds = metrics.compute_seconds.labels(*labels)
         self._batch_size = metrics.batch_size.labels(*labels)
-        self._recent: deque[tuple[float, float]] = deque()
+        # Request times of the last WINDOW_S seconds as one histogram per second: a fixed,
+        # small cost per request and per heartbeat whatever the rate (a list of every
+        # request's time held 150,000 entries at 5,000 req/s, and reading its percentiles
+        # held the GIL for tens of milliseconds, stalling the data plane at each heartbeat).
+        self._recent: dict[int, Counts] = {}
         self._lock = threading.Lock()
         self.requests = 0
         self.errors = 0
@@ -198,20 +200,25 @@ class ModelStats(BatchObserver):
         (self._ok if ok else self._error).inc()
         self._request_seconds.observe(seconds)
         now = time.time()
+        second = int(now)
         with self._lock:
             self.requests += 1
             self.errors += 0 if ok else 1
             self.last_used = now
-            self._recent.append((now, seconds))
-            while self._recent and self._recent[0][0] < now - self.WINDOW_S:
-                self._recent.popleft()
+            counts = self._recent.get(second)
+            if counts is None:
+                counts = self._recent[second] = {}
+                for old in [old for old in self._recent if old < second - self.WINDOW_S]:
+                    del self._recent[old]
+            record(counts, seconds)
 
     def percentiles_ms(self) -> tuple[float, float]:
-        """p50 and p99 request time over the last ``WINDOW_S`` seconds, in ms."""
-        now = time.time()
+        """p50 and p99 request time over the last ``WINDOW_S`` seconds, in ms (within one
+        histogram bucket, about 19 %, of the exact figure)."""
+        since = int(time.time() - self.WINDOW_S)
         with self._lock:
-            values = [seconds for at, seconds in self._recent if at >= now - self.WINDOW_S]
-        if not values:
+            merged = merge(counts for second, counts in self._recent.items() if second >= since)
+        p50, p99 = percentile(merged, 50), percentile(merged, 99)
+        if p50 is None or p99 is None:
             return 0.0, 0.0
-        p50, p99 = np.percentile(np.asarray(values), [50, 99])
-        return float(p50 * 1000), float(p99 * 1000)
+        return p50 * 1000, p99 * 1000

@@ -84,3 +84,22 @@ def test_a_window_whose_heartbeat_was_not_sent_goes_out_with_the_next():
     window = stats.take_window()
     assert window is not None and window["batches"] == 2 and window["requests"] == 3
     assert window["compute_us"] == 5000 and sum(p["compute_us"] for p in window["seconds"]) == 5000
+
+
+def test_heartbeat_percentiles_cover_the_last_30_s_at_a_fixed_cost(monkeypatch):
+    from inference_workers import metrics
+
+    clock = [1_000_000.0]
+    monkeypatch.setattr(metrics.time, "time", lambda: clock[0])
+    stats = ModelStats(ModelKey("acme", "clf", 1), WorkerMetrics())
+    assert stats.percentiles_ms() == (0.0, 0.0)
+    for n in range(10_000):  # 98 % at 1 ms, 2 % at 100 ms, spread over 20 s
+        clock[0] = 1_000_000.0 + n * 0.002
+        stats.request_finished(seconds=0.1 if n % 50 == 0 else 0.001, ok=True)
+    p50, p99 = stats.percentiles_ms()
+    assert 0.8 <= p50 <= 1.2 and 80 <= p99 <= 120
+    assert len(stats._recent) <= 21  # one histogram per second, not one entry per request
+    clock[0] += 31  # a quiet half minute later, the window is empty again
+    assert stats.percentiles_ms() == (0.0, 0.0)
+    stats.request_finished(seconds=0.002, ok=True)
+    assert len(stats._recent) == 1 and 1.6 <= stats.percentiles_ms()[0] <= 2.4

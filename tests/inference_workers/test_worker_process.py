@@ -39,7 +39,9 @@ class Worker:
             stderr=subprocess.STDOUT,
         )
         broker = self.settings.broker
-        self.app = Celery("test-commands", fixups=[])
+        # Not the current app: the control plane's shared tasks would otherwise send through
+        # this test's broker (a Redis server the broker-restart test stops) in later tests.
+        self.app = Celery("test-commands", fixups=[], set_as_current=False)
         self.app.conf.update(
             broker_url=broker.url,
             broker_transport_options=broker.transport_options,
