@@ -289,6 +289,9 @@ class Gateway:
         self.outstanding: defaultdict[int, int] = defaultdict(int)
         self._worker_auth = f"Bearer {settings.worker_token}".encode()
         self._suspects: dict[str, float] = {}
+        # Replicas whose worker answered 404 (unloaded since the last refresh): left out of
+        # routing for a while, though their worker stays in it.
+        self._gone: dict[int, float] = {}
         self._cold_starts: dict[tuple[int, int], asyncio.Task[tuple[ReplicaRoute, ...]]] = {}
         self._served: set[int] = set()
         self._refreshing: asyncio.Task[None] | None = None
@@ -514,6 +517,15 @@ class Gateway:
             del self._suspects[worker_id]
         return frozenset(self._suspects)
 
+    def _usable(self, version: VersionRoute) -> tuple[ReplicaRoute, ...]:
+        """The version's replicas, less those on suspect workers and those known gone."""
+        suspects = self._suspect_workers()
+        if self._gone:
+            now = time.monotonic()
+            for replica_id in [r for r, until in self._gone.items() if until <= now]:
+                del self._gone[replica_id]
+        return tuple(r for r in version.replicas if r.worker_id not in suspects and r.replica_id not in self._gone)
+
     def _mark_suspect(self, replica: ReplicaRoute) -> None:
         from apps.gateway.services import replica_mark_suspect
 
@@ -532,8 +544,7 @@ class Gateway:
         self, tenant: TenantRoute, model: ModelRoute, version: VersionRoute
     ) -> tuple[ReplicaRoute, ...]:
         """The version's usable replicas, waiting for a cold start when there are none."""
-        suspects = self._suspect_workers()
-        usable = tuple(r for r in version.replicas if r.worker_id not in suspects)
+        usable = self._usable(version)
         if usable:
             return usable
         if model.deployment_id is None:
@@ -588,8 +599,7 @@ class Gateway:
                 raise GatewayError(404, f"model '{model.name}' version {number} was deleted while it loaded")
             if current.deployment_id is None:
                 raise GatewayError(503, f"model '{model.name}' was undeployed while it loaded")
-            suspects = self._suspect_workers()
-            usable = tuple(r for r in version.replicas if r.worker_id not in suspects)
+            usable = self._usable(version)
             if usable:
                 log.info("cold start: %s/%s ready in %.2f s", model.tenant_slug, model.name, time.monotonic() - started)
                 return usable
@@ -611,7 +621,9 @@ class Gateway:
         body: bytes,
         headers: list[tuple[bytes, bytes]],
     ) -> UpstreamResponse:
-        """Sends the request to a ready replica; retries once elsewhere if it could not connect."""
+        """Sends the request to a ready replica; retries once elsewhere if it could not connect,
+        or if the worker no longer hosts the model, and when no other replica is left for that
+        retry, waits for one the control plane loads (a cold start)."""
         path = f"/v2/models/{tenant.slug}.{model.name}/versions/{version.number}/infer"
         worker_headers = [(b"authorization", self._worker_auth), *headers]
         replicas = await self.ready_replicas(tenant, model, version)
@@ -622,6 +634,12 @@ class Gateway:
         last: UpstreamResponse | None = None
         for attempt in range(2):
             replica = replica_choose(replicas, self.outstanding, exclude=frozenset(tried), rng=self._rng)
+            if replica is None and attempt and last is None:
+                # Nothing ran (no connection, or the model was gone) and no other replica is
+                # left: the retry waits for a replica the control plane loads, on its own clock.
+                replicas = await self.ready_replicas(tenant, model, version)
+                deadline = asyncio.get_running_loop().time() + self.settings.timeout_s
+                replica = replica_choose(replicas, self.outstanding, exclude=frozenset(), rng=self._rng)
             if replica is None:
                 break
             if attempt:
@@ -650,11 +668,16 @@ class Gateway:
                 ) from None
             finally:
                 self.outstanding[replica.replica_id] -= 1
-            if response.status in (404, 503) and attempt == 0 and len(replicas) > 1:
-                # The worker no longer hosts it (unloaded since the last refresh), or is draining
-                # or full: nothing ran there, so another replica may take it.
+            if response.status == 404 and attempt == 0:
+                # The worker no longer hosts it (unloaded since the last refresh): nothing ran.
+                self._gone[replica.replica_id] = time.monotonic() + SUSPECT_S
                 tried.add(replica.worker_id)
-                failure = "its worker no longer hosts it" if response.status == 404 else "its worker refused it"
+                failure = "its worker no longer hosts it"
+                continue
+            if response.status == 503 and attempt == 0 and len(replicas) > 1:
+                # The worker is draining or full: nothing ran there, so another may take it.
+                tried.add(replica.worker_id)
+                failure = "its worker refused it"
                 last = response
                 continue
             if response.status == 404:

@@ -1,8 +1,8 @@
 """Deployments converge on real workers while traffic flows through the gateway.
 
 Three CPU workers with small memory budgets (the platform's and two more); the demo model
-deployed by the seed. Under a steady load: scale 1 → 3 → 1, a canary shift to a second
-version and its promotion, draining a worker, undeploying. No request may fail on the way:
+deployed by the seed. Under a steady load: scale 1 → 3 → 1, a second version through the
+canary steps (10 %, roll back, 50 %, promote), draining a worker, undeploying. No request may fail on the way:
 replicas leave routing before they are unloaded, and a draining worker's replica serves
 until its replacement is ready.
 """
@@ -170,11 +170,19 @@ def test_scale_canary_drain_and_undeploy_converge_under_load_without_a_failed_re
             lambda: httpx.get(f"{base}/versions/2/", headers=bearer).json()["status"] == "ready",
             platform,
         )
-        split = {"traffic": {"1": 90, "2": 10}}
-        assert httpx.patch(f"{base}/deployment/", headers=bearer, json=split).is_success
+        # Through the canary steps: 10 %, roll back, 50 %, promote.
+        step = f"{base}/deployment/"
+        assert httpx.post(f"{step}canary/", headers=bearer, json={"version": 2, "percent": 10}).is_success
         _until("both versions ready", lambda: set(ready_on()) == {"1", "2"}, platform)
         _until("version 2 answers", lambda: load.versions["2"] >= 5, platform)
-        assert httpx.patch(f"{base}/deployment/", headers=bearer, json={"traffic": {"2": 100}}).is_success
+        assert httpx.post(f"{step}rollback/", headers=bearer).is_success
+        _until("version 2 rolled back", lambda: set(ready_on()) == {"1"} and not hosting(2), platform)
+        served_by_1 = load.versions["1"]
+        _until("version 1 answers alone", lambda: load.versions["1"] >= served_by_1 + 20, platform)
+        assert httpx.post(f"{step}canary/", headers=bearer, json={"version": 2, "percent": 50}).is_success
+        served_by_2 = load.versions["2"]
+        _until("version 2 answers again", lambda: load.versions["2"] >= served_by_2 + 20, platform)
+        assert httpx.post(f"{step}promote/", headers=bearer).is_success
         _until("version 1 gone", lambda: set(ready_on()) == {"2"} and not hosting(1), platform)
         served_by_2 = load.versions["2"]
         _until("only version 2 answers", lambda: load.versions["2"] >= served_by_2 + 20, platform)

@@ -194,12 +194,31 @@ def test_tenants_are_isolated_and_a_revoked_key_stops_within_2_s(gateway_platfor
     demo_key = _demo_key(gateway_platform)
     other_key = _make_tenant_with_model(gateway_platform, "other", scopes=["infer"])
     _wait_ready(gateway_platform, other_key)
-    # The same model name in two tenants: each key reaches its own tenant's model only.
-    assert _infer_json(gateway_platform, other_key, ONE_ROW).status_code == 200
-    index = _client(gateway_platform).get_model_repository_index(headers=_bearer(other_key))
-    assert [entry["name"] for entry in index] == [MODEL]
+    # The same model name in two tenants: each key reaches its own tenant's model only. The
+    # models answer alike, so the workers' access log shows where each request went.
+    for key, tag in ((other_key, "iso-other"), (demo_key, "iso-demo")):
+        answer = _infer_json(gateway_platform, key, ONE_ROW, **{"X-Request-ID": tag})
+        assert answer.status_code == 200, answer.text
+    log = gateway_platform.log()
+    assert "/v2/models/other.demo-mlp/versions/1/infer 200 request=iso-other" in log
+    assert "/v2/models/demo.demo-mlp/versions/1/infer 200 request=iso-demo" in log
+    # demo-only: a model of the demo tenant only, with a version (validated, not deployed).
+    from apps.registry.demo import demo_model_bytes
+
     with gateway_platform.admin() as admin:
         admin.post("/api/v1/tenants/demo/models/", json={"name": "demo-only"})
+        uploaded = admin.post(
+            "/api/v1/tenants/demo/models/demo-only/versions/", files={"file": ("m.onnx", demo_model_bytes())}
+        )
+        assert uploaded.status_code == 202, uploaded.text
+        deadline = time.monotonic() + 90
+        while admin.get("/api/v1/tenants/demo/models/demo-only/versions/1/").json()["status"] == "validating":
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+    own = httpx.get(f"{gateway_platform.base_url}/v2/models/demo-only/versions/1", headers=_bearer(demo_key))
+    assert own.status_code == 200, own.text  # its own tenant reads it
+    index = _client(gateway_platform).get_model_repository_index(headers=_bearer(other_key))
+    assert [entry["name"] for entry in index] == [MODEL]
     for path in (
         "/v2/models/demo-only",
         "/v2/models/demo-only/ready",
@@ -209,6 +228,10 @@ def test_tenants_are_isolated_and_a_revoked_key_stops_within_2_s(gateway_platfor
     ):
         answer = httpx.get(f"{gateway_platform.base_url}{path}", headers=_bearer(other_key))
         assert answer.status_code == 404, (path, answer.text)
+    pinned = httpx.post(
+        f"{gateway_platform.base_url}/v2/models/demo-only/versions/1/infer", json=ONE_ROW, headers=_bearer(other_key)
+    )
+    assert pinned.status_code == 404, pinned.text
     # Another tenant's model and a model that exists nowhere read the same.
     foreign = httpx.get(f"{gateway_platform.base_url}/v2/models/demo-only", headers=_bearer(other_key)).json()
     unknown = httpx.get(f"{gateway_platform.base_url}/v2/models/nothing-xy", headers=_bearer(other_key)).json()

@@ -96,7 +96,11 @@ def test_another_tenant_cannot_see_or_steer_the_deployment(world_a, world_b, ver
     assert outsider.get(URL).status_code == 404
     for step in ("canary/", "promote/", "rollback/"):
         assert outsider.post(URL + step, {"version": 2, "percent": 50}, format="json").status_code == 404, step
-    assert Deployment.objects.get().traffic == {"1": 90, "2": 10}
+    assert outsider.put(URL, {"traffic": {"2": 100}}, format="json").status_code == 404
+    assert outsider.patch(URL, {"traffic": {"1": 50, "2": 50}, "max_replicas": 3}, format="json").status_code == 404
+    assert outsider.delete(URL).status_code == 404
+    kept = Deployment.objects.get()
+    assert kept.traffic == {"1": 90, "2": 10} and kept.max_replicas == 1
 
 
 @pytest.mark.parametrize(

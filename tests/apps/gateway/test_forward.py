@@ -237,3 +237,67 @@ async def test_a_workers_503_goes_out_with_retry_after():
         assert json.loads(answer.body) == {"error": "model acme.m has 8 requests queued"}
     finally:
         await full.stop()
+
+
+NOT_HOSTED = _http("404 Not Found", b'{"error":"model acme.m version 1 is not hosted here"}')
+
+
+def _asking(gateway: Gateway, *later: ReplicaRoute) -> list[int]:
+    """Stands in for the cold start: the first call gives the routing table's replicas, the
+    next ones what the control plane has loaded since (``later``). Returns the call count."""
+    calls = [0]
+    first = Gateway.ready_replicas.__get__(gateway)  # the real one, even when patched before
+
+    async def ready_replicas(tenant, model, version):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] == 1:
+            return await first(tenant, model, version)
+        return later
+
+    gateway.ready_replicas = ready_replicas  # type: ignore[method-assign]
+    return calls
+
+
+async def test_a_lone_unreachable_replica_waits_for_the_one_the_control_plane_loads():
+    new = _RawReplica(OK_REPLY)
+    dead = ReplicaRoute(replica_id=1, worker_id="dead-worker", url=f"http://127.0.0.1:{free_port()}")
+    loaded = ReplicaRoute(replica_id=2, worker_id="new-worker", url=await new.start())
+    gateway = _gateway()
+    calls = _asking(gateway, loaded)
+    retries = metrics.RETRIES.labels("acme", "m")
+    before = retries._value.get()
+    tenant, model, version = _routes(dead)
+    try:
+        answer = await gateway.forward(tenant, model, version, body=BODY, headers=[])
+        assert answer.status == 200 and new.requests == 1
+        assert calls[0] == 2  # asked once more, after the connection failed: the cold start's wait
+        assert retries._value.get() == before + 1
+        assert "dead-worker" in gateway._suspect_workers()
+    finally:
+        await asyncio.gather(*gateway.background, return_exceptions=True)
+        await new.stop()
+
+
+async def test_a_replica_whose_worker_no_longer_hosts_the_model_is_left_and_the_request_goes_on():
+    gone, other, new = _RawReplica(NOT_HOSTED), _RawReplica(OK_REPLY), _RawReplica(OK_REPLY)
+    first = ReplicaRoute(replica_id=1, worker_id="w1", url=await gone.start())
+    second = ReplicaRoute(replica_id=2, worker_id="w2", url=await other.start())
+    gateway = _gateway()
+    gateway.outstanding[second.replica_id] = 5  # the unloaded one looks idler: it is tried first
+    calls = _asking(gateway)
+    try:
+        # Two replicas: the other one answers, with no cold start.
+        answer = await gateway.forward(*_routes(first, second), body=BODY, headers=[])
+        assert answer.status == 200 and (gone.requests, other.requests) == (1, 1) and calls[0] == 1
+        # Alone: the gone replica is left out and the retry waits for a newly loaded one (its
+        # worker may be the same one: it is alive, it just unloaded the model).
+        loaded = ReplicaRoute(replica_id=3, worker_id="w1", url=await new.start())
+        calls = _asking(gateway, loaded)
+        gateway._gone.clear()
+        answer = await gateway.forward(*_routes(first), body=BODY, headers=[])
+        assert answer.status == 200 and gone.requests == 2 and new.requests == 1 and calls[0] == 2
+        assert gateway._usable(_routes(first, loaded)[2]) == (loaded,)  # left out for a while
+    finally:
+        await gone.stop()
+        await other.stop()
+        await new.stop()
