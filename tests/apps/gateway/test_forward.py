@@ -248,7 +248,7 @@ def _asking(gateway: Gateway, *later: ReplicaRoute) -> list[int]:
     calls = [0]
     first = Gateway.ready_replicas.__get__(gateway)  # the real one, even when patched before
 
-    async def ready_replicas(tenant, model, version):  # type: ignore[no-untyped-def]
+    async def ready_replicas(tenant, model, version):
         calls[0] += 1
         if calls[0] == 1:
             return await first(tenant, model, version)
