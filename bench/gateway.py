@@ -109,6 +109,7 @@ class Platform:
     worker_id: str
     process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
+    env: dict[str, str] = field(default_factory=dict)  # the platform's environment, once started
 
     def __post_init__(self) -> None:
         self.log_path = self.data_dir / "platform.log"
@@ -134,6 +135,7 @@ class Platform:
             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")])),
             PYTHONUNBUFFERED="1",
         )
+        self.env = env
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "control_plane.launcher"],
