@@ -184,6 +184,7 @@ def main() -> None:
     )
     within = []
     optimal = []
+    undecided = 0
     ratios = []
     fleet_ratios = []
     for number in range(args.mixes):
@@ -197,10 +198,13 @@ def main() -> None:
             copies[replica[:3]] = copies.get(replica[:3], 0) + 1
         bound = lower_bound([sizes[r] for r in resident], mix.devices, max(copies.values(), default=1))
         # Where the bound is not reached, search for the true fewest: is the bound reachable at all?
-        fewest = bound
+        fewest: int | None = bound
         if used > bound:
-            fewest = fewest_devices([(sizes[r], r[:3]) for r in resident], mix.devices, bound, used) or bound
-        optimal.append(used / fewest if fewest else 1.0)
+            fewest = fewest_devices([(sizes[r], r[:3]) for r in resident], mix.devices, bound, used)
+        if fewest is None:
+            undecided += 1  # the search ran out of budget: printed as "?"
+        else:
+            optimal.append(used / fewest if fewest else 1.0)
         per_device = len(resident) / used if used else 0.0
         one_per_device = min(len(mix.wanted), len(mix.devices))
         mm_placed, mm_resident, mm_used, mm_over = modelmesh(mix)
@@ -209,7 +213,8 @@ def main() -> None:
         fleet_ratios.append(len(resident) / one_per_device if one_per_device else 0.0)
         print(
             f"{number:>3} {len(mix.devices):>4} {len(mix.wanted):>8} | {len(resident):>15} {bound:>11} {used:>4} "
-            f"{per_device:>7.1f} {fewest:>6} | {one_per_device:>15} {one_per_device:>4} {1.0:>7.1f} | "
+            f"{per_device:>7.1f} {'?' if fewest is None else fewest:>6} | "
+            f"{one_per_device:>15} {one_per_device:>4} {1.0:>7.1f} | "
             f"{mm_placed:>17} {mm_resident:>8} {mm_used:>4} {mm_over:>8}"
         )
     print()
@@ -219,7 +224,8 @@ def main() -> None:
     )
     print(
         f"devices used / fewest that can hold the same replicas (exhaustive search where the bound is not "
-        f"reached): worst {max(optimal):.3f}, mean {sum(optimal) / len(optimal):.3f}"
+        f"reached): worst {max(optimal, default=1.0):.3f}, mean {sum(optimal) / max(len(optimal), 1):.3f}"
+        f"{f'; {undecided} mix(es) undecided within the search budget' if undecided else ''}"
     )
     print(
         f"models per device vs one-per-device: worst {min(ratios):.1f}x, mean {sum(ratios) / len(ratios):.1f}x "

@@ -260,6 +260,50 @@ async def test_two_gateways_share_one_bucket_and_one_concurrency_pool(redis_stor
         await other.close()
 
 
+def _admit_in_own_process(url: str, prefix: str, attempts: int, start_at: float, answers) -> None:
+    """A gateway process's admission: ``attempts`` requests against a burst of 10 (run in a
+    child process; puts how many were admitted)."""
+
+    async def run() -> int:
+        admission = RedisAdmission(url, key_prefix=prefix)
+        limits = Limits(rate_per_s=0.01, burst=10, max_concurrent=PLENTY)
+        admitted = 0
+        try:
+            await asyncio.sleep(max(0.0, start_at - time.time()))  # both processes at once
+            for _ in range(attempts):
+                try:
+                    await admission.acquire("acme", limits)
+                    admitted += 1
+                except AdmissionRefused:
+                    pass
+        finally:
+            await admission.close()
+        return admitted
+
+    answers.put(asyncio.run(run()))
+
+
+async def test_two_gateway_processes_share_one_bucket(redis_store):
+    import multiprocessing
+
+    _, prefix = redis_store
+    context = multiprocessing.get_context("spawn")
+    answers = context.Queue()
+    start_at = time.time() + 3.0  # after both have started and imported
+    processes = [
+        context.Process(target=_admit_in_own_process, args=(REDIS_URL, prefix, 15, start_at, answers)) for _ in range(2)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        admitted = [await asyncio.to_thread(answers.get, True, 60) for _ in processes]
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+    assert sum(admitted) == 10, admitted  # one bucket of 10 between them, not 10 each
+    assert all(process.exitcode == 0 for process in processes)
+
+
 async def test_a_slot_never_released_expires_after_slot_ttl(redis_store):
     _, prefix = redis_store
     crashed = RedisAdmission(REDIS_URL, key_prefix=prefix, slot_ttl_s=0.1)
