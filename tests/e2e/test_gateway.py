@@ -313,6 +313,35 @@ def test_bad_requests_get_a_clear_400(gateway_platform: Platform, body, header_l
     assert needle.lower() in answer.json()["error"].lower(), answer.text
 
 
+def test_a_missing_input_of_a_two_input_model_is_a_clear_400(gateway_platform: Platform, tmp_path: Path):
+    from tests.inference_workers.models import adder_onnx
+
+    key = _demo_key(gateway_platform)
+    base = "/api/v1/tenants/demo/models/adder"
+    with gateway_platform.admin() as admin:
+        assert admin.post("/api/v1/tenants/demo/models/", json={"name": "adder"}).status_code == 201
+        artifact = adder_onnx(tmp_path / "adder.onnx")
+        uploaded = admin.post(f"{base}/versions/", files={"file": ("adder.onnx", artifact.read_bytes())})
+        assert uploaded.status_code == 202, uploaded.text
+        deadline = time.monotonic() + 90
+        while (status := admin.get(f"{base}/versions/1/").json()["status"]) == "validating":
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        assert status == "ready", admin.get(f"{base}/versions/1/").text
+        assert admin.put(f"{base}/deployment/", json={"traffic": {"1": 100}}).status_code == 200
+    try:
+        _wait_ready(gateway_platform, key, model="adder")
+        one = {"name": "a", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
+        missing = _infer_json(gateway_platform, key, {"inputs": [one]}, model="adder")
+        assert missing.status_code == 400
+        assert missing.json()["error"] == "missing input(s) ['b']; the model takes ['a', 'b']"
+        both = _infer_json(gateway_platform, key, {"inputs": [one, {**one, "name": "b"}]}, model="adder")
+        assert both.status_code == 200 and both.json()["outputs"][0]["data"] == [2, 4, 6, 8]
+    finally:
+        with gateway_platform.admin() as admin:
+            admin.delete(f"{base}/deployment/")
+
+
 def test_protocol_misuse_gets_clear_errors(gateway_platform: Platform):
     key = _demo_key(gateway_platform)
     base = gateway_platform.base_url

@@ -22,6 +22,7 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "doubler": models.doubler_onnx(folder / "doubler.onnx"),
         "mlp": models.mlp_onnx(folder / "mlp.onnx"),
+        "adder": models.adder_onnx(folder / "adder.onnx"),
         "big": models.mlp_onnx(folder / "big.onnx", width=4096),
         "raiser": models.raiser_torchscript(folder / "raiser.pt"),
         "collapser": models.collapser_torchscript(folder / "collapser.pt"),

@@ -61,6 +61,29 @@ def export_onnx(
     return path
 
 
+class Adder(nn.Module):
+    """Two inputs, ``a`` and ``b``: their sum."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + y
+
+
+def adder_onnx(path: Path, *, features: int = 4) -> Path:
+    """A model with two inputs (``a``, ``b``; FP32 [batch, features]) and one output."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.onnx.export(
+        Adder().eval(),
+        (torch.zeros(2, features), torch.zeros(2, features)),
+        str(path),
+        input_names=["a", "b"],
+        output_names=["output"],
+        dynamic_shapes={"x": {0: batch}, "y": {0: batch}},
+        external_data=False,
+        dynamo=True,
+    )
+    return path
+
+
 def mlp_onnx(path: Path, *, width: int = 1024) -> Path:
     """The reference MLP as ONNX (dynamic batch)."""
     return export_onnx(Mlp(width=width), path, features=256)

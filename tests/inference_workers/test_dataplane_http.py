@@ -207,6 +207,16 @@ def test_missing_input_is_named(worker):
     assert "'other' is not an input" in response.json()["error"]
 
 
+def test_a_missing_input_of_a_two_input_model_is_named(worker, model_files):
+    worker["host"].load(load_command(model_files["adder"], model="adder"))
+    one = {"name": "a", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
+    response = post(worker, "/v2/models/acme.adder/infer", {"inputs": [one]})
+    assert response.status_code == 400
+    assert response.json()["error"] == "missing input(s) ['b']; the model takes ['a', 'b']"
+    both = post(worker, "/v2/models/acme.adder/infer", {"inputs": [one, {**one, "name": "b"}]})
+    assert both.status_code == 200 and both.json()["outputs"][0]["data"] == [2, 4, 6, 8]
+
+
 def test_binary_length_mismatches_are_400(worker):
     array = np.arange(8, dtype="<f4")
     header = json.dumps(
