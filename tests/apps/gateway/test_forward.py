@@ -301,3 +301,24 @@ async def test_a_replica_whose_worker_no_longer_hosts_the_model_is_left_and_the_
         await gone.stop()
         await other.stop()
         await new.stop()
+
+
+async def test_a_workers_503_is_tried_once_on_another_replica_when_there_is_one():
+    full = _RawReplica(_http("503 Service Unavailable", b'{"error":"the worker is draining"}'))
+    live = _RawReplica(OK_REPLY)
+    first = ReplicaRoute(replica_id=1, worker_id="draining-worker", url=await full.start())
+    second = ReplicaRoute(replica_id=2, worker_id="live-worker", url=await live.start())
+    gateway = _gateway()
+    gateway.outstanding[second.replica_id] = 5  # the draining one looks idler: it is tried first
+    try:
+        answer = await gateway.forward(*_routes(first, second), body=BODY, headers=[])
+        assert answer.status == 200 and (full.requests, live.requests) == (1, 1)
+        # Both refusing: the last refusal is passed on, with Retry-After, after one retry.
+        live.reply = _http("503 Service Unavailable", b'{"error":"model acme.m has 8 requests queued"}')
+        gateway.outstanding[second.replica_id] = 5
+        answer = await gateway.forward(*_routes(first, second), body=BODY, headers=[])
+        assert answer.status == 503 and (b"retry-after", b"1") in answer.headers
+        assert (full.requests, live.requests) == (2, 2)
+    finally:
+        await full.stop()
+        await live.stop()
