@@ -77,6 +77,10 @@ class Request:
         self.body = b""
         self.keep_alive = True
 
+    def described(self) -> tuple[str, str, str]:
+        """Method, path and request id (``-`` without one), as log lines name them."""
+        return self.method.decode(), self.path.decode("latin-1"), self.request_id.decode() or "-"
+
 
 class Reply:
     """A response: status, content type, body and any further headers."""
@@ -123,22 +127,11 @@ class DataPlaneApp:
             return Reply(405, error_body(error.message), headers={"Allow": error.allowed})
         except DataPlaneError as error:
             if error.status >= 500:
-                log.warning(
-                    "%s %s answered %d (request %s): %s",
-                    request.method.decode(),
-                    request.path.decode("latin-1"),
-                    error.status,
-                    request.request_id.decode() or "-",
-                    error.message,
-                )
+                method, path, request_id = request.described()
+                log.warning("%s %s answered %d (request %s): %s", method, path, error.status, request_id, error.message)
             return _error(error.status, error.message)
         except Exception:  # a bug must still answer in the protocol's shape, and be logged
-            log.exception(
-                "unexpected error on %s %s (request %s)",
-                request.method.decode(),
-                request.path.decode("latin-1"),
-                request.request_id.decode() or "-",
-            )
+            log.exception("unexpected error on %s %s (request %s)", *request.described())
             return _error(500, "internal error in the worker; see its log")
 
     async def _route(self, request: Request) -> Reply:
@@ -345,13 +338,8 @@ class _Connection(asyncio.Protocol):
             if transport is None or transport.is_closing():
                 return
             if self._app.access_log:  # before the answer leaves: a client that got it finds its line
-                access_logger.info(
-                    "%s %s %d request=%s",
-                    request.method.decode(),
-                    request.path.decode("latin-1"),
-                    reply.status,
-                    request.request_id.decode() or "-",
-                )
+                method, path, request_id = request.described()
+                access_logger.info("%s %s %d request=%s", method, path, reply.status, request_id)
             transport.write(_head(reply, keep_alive=request.keep_alive, request_id=request.request_id) + reply.body)
             self.last_active = time.monotonic()
             if not request.keep_alive:

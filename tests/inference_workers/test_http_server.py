@@ -292,13 +292,13 @@ def test_each_answer_has_one_content_type_and_one_length(worker):
             read_response(sock, buffer)  # the rest of this answer
 
 
-def test_a_model_that_raises_fails_only_its_own_requests_over_http(worker, model_files):
-    import concurrent.futures
-
+def _load_raiser(worker, model_files) -> None:
+    """Loads ``acme.raiser`` (raises when a row sums over 1000), one request per execution, so
+    a good request never shares a bad one's batch."""
     from tests.inference_workers import models
 
     inputs, outputs = models.doubler_specs()
-    worker["host"].load(  # one request per execution: a good request never shares a bad one's batch
+    worker["host"].load(
         load_command(
             model_files["raiser"],
             model="raiser",
@@ -308,6 +308,12 @@ def test_a_model_that_raises_fails_only_its_own_requests_over_http(worker, model
             batching=BatchingConfig(max_batch_size=1),
         )
     )
+
+
+def test_a_model_that_raises_fails_only_its_own_requests_over_http(worker, model_files):
+    import concurrent.futures
+
+    _load_raiser(worker, model_files)
     auth = {"Authorization": f"Bearer {TOKEN}"}
 
     def call(model: str, value: float) -> httpx.Response:
@@ -327,19 +333,7 @@ def test_a_model_that_raises_fails_only_its_own_requests_over_http(worker, model
 
 
 def test_the_gateways_request_id_is_echoed_and_named_in_the_log_of_a_failure(worker, model_files, caplog):
-    from tests.inference_workers import models
-
-    inputs, outputs = models.doubler_specs()
-    worker["host"].load(
-        load_command(
-            model_files["raiser"],
-            model="raiser",
-            model_format="torchscript",
-            inputs=inputs,
-            outputs=outputs,
-            batching=BatchingConfig(max_batch_size=1),
-        )
-    )
+    _load_raiser(worker, model_files)
     bad = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [500] * 4}]})
     with connect(worker) as sock, caplog.at_level("WARNING", logger="inference_workers.server"):
         buffer = bytearray()
