@@ -16,7 +16,7 @@ import struct
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -62,6 +62,19 @@ def _wait_ready(platform: Platform, key: str, model: str = MODEL, timeout: float
     while httpx.get(f"{platform.base_url}/v2/models/{model}/ready", headers=_bearer(key)).status_code != 200:
         assert time.monotonic() < deadline, f"{model} never became ready:\n{platform.log()[-3000:]}"
         time.sleep(0.3)
+
+
+def _wait_logged(read: Callable[[], str], *needles: str, timeout: float = 10) -> str:
+    """The log once every needle is in it: worker lines reach the platform's log file through
+    the process runner's pipe, a moment after the answer they precede."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = read()
+        missing = [needle for needle in needles if needle not in text]
+        if not missing:
+            return text
+        assert time.monotonic() < deadline, f"not logged within {timeout} s: {missing[:3]}"
+        time.sleep(0.2)
 
 
 def _client(platform: Platform) -> v2.InferenceServerClient:
@@ -199,9 +212,11 @@ def test_tenants_are_isolated_and_a_revoked_key_stops_within_2_s(gateway_platfor
     for key, tag in ((other_key, "iso-other"), (demo_key, "iso-demo")):
         answer = _infer_json(gateway_platform, key, ONE_ROW, **{"X-Request-ID": tag})
         assert answer.status_code == 200, answer.text
-    log = gateway_platform.log()
-    assert "/v2/models/other.demo-mlp/versions/1/infer 200 request=iso-other" in log
-    assert "/v2/models/demo.demo-mlp/versions/1/infer 200 request=iso-demo" in log
+    _wait_logged(
+        gateway_platform.log,
+        "/v2/models/other.demo-mlp/versions/1/infer 200 request=iso-other",
+        "/v2/models/demo.demo-mlp/versions/1/infer 200 request=iso-demo",
+    )
     # demo-only: a model of the demo tenant only, with a version (validated, not deployed).
     from apps.registry.demo import demo_model_bytes
 
@@ -769,7 +784,12 @@ def test_a_worker_killed_under_load_loses_nothing_silently(gateway_platform: Pla
         # Each worker logs a request as it answers it (before the answer leaves), naming the
         # X-Request-ID the gateway forwarded: every 200 ran exactly once, nothing ran twice.
         spare.wait(timeout=10)
-        logged = (tmp_path / "spare.log").read_text(errors="replace") + gateway_platform.log()
+
+        def logged_now() -> str:
+            return (tmp_path / "spare.log").read_text(errors="replace") + gateway_platform.log()
+
+        answered = [f"request={request_id}" for code, request_id, _, _ in results if code == 200]
+        logged = _wait_logged(logged_now, *answered)
         executions = collections.Counter(re.findall(r"/infer 200 request=(w\d-[0-9a-f]{8})\b", logged))
         assert executions and max(executions.values()) == 1, executions.most_common(3)
         for code, request_id, _, _ in results:  # a 502 may have run just before the kill, once at most
