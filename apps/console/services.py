@@ -118,12 +118,8 @@ def demo_seed(*, data_dir: Path, admin_password: str = "", deploy: bool = False,
         membership_add(actor=admin, tenant=tenant, username=DEMO_OWNER, role=Role.OWNER)
     if not ModelVersion.objects.filter(model__tenant=tenant, model__name=DEMO_MODEL).exists():
         # Through the same service as the REST upload: stored, then validated by the control worker.
-        model_version_create(
-            actor=admin,
-            tenant=tenant,
-            model_name=DEMO_MODEL,
-            upload=upload_from_bytes("demo.onnx", demo_model_bytes()),
-        )
+        with upload_from_bytes("demo.onnx", demo_model_bytes()) as upload:  # closed: its temp file is gone
+            model_version_create(actor=admin, tenant=tenant, model_name=DEMO_MODEL, upload=upload)
     key_file = data_dir / "demo-api-key"
     api_key = _recall(key_file)
     if not api_key or not ApiKey.objects.filter(tenant=tenant, prefix=api_key.split("_")[1], revoked_at=None).exists():

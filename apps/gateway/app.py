@@ -295,6 +295,7 @@ class Gateway:
         self._cold_starts: dict[tuple[int, int], asyncio.Task[tuple[ReplicaRoute, ...]]] = {}
         self._served: set[int] = set()
         self._refreshing: asyncio.Task[None] | None = None
+        self._read_started = float("-inf")  # when the read behind ``snapshot`` began (monotonic)
         self._loop_task: asyncio.Task[None] | None = None
         self._rng = random.Random()
         self.background: set[asyncio.Task[None]] = set()
@@ -456,7 +457,9 @@ class Gateway:
     async def _load(self) -> None:
         from apps.gateway.selectors import routing_snapshot_load
 
+        started = time.monotonic()
         self.snapshot = await self.database.run(routing_snapshot_load)
+        self._read_started = started
 
     async def routes(self) -> RoutingSnapshot:
         if self.snapshot is None:
@@ -481,6 +484,31 @@ class Gateway:
         if tenant is None:
             raise GatewayError(403, f"tenant '{principal.tenant_slug}' is not active")
         return tenant
+
+    async def model_found(
+        self, tenant: TenantRoute, name: str, version_text: str | None, arrived: float
+    ) -> tuple[TenantRoute, ModelRoute]:
+        """The tenant's model ``name`` (with the version named, when one is, in it).
+
+        A miss in a routing table read before the request ``arrived`` (monotonic) is looked
+        up once more in a table read after it: a model or version made a moment ago is found
+        whatever the refresh period. Concurrent misses share one read.
+        """
+        for _ in range(3):
+            try:
+                model = self.model_of(tenant, name)
+                if version_text is not None:
+                    self.version_of(model, version_text)
+                return tenant, model
+            except GatewayError:
+                if self._read_started >= arrived:
+                    raise
+            await self.refresh()  # one in flight may have begun before ``arrived``: then again
+            found = (await self.routes()).tenants.get(tenant.tenant_id)
+            if found is None:
+                raise GatewayError(403, f"tenant '{tenant.slug}' is not active")
+            tenant = found
+        return tenant, self.model_of(tenant, name)
 
     @staticmethod
     def model_of(tenant: TenantRoute, name: str) -> ModelRoute:
@@ -852,8 +880,9 @@ class GatewayApp:
             version_text, rest = rest[1], rest[2:]
         if rest not in ([], ["ready"], ["infer"]):
             raise GatewayError(404, f"no route {method} {scope['path']}; see GET /v2 for the server's protocol")
+        arrived = time.monotonic()
         tenant = await gateway.tenant_of(scope)
-        model = gateway.model_of(tenant, name)
+        tenant, model = await gateway.model_found(tenant, name, version_text, arrived)
         if rest == []:
             _require(method, "GET", scope)
             version = gateway.version_of(model, version_text)
