@@ -16,7 +16,7 @@ Two implementations share the :class:`Admission` protocol:
   or when no Redis is configured.
 * :class:`RedisAdmission` keeps it in Redis so every gateway process draws on the same
   bucket and the same concurrency pool; one round trip per ``acquire`` and per
-  ``release``.
+  ``release`` (none for a rate refusal while the bucket is known empty).
 
 :func:`admission_for` picks one from the configured Redis URL. This module is plain
 asyncio and imports nothing from Django: it runs on the gateway's hot path.
@@ -308,9 +308,11 @@ class RedisAdmission:
     """Admission control shared by every gateway process through Redis.
 
     ``acquire`` is one script call (concurrency, then bucket, atomically); ``release`` is
-    one ``ZREM``. Each tenant has two keys, ``<key_prefix>{<tenant>}:bucket`` and
-    ``<key_prefix>{<tenant>}:slots`` (the braces keep both in one Redis Cluster slot);
-    both expire once the tenant is idle.
+    one ``ZREM``. After a rate refusal, the tenant's requests are refused in this process
+    with no call until its bucket can hold a token again (a tenant far over its rate costs
+    Redis about one call per token, not one per request). Each tenant has two keys,
+    ``<key_prefix>{<tenant>}:bucket`` and ``<key_prefix>{<tenant>}:slots`` (the braces keep
+    both in one Redis Cluster slot); both expire once the tenant is idle.
 
     A slot that is never released (its gateway crashed) expires ``slot_ttl_s`` after it
     was taken, so ``slot_ttl_s`` must exceed the gateway's longest request.
@@ -351,6 +353,10 @@ class RedisAdmission:
             retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
         )
         self._acquire_script = self._redis.register_script(_ACQUIRE_LUA)
+        # Per tenant, when its bucket (as Redis last told this gateway) holds a token again,
+        # under which limits. Gateways only take tokens, so until then no request of the
+        # tenant can be admitted anywhere: a rate refusal needs no round trip.
+        self._empty_until: dict[str, tuple[float, Limits]] = {}
 
     def _keys(self, tenant: str) -> tuple[str, str]:
         base = f"{self._key_prefix}{{{tenant}}}"
@@ -370,6 +376,13 @@ class RedisAdmission:
             AdmissionUnavailable: Redis cannot be reached or failed the call.
         """
         _refuse_if_closed(tenant, limits)
+        asked_at = time.monotonic()
+        empty = self._empty_until.get(tenant)
+        if empty is not None:
+            until, seen = empty
+            if asked_at < until and seen == limits:  # a tenant over its rate: refused here
+                raise _rate_refusal(tenant, limits, until - asked_at)
+            del self._empty_until[tenant]
         ticket = Ticket(tenant, secrets.token_hex(8))
         args = (repr(limits.rate_per_s), limits.burst, limits.max_concurrent, ticket.ticket_id, self._slot_ttl_us)
         try:
@@ -383,6 +396,8 @@ class RedisAdmission:
             return ticket
         if code == _OVER_CONCURRENCY:
             raise _concurrency_refusal(tenant, int(value))
+        # Counted from before the call (Redis read its clock after): never later than the refill.
+        self._empty_until[tenant] = (asked_at + float(value), limits)
         raise _rate_refusal(tenant, limits, float(value))
 
     async def release(self, ticket: Ticket) -> None:

@@ -260,6 +260,45 @@ async def test_two_gateways_share_one_bucket_and_one_concurrency_pool(redis_stor
         await other.close()
 
 
+async def test_a_tenant_over_its_rate_is_refused_without_a_round_trip_until_a_token_is_due(redis_store):
+    _, prefix = redis_store
+    one = RedisAdmission(REDIS_URL, key_prefix=prefix)
+    other = RedisAdmission(REDIS_URL, key_prefix=prefix)
+    calls = 0
+    script = one._acquire_script
+
+    async def counted(**kwargs):
+        nonlocal calls
+        calls += 1
+        return await script(**kwargs)
+
+    one._acquire_script = counted  # type: ignore[assignment]
+    try:
+        limits = Limits(rate_per_s=2, burst=1, max_concurrent=PLENTY)
+        await one.acquire("acme", limits)
+        first = await refusal(one, "acme", limits)  # asks Redis: empty for about 0.5 s
+        assert calls == 2 and 0.3 < first.retry_after_s <= 0.5
+        for _ in range(50):
+            again = await refusal(one, "acme", limits)
+            assert again.reason == "rate" and again.retry_after_s <= first.retry_after_s
+        assert calls == 2  # fifty refusals, no round trip
+        # The other gateway's refusals are its own calls; the shared bucket is unchanged.
+        assert (await refusal(other, "acme", limits)).reason == "rate"
+        await asyncio.sleep(0.55)  # a token is due: Redis is asked again, and admits
+        await one.acquire("acme", limits)
+        assert calls == 3
+        await refusal(one, "acme", limits)
+        await refusal(one, "acme", limits)
+        assert calls == 4
+        # Other limits (an operator raised them) are asked of Redis at once.
+        await asyncio.sleep(0.02)  # 20 tokens at the raised rate
+        await one.acquire("acme", Limits(rate_per_s=1000, burst=5, max_concurrent=PLENTY))
+        assert calls == 5
+    finally:
+        await one.close()
+        await other.close()
+
+
 def _admit_in_own_process(url: str, prefix: str, attempts: int, start_at: float, answers) -> None:
     """A gateway process's admission: ``attempts`` requests against a burst of 10 (run in a
     child process; puts how many were admitted)."""
