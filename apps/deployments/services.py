@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -17,6 +22,8 @@ from apps.tenants.selectors import quota_get
 from apps.tenants.services import audit_event_create
 from control_plane.errors import ApplicationError, ConflictError
 from inference_workers.types import UNLOAD_TASK, BatchingConfig, MessageError, WorkerHeartbeat
+
+log = logging.getLogger(__name__)
 
 
 @transaction.atomic
@@ -109,14 +116,64 @@ def _record_batches(heartbeat: WorkerHeartbeat, *, since: datetime | None, sampl
     rollups_record_worker(heartbeat=heartbeat, since=since, sample=sample)
 
 
-def worker_mark_missing(*, now: datetime, interval_s: float, missed: int) -> int:
-    """Marks dead every worker that has missed ``missed`` heartbeats; returns how many."""
+# A worker this late with a heartbeat has its data plane probed (a TCP connect).
+PROBE_AFTER_INTERVALS = 1.25
+PROBE_TIMEOUT_S = 0.3
+
+
+def dataplane_refuses(url: str) -> bool:
+    """True when nothing listens at the data-plane ``url`` (the connection is refused).
+
+    The kernel accepts a connection on a listening socket even while its process is too busy
+    to answer, so a refusal means the worker's process (or its server) is gone; a timeout or
+    an unreachable host proves nothing and is False.
+    """
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return False
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((parts.hostname, port), timeout=PROBE_TIMEOUT_S):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def worker_mark_missing(
+    *, now: datetime, interval_s: float, missed: int, refuses: Callable[[str], bool] = dataplane_refuses
+) -> int:
+    """Marks dead every worker that has missed ``missed`` heartbeats, and sooner each one
+    late by ``PROBE_AFTER_INTERVALS`` whose data plane ``refuses`` connections (a killed
+    worker is found in seconds, not after three beats; a worker the broker cannot reach,
+    still serving, is not). Returns how many."""
     cutoff = now - timedelta(seconds=interval_s * missed)
     dead = (
         Worker.objects.filter(last_heartbeat_at__lt=cutoff)
         .exclude(state=Worker.State.DEAD)
         .update(state=Worker.State.DEAD)
     )
+    late = list(
+        Worker.objects.filter(last_heartbeat_at__lt=now - timedelta(seconds=interval_s * PROBE_AFTER_INTERVALS))
+        .exclude(state=Worker.State.DEAD)
+        .only("pk", "worker_id", "dataplane_url", "last_heartbeat_at")
+    )
+    if late:
+        with ThreadPoolExecutor(max_workers=min(8, len(late))) as pool:
+            refused = list(pool.map(lambda worker: refuses(worker.dataplane_url), late))
+        for worker, gone in zip(late, refused, strict=True):
+            # Only if no heartbeat came in meanwhile: a worker that just spoke is not dead.
+            if gone and Worker.objects.filter(pk=worker.pk, last_heartbeat_at=worker.last_heartbeat_at).exclude(
+                state=Worker.State.DEAD
+            ).update(state=Worker.State.DEAD):
+                log.warning(
+                    "worker %s: silent for %.1f s and its data plane %s refuses connections; dead",
+                    worker.worker_id,
+                    (now - worker.last_heartbeat_at).total_seconds(),
+                    worker.dataplane_url,
+                )
+                dead += 1
     if dead:
         _reconcile_after_commit()  # its replicas are placed elsewhere now, not at the next beat
     return dead

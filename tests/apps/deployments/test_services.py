@@ -1,6 +1,9 @@
+import socket
+import time
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from apps.deployments.models import Worker
@@ -67,10 +70,50 @@ def test_workers_silent_for_three_intervals_are_marked_dead():
     now = timezone.now()
     WorkerFactory(worker_id="fresh", last_heartbeat_at=now - timedelta(seconds=5))
     WorkerFactory(worker_id="silent", last_heartbeat_at=now - timedelta(seconds=7))
-    assert worker_mark_missing(now=now, interval_s=2.0, missed=3) == 1
+    listening = lambda url: False  # noqa: E731 — both data planes answer: the heartbeat rule alone
+    assert worker_mark_missing(now=now, interval_s=2.0, missed=3, refuses=listening) == 1
     assert Worker.objects.get(worker_id="fresh").state == Worker.State.READY
     assert Worker.objects.get(worker_id="silent").state == Worker.State.DEAD
-    assert worker_mark_missing(now=now, interval_s=2.0, missed=3) == 0  # idempotent
+    assert worker_mark_missing(now=now, interval_s=2.0, missed=3, refuses=listening) == 0  # idempotent
+
+
+def test_a_late_worker_whose_data_plane_refuses_connections_is_dead_without_waiting_three_beats():
+    with socket.socket() as alive, socket.socket() as gone:
+        alive.bind(("127.0.0.1", 0))
+        alive.listen()  # never accepts: a busy worker's listening socket still takes the connection
+        gone.bind(("127.0.0.1", 0))  # bound, not listening: a connection to it is refused
+        now = timezone.now()
+        url = "http://127.0.0.1:{}".format
+        WorkerFactory(
+            worker_id="busy", dataplane_url=url(alive.getsockname()[1]), last_heartbeat_at=now - timedelta(seconds=3)
+        )
+        WorkerFactory(
+            worker_id="killed", dataplane_url=url(gone.getsockname()[1]), last_heartbeat_at=now - timedelta(seconds=3)
+        )
+        WorkerFactory(
+            worker_id="on-time", dataplane_url=url(gone.getsockname()[1]), last_heartbeat_at=now - timedelta(seconds=1)
+        )
+        WorkerFactory(
+            worker_id="far", dataplane_url="http://10.255.255.1:9", last_heartbeat_at=now - timedelta(seconds=3)
+        )
+        started = time.monotonic()
+        assert worker_mark_missing(now=now, interval_s=2.0, missed=3) == 1
+        assert time.monotonic() - started < 2  # probes in parallel, each bounded
+    states = dict(Worker.objects.values_list("worker_id", "state"))
+    assert states == {"busy": "ready", "killed": "dead", "on-time": "ready", "far": "ready"}
+
+
+@pytest.mark.django_db(transaction=True)  # the probe runs on another thread, with its own connection
+def test_a_heartbeat_that_lands_during_the_probe_keeps_the_worker_alive():
+    worker = WorkerFactory.create(worker_id="w", last_heartbeat_at=timezone.now() - timedelta(seconds=4))
+
+    def refuses_while_it_beats(url: str) -> bool:
+        Worker.objects.filter(pk=worker.pk).update(last_heartbeat_at=timezone.now())
+        connection.close()  # this thread's own; left open it would outlive the test database
+        return True
+
+    assert worker_mark_missing(now=timezone.now(), interval_s=2.0, missed=3, refuses=refuses_while_it_beats) == 0
+    assert Worker.objects.get().state == Worker.State.READY
 
 
 def test_heartbeat_task_drops_a_malformed_message_without_writing(caplog):
