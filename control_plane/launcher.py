@@ -53,7 +53,9 @@ def process_table(
             "web",
             f"{py} -m uvicorn control_plane.asgi:application --host {shlex.quote(host)} --port {port}"
             # Under honcho's 5 s grace before SIGKILL.
-            f" --no-access-log --lifespan off --timeout-graceful-shutdown 4 --log-level {level.lower()}",
+            f" --no-access-log --lifespan off --timeout-graceful-shutdown 4 --log-level {level.lower()}"
+            # httptools with the gateway's shortcut for refusals (apps/gateway/fastpath.py).
+            " --http apps.gateway.fastpath:GatewayHttpProtocol",
         ),
         (
             "control",

@@ -136,6 +136,12 @@ class Admission(Protocol):
         """Frees the concurrency slot ``ticket`` holds; releasing twice is harmless."""
         ...
 
+    def refused_now(self, tenant: str, limits: Limits) -> AdmissionRefused | None:
+        """The refusal a request of ``tenant`` would get now, when this process can tell
+        without I/O; None when it would be admitted or only the shared state can tell.
+        Takes nothing: a request it does not refuse still goes through ``acquire``."""
+        ...
+
     async def close(self) -> None:
         """Lets go of connections and state."""
         ...
@@ -223,6 +229,26 @@ class LocalAdmission:
         Raises:
             AdmissionRefused: The tenant is over its rate or concurrency limit.
         """
+        state = self._checked(tenant, limits)
+        state.tokens -= 1.0
+        ticket = Ticket(tenant, str(next(self._ticket_ids)))
+        state.in_flight.add(ticket.ticket_id)
+        return ticket
+
+    def refused_now(self, tenant: str, limits: Limits) -> AdmissionRefused | None:
+        """The refusal a request of ``tenant`` would get now, or None; takes nothing."""
+        try:
+            self._checked(tenant, limits)
+        except AdmissionRefused as refused:
+            return refused
+        return None
+
+    def _checked(self, tenant: str, limits: Limits) -> _TenantState:
+        """The tenant's state with its bucket refilled to now, if a request fits both limits.
+
+        Raises:
+            AdmissionRefused: It does not.
+        """
         _refuse_if_closed(tenant, limits)
         now = time.monotonic()
         state = self._tenants.get(tenant)
@@ -231,15 +257,11 @@ class LocalAdmission:
         in_flight = len(state.in_flight)
         if in_flight >= limits.max_concurrent:
             raise _concurrency_refusal(tenant, in_flight)
-        tokens = min(float(limits.burst), state.tokens + (now - state.updated_at) * limits.rate_per_s)
+        state.tokens = min(float(limits.burst), state.tokens + (now - state.updated_at) * limits.rate_per_s)
         state.updated_at = now
-        if tokens < 1.0:
-            state.tokens = tokens
-            raise _rate_refusal(tenant, limits, (1.0 - tokens) / limits.rate_per_s)
-        state.tokens = tokens - 1.0
-        ticket = Ticket(tenant, str(next(self._ticket_ids)))
-        state.in_flight.add(ticket.ticket_id)
-        return ticket
+        if state.tokens < 1.0:
+            raise _rate_refusal(tenant, limits, (1.0 - state.tokens) / limits.rate_per_s)
+        return state
 
     async def release(self, ticket: Ticket) -> None:
         """Frees the concurrency slot ``ticket`` holds; releasing twice is harmless."""
@@ -377,12 +399,9 @@ class RedisAdmission:
         """
         _refuse_if_closed(tenant, limits)
         asked_at = time.monotonic()
-        empty = self._empty_until.get(tenant)
-        if empty is not None:
-            until, seen = empty
-            if asked_at < until and seen == limits:  # a tenant over its rate: refused here
-                raise _rate_refusal(tenant, limits, until - asked_at)
-            del self._empty_until[tenant]
+        known = self._known_empty(tenant, limits, asked_at)
+        if known is not None:  # a tenant over its rate: refused here
+            raise known
         ticket = Ticket(tenant, secrets.token_hex(8))
         args = (repr(limits.rate_per_s), limits.burst, limits.max_concurrent, ticket.ticket_id, self._slot_ttl_us)
         try:
@@ -399,6 +418,25 @@ class RedisAdmission:
         # Counted from before the call (Redis read its clock after): never later than the refill.
         self._empty_until[tenant] = (asked_at + float(value), limits)
         raise _rate_refusal(tenant, limits, float(value))
+
+    def refused_now(self, tenant: str, limits: Limits) -> AdmissionRefused | None:
+        """The rate refusal a request of ``tenant`` gets now while its bucket is known empty
+        (or a zero limit's); None when only Redis can tell."""
+        try:
+            _refuse_if_closed(tenant, limits)
+        except AdmissionRefused as refused:
+            return refused
+        return self._known_empty(tenant, limits, time.monotonic())
+
+    def _known_empty(self, tenant: str, limits: Limits, now: float) -> AdmissionRefused | None:
+        empty = self._empty_until.get(tenant)
+        if empty is None:
+            return None
+        until, seen = empty
+        if now < until and seen == limits:
+            return _rate_refusal(tenant, limits, until - now)
+        del self._empty_until[tenant]
+        return None
 
     async def release(self, ticket: Ticket) -> None:
         """Frees the concurrency slot ``ticket`` holds; releasing twice is harmless.

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from apps.gateway import metrics
+from apps.gateway import fastpath, metrics
 from apps.gateway.admission import Admission, AdmissionRefused, AdmissionUnavailable, admission_for
 from apps.gateway.routing import (
     ModelRoute,
@@ -119,6 +119,11 @@ def _error_body(message: str) -> bytes:
     return orjson.dumps({"error": message})
 
 
+def _retry_after(seconds: float) -> bytes:
+    """``Retry-After`` in whole seconds, at least 1."""
+    return str(max(1, round(seconds + 0.49))).encode()
+
+
 async def _send(
     send: Send,
     status: int,
@@ -199,16 +204,9 @@ class KeyCache:
             GatewayError: 401 for a missing, unknown, revoked or expired key; 403 for a key
                 without the ``infer`` scope or of a deactivated tenant.
         """
-        from apps.tenants.keys import MAX_KEY_LENGTH, TOO_LONG_MESSAGE, UNKNOWN_KEY_MESSAGE, api_key_check, key_digest
+        from apps.tenants.keys import UNKNOWN_KEY_MESSAGE
 
-        if not authorization or authorization[:7].lower() != b"bearer ":
-            raise GatewayError(401, "send your tenant API key as 'Authorization: Bearer brt_…'")
-        raw = authorization[7:].strip().decode("latin-1")
-        if len(raw) > MAX_KEY_LENGTH:
-            raise GatewayError(401, TOO_LONG_MESSAGE)
-        if not _KEY_SHAPE.match(raw):  # never costs a database read
-            raise GatewayError(401, UNKNOWN_KEY_MESSAGE)
-        digest = key_digest(raw)
+        digest = self._digest(authorization)
         now = time.monotonic()
         entry = self._entries.get(digest)
         if entry is None or entry[0] <= now:
@@ -220,19 +218,55 @@ class KeyCache:
         principal = entry[1]
         if principal is None:
             raise GatewayError(401, UNKNOWN_KEY_MESSAGE)
+        wall = _now()
+        self._check(principal, wall)
+        if self._touched.get(principal.key_id, 0.0) <= now:
+            self._touched[principal.key_id] = now + 60.0
+            _keep(self._background, asyncio.get_running_loop().create_task(self._touch(principal.key_id, wall)))
+        return principal
+
+    def cached(self, authorization: bytes | None) -> ApiKeyPrincipal | None:
+        """The principal of this header when a fresh verdict is cached and lets it infer;
+        None otherwise (unknown, not cached, or refused: ``principal`` says why). No I/O."""
+        try:
+            entry = self._entries.get(self._digest(authorization))
+            if entry is None or entry[0] <= time.monotonic() or entry[1] is None:
+                return None
+            self._check(entry[1], _now())
+        except GatewayError:
+            return None
+        return entry[1]
+
+    @staticmethod
+    def _digest(authorization: bytes | None) -> str:
+        """The SHA-256 of the key in an ``Authorization: Bearer`` header.
+
+        Raises:
+            GatewayError: 401 when there is no key or it cannot be one (no database read).
+        """
+        from apps.tenants.keys import MAX_KEY_LENGTH, TOO_LONG_MESSAGE, UNKNOWN_KEY_MESSAGE, key_digest
+
+        if not authorization or authorization[:7].lower() != b"bearer ":
+            raise GatewayError(401, "send your tenant API key as 'Authorization: Bearer brt_…'")
+        raw = authorization[7:].strip().decode("latin-1")
+        if len(raw) > MAX_KEY_LENGTH:
+            raise GatewayError(401, TOO_LONG_MESSAGE)
+        if not _KEY_SHAPE.match(raw):  # never costs a database read
+            raise GatewayError(401, UNKNOWN_KEY_MESSAGE)
+        return key_digest(raw)
+
+    @staticmethod
+    def _check(principal: ApiKeyPrincipal, wall: datetime) -> None:
+        """Raises GatewayError (401 expired or revoked, 403 inactive tenant or no ``infer``)."""
+        from apps.tenants.keys import api_key_check
         from control_plane.errors import ApplicationError
 
-        wall = _now()
         try:
             api_key_check(principal=principal, now=wall)
         except ApplicationError as refused:
             raise GatewayError(refused.status_code, refused.message) from None
         if Action.INFER not in principal.actions():
             raise GatewayError(403, f"API key brt_{principal.prefix} lacks the 'infer' scope; create a key with it")
-        if self._touched.get(principal.key_id, 0.0) <= now:
-            self._touched[principal.key_id] = now + 60.0
-            _keep(self._background, asyncio.get_running_loop().create_task(self._touch(principal.key_id, wall)))
-        return principal
 
     async def _lookup(self, digest: str) -> ApiKeyPrincipal | None:
         from apps.tenants.keys import api_key_lookup
@@ -725,6 +759,45 @@ class Gateway:
         if model.deployment_id is not None:
             self._served.add(model.deployment_id)
 
+    def refused_now(
+        self, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[AdmissionRefused, tuple[str, str, str]] | None:
+        """The admission refusal an inference request (POST to ``path``) gets now, with its
+        labels, when this process can tell with no I/O: a fresh cached key verdict, the
+        model in the routing table, and the tenant over a limit as admission knows it here.
+        None otherwise: the request takes the usual way, which decides (and explains) all."""
+        snapshot = self.snapshot
+        parts = path.split("/")[2:]  # after "", "v2"
+        if snapshot is None or parts[-1:] != ["infer"] or parts[:1] != ["models"]:
+            return None
+        if len(parts) == 3:
+            version_text = None
+        elif len(parts) == 5 and parts[2] == "versions":
+            version_text = parts[3]
+        else:
+            return None
+        authorization = length = None
+        for name, value in headers:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"content-length":
+                length = value
+        if length is not None and (not length.isdigit() or int(length) > self.settings.max_body_bytes):
+            return None  # the usual way answers 413 first
+        principal = self.keys.cached(authorization)
+        tenant = snapshot.tenants.get(principal.tenant_id) if principal is not None else None
+        model = tenant.models.get(parts[1]) if tenant is not None else None
+        if tenant is None or model is None:
+            return None
+        refused = self.admission.refused_now(tenant.slug, tenant.limits)
+        if refused is None:
+            return None
+        try:
+            version = self.version_of(model, version_text) if version_text else self.pick_version(tenant, model)
+        except GatewayError:
+            return None
+        return refused, (tenant.slug, model.name, str(version.number))
+
     def pick_version(self, tenant: TenantRoute, model: ModelRoute) -> VersionRoute:
         if model.deployment_id is None or not model.traffic:
             raise _not_deployed(tenant, model)
@@ -805,8 +878,32 @@ class GatewayApp:
         if self._gateway is None or self._loop is not loop:
             self._settings = self._settings or GatewaySettings.from_django()
             self._gateway, self._loop = Gateway(self._settings), loop
+            fastpath.install(loop, self.refusal)
         self._gateway.start()
         return self._gateway
+
+    def refusal(self, path: str, headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], bytes] | None:
+        """The 429 (its headers, less the length, and body) for an inference request that
+        admission refuses now, decided with no I/O, or None. The server's protocol
+        (``fastpath.GatewayHttpProtocol``) asks as a request's headers complete: a tenant
+        far over its rate is refused without an ASGI cycle. The answer is the one the usual
+        path gives, counted in the metrics alike."""
+        started = time.perf_counter()
+        gateway = self._gateway
+        found = gateway.refused_now(path, headers) if gateway is not None else None
+        if found is None:
+            return None
+        refused, labels = found
+        request_id = next((value for name, value in headers if name == REQUEST_ID), None)
+        if request_id is None or not _REQUEST_ID_SHAPE.match(request_id):
+            request_id = uuid.uuid4().hex.encode()
+        reply = [
+            (b"content-type", b"application/json"),
+            (REQUEST_ID, request_id),
+            (b"retry-after", _retry_after(refused.retry_after_s)),
+        ]
+        metrics.observe(labels, 429, time.perf_counter() - started)
+        return reply, _error_body(refused.message)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -826,7 +923,7 @@ class GatewayApp:
                 labels = error.labels
             headers = list(reply_headers)
             if error.retry_after_s is not None:
-                headers.append((b"retry-after", str(max(1, round(error.retry_after_s + 0.49))).encode()))
+                headers.append((b"retry-after", _retry_after(error.retry_after_s)))
             if error.allow:
                 headers.append((b"allow", error.allow.encode()))
             if status != 499:

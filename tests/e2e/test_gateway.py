@@ -447,12 +447,26 @@ def test_rate_limit_answers_429_with_retry_after(gateway_platform: Platform):
     elapsed = time.monotonic() - started
     statuses = [answer.status_code for answer in answers]
     for answer in answers:
-        if answer.status_code == 429:
+        if answer.status_code == 429:  # most answered from the parser (fastpath.py): the same answer
             assert int(answer.headers["retry-after"]) >= 1
+            assert answer.headers["content-type"] == "application/json"
+            assert len(answer.headers["x-request-id"]) == 32
             assert "rate limit of 5 requests/s" in answer.json()["error"]
     # A full bucket of 5, plus 5 a second while the burst lasted: never more got through.
     assert 5 <= statuses.count(200) <= 5 + 5 * elapsed + 1, (statuses, elapsed)
     assert statuses.count(429) == 24 - statuses.count(200) and statuses.count(429) >= 1, statuses
+    # Every refusal is counted against the tenant's model, whichever way it was answered.
+    refused = gateway_platform.metric("berth_gateway_requests_total", tenant="limited", model=MODEL, code="429")
+    assert refused == statuses.count(429)
+    # A refused request's body was dropped in step: the connection's next request is served.
+    with httpx.Client(base_url=gateway_platform.base_url, headers=_bearer(key)) as client:
+        url = f"/v2/models/{MODEL}/infer"
+        tagged = [client.post(url, json=ONE_ROW, headers={"X-Request-ID": f"rl-{i}"}) for i in range(12)]
+        time.sleep(0.5)
+        served = client.post(url, json=ONE_ROW)
+    assert 429 in [answer.status_code for answer in tagged]
+    assert [answer.headers["x-request-id"] for answer in tagged] == [f"rl-{i}" for i in range(12)]
+    assert served.status_code == 200, served.text
     # The demo tenant is not affected by another tenant's limit.
     assert _infer_json(gateway_platform, _demo_key(gateway_platform), ONE_ROW).status_code == 200
 

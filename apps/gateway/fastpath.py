@@ -1,0 +1,84 @@
+"""uvicorn's HTTP protocol (httptools) with one shortcut for the gateway.
+
+A tenant far over its rate sends requests the gateway only refuses. Through the ASGI cycle a
+refusal costs about 130 µs of the web process's CPU, two thirds of it in uvicorn and asyncio
+(docs/gateway.md): CPU the other tenants' requests wait for. Here, as a request's headers
+complete, the gateway (``GatewayApp.refusal``) is asked whether admission refuses it now,
+decided with no I/O; if so the 429 is written at once, in one write, and the request's body
+is read and dropped: no scope, no task, no ASGI messages. Anything else (and any request the
+shortcut cannot be sure of: pipelined behind an unfinished answer, ``Expect: 100-continue``,
+not keep-alive, an escaped or query-bearing path) goes the usual way.
+
+Served by ``uvicorn --http apps.gateway.fastpath:GatewayHttpProtocol`` (the launcher does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Callable
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+# (path, headers) → (headers, body) of the 429, or None: the request goes the usual way.
+Refuser = Callable[[str, list[tuple[bytes, bytes]]], tuple[list[tuple[bytes, bytes]], bytes] | None]
+
+_refusers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Refuser] = weakref.WeakKeyDictionary()
+_PREFIX = b"/v2/models/"
+
+
+def install(loop: asyncio.AbstractEventLoop, refuser: Refuser) -> None:
+    """Makes ``refuser`` the one the protocol asks on ``loop`` (the gateway's, once it starts)."""
+    _refusers[loop] = refuser
+
+
+class _Answered:
+    """Stands for the finished cycle of a refused request while its body is dropped."""
+
+    response_complete = True
+    disconnected = False
+
+
+_ANSWERED = _Answered()
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    """``HttpToolsProtocol`` that answers the gateway's no-I/O refusals from the parser."""
+
+    def on_headers_complete(self) -> None:
+        if not self._refused():
+            super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        if self.cycle is _ANSWERED:  # the refused request's body is all in: the next may come
+            self.on_response_complete()
+            return
+        super().on_message_complete()
+
+    def _refused(self) -> bool:
+        refuser = _refusers.get(self.loop)
+        url = self.url
+        if (
+            refuser is None
+            or not url.startswith(_PREFIX)
+            or b"%" in url
+            or b"?" in url
+            or self.expect_100_continue
+            or self.pipeline
+            or (self.cycle is not None and not self.cycle.response_complete)
+            or self.parser.get_method() != b"POST"
+            or not self.parser.should_keep_alive()
+            or self.parser.should_upgrade()
+        ):
+            return False
+        answer = refuser(url.decode("latin-1").rstrip("/"), self.headers)
+        if answer is None:
+            return False
+        headers, body = answer
+        content = [STATUS_LINE[429]]
+        for name, value in (*self.server_state.default_headers, *headers):
+            content += [name, b": ", value, b"\r\n"]
+        content += [b"content-length: ", str(len(body)).encode(), b"\r\n\r\n", body]
+        self.transport.write(b"".join(content))
+        self.cycle = _ANSWERED  # type: ignore[assignment]
+        return True

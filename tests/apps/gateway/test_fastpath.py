@@ -1,0 +1,220 @@
+"""``GatewayHttpProtocol`` in a real uvicorn server on a real socket: a refusal the gateway
+knows at once is answered from the parser, the refused body is dropped in step with the
+stream, and everything else (pipelined, ``Connection: close``) goes through the ASGI app;
+and ``GatewayApp.refusal``: which requests the gateway refuses with no I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+import uvicorn
+
+from apps.gateway import fastpath, metrics
+from apps.gateway.admission import Limits
+from apps.gateway.app import Gateway, GatewayApp, GatewaySettings
+from apps.gateway.routing import ModelRoute, RoutingSnapshot, TenantRoute, VersionRoute
+from apps.tenants.access import ApiKeyPrincipal
+from apps.tenants.keys import key_digest
+from tests.conftest import free_port
+
+REFUSAL = b'{"error":"over"}'
+
+
+class _App:
+    """Echoes the body's length; counts its calls."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    async def __call__(self, scope, receive, send) -> None:
+        assert scope["type"] == "http"
+        self.paths.append(scope["path"])
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        answer = b"got %d" % len(body)
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(answer))]}
+        )
+        await send({"type": "http.response.body", "body": answer})
+
+
+def _refuser(path: str, headers: list[tuple[bytes, bytes]]):
+    if (b"x-refuse", b"yes") not in headers:
+        return None
+    return [(b"content-type", b"application/json"), (b"x-path", path.encode())], REFUSAL
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[_App, int]]:
+    app, port = _App(), free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, http=fastpath.GatewayHttpProtocol, lifespan="off",
+        log_level="warning", timeout_keep_alive=1,
+    )  # fmt: skip
+    instance = uvicorn.Server(config)
+    task = asyncio.create_task(instance.serve())
+    while not instance.started:
+        await asyncio.sleep(0.01)
+    fastpath.install(asyncio.get_running_loop(), _refuser)
+    yield app, port
+    instance.should_exit = True
+    await task
+
+
+def _request(path: str, body: bytes, *, refuse: bool, close: bool = False) -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+    head += "X-Refuse: yes\r\n" if refuse else ""
+    head += "Connection: close\r\n" if close else ""
+    return head.encode() + b"\r\n" + body
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if line)
+    body = await reader.readexactly(int(headers["content-length"]))
+    return int(lines[0].split()[1]), headers, body
+
+
+async def test_a_refusal_is_answered_from_the_parser_and_its_body_dropped_in_step(server):
+    app, port = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = b"x" * 70_000  # more than one read: the rest of it arrives after the answer
+    writer.write(_request("/v2/models/m/infer", body, refuse=True))  # the connection's first
+    status, headers, answer = await _answer(reader)
+    assert (status, answer) == (429, REFUSAL)
+    assert headers["content-type"] == "application/json" and headers["x-path"] == "/v2/models/m/infer"
+    assert headers["content-length"] == str(len(REFUSAL)) and "date" in headers
+    # The same connection goes on: the next request is the app's, with its own body only.
+    writer.write(_request("/v2/models/m/infer", b"12345", refuse=False))
+    status, _, answer = await _answer(reader)
+    assert (status, answer) == (200, b"got 5")
+    writer.write(_request("/v2/models/m/versions/2/infer", b"abc", refuse=True))
+    assert (await _answer(reader))[0] == 429
+    writer.write(_request("/v2/models/m/infer", b"", refuse=False))
+    assert (await _answer(reader))[2] == b"got 0"
+    assert app.paths == ["/v2/models/m/infer", "/v2/models/m/infer"]  # refusals never reached it
+    writer.close()
+
+
+async def test_what_the_shortcut_cannot_be_sure_of_goes_through_the_app(server):
+    app, port = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    # Pipelined: the second and third arrive while the first's answer is pending.
+    writer.write(
+        _request("/v2/models/m/infer", b"1", refuse=False)
+        + _request("/v2/models/m/infer", b"22", refuse=True)
+        + _request("/v2/models/m/infer", b"333", refuse=False)
+    )
+    answers = [await _answer(reader) for _ in range(3)]
+    assert [a[2] for a in answers] == [b"got 1", b"got 2", b"got 3"]  # in order, all the app's
+    writer.close()
+    # Not for the gateway's inference routes, or escaped, or with a query: the app's.
+    for path in ("/api/v1/tenants/", "/v2/models/m%2F/infer", "/v2/models/m/infer?x=1"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(_request(path, b"", refuse=True))
+        assert (await _answer(reader))[0] == 200, path
+        writer.close()
+    # Connection: close: the app's, and the server closes after it.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(_request("/v2/models/m/infer", b"", refuse=True, close=True))
+    assert (await _answer(reader))[0] == 200
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert len(app.paths) == 7
+
+
+async def test_an_idle_connection_after_a_refusal_still_times_out(server):
+    _, port = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(_request("/v2/models/m/infer", b"{}", refuse=True))
+    assert (await _answer(reader))[0] == 429
+    # timeout_keep_alive is 1 s: the server closes the idle connection.
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+
+
+async def test_without_a_refuser_on_the_loop_every_request_is_the_apps():
+    app, port = _App(), free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=fastpath.GatewayHttpProtocol, lifespan="off")
+    instance = uvicorn.Server(config)
+    task = asyncio.create_task(instance.serve())
+    while not instance.started:
+        await asyncio.sleep(0.01)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(_request("/v2/models/m/infer", b"x", refuse=True))
+        assert (await _answer(reader))[2] == b"got 1"
+        writer.close()
+    finally:
+        instance.should_exit = True
+        await task
+
+
+# --- the gateway's side: what it refuses with no I/O ----------------------------------------
+
+KEY = "brt_0123abcd_" + "k" * 30
+
+
+def _gateway_app(*, rate: float = 2, burst: int = 1) -> tuple[GatewayApp, Gateway]:
+    settings = GatewaySettings(
+        max_body_bytes=1000, timeout_s=10, cold_start_s=1, refresh_s=3600, key_cache_s=60, worker_token="t",
+        redis_url="",
+    )  # fmt: skip
+    app = GatewayApp(settings)
+    gateway = app._gateway = Gateway(settings)
+    version = VersionRoute(number=1, status="ready", platform="onnx", inputs=(), outputs=(), replicas=())
+    model = ModelRoute(
+        tenant_slug="acme", name="m", model_id=1, deployment_id=1, versions={1: version}, traffic=((1, 100),)
+    )
+    tenant = TenantRoute(tenant_id=7, slug="acme", limits=Limits(rate, burst, 100), models={"m": model})
+    gateway.snapshot = RoutingSnapshot(tenants={7: tenant}, loaded_at=time.monotonic())
+    principal = ApiKeyPrincipal(
+        key_id=1, prefix="0123abcd", tenant_id=7, tenant_slug="acme", tenant_active=True,
+        scopes=frozenset({"infer"}), expires_at=None, revoked_at=None,
+    )  # fmt: skip
+    gateway.keys._entries[key_digest(KEY)] = (time.monotonic() + 60, principal)
+    return app, gateway
+
+
+def _headers(key: str = KEY, *more: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", f"Bearer {key}".encode()), *more]
+
+
+async def test_the_gateway_refuses_at_once_only_a_tenant_its_admission_refuses_now():
+    app, gateway = _gateway_app()
+    assert app.refusal("/v2/models/m/infer", _headers()) is None  # a token left: the usual way
+    await gateway.admission.acquire("acme", Limits(2, 1, 100))  # the bucket is empty now
+    before = metrics.REQUESTS.labels("acme", "m", "1", "429")._value.get()
+    found = app.refusal("/v2/models/m/infer", _headers(KEY, (b"x-request-id", b"abc-1")))
+    assert found is not None
+    headers, body = found
+    assert dict(headers)[b"x-request-id"] == b"abc-1" and dict(headers)[b"retry-after"] == b"1"
+    assert b"over its rate limit of 2 requests/s" in body
+    assert metrics.REQUESTS.labels("acme", "m", "1", "429")._value.get() == before + 1
+    assert app.refusal("/v2/models/m/versions/1/infer", _headers()) is not None
+    # Whatever the usual way must decide or explain is left to it.
+    assert app.refusal("/v2/models/m/versions/9/infer", _headers()) is None  # 404 there
+    assert app.refusal("/v2/models/other/infer", _headers()) is None  # 404 there
+    assert app.refusal("/v2/models/m", _headers()) is None  # metadata
+    assert app.refusal("/v2/models/m/infer", _headers(KEY, (b"content-length", b"5000"))) is None  # 413 there
+    assert app.refusal("/v2/models/m/infer", _headers("brt_0123abcd_" + "z" * 30)) is None  # not cached
+    assert app.refusal("/v2/models/m/infer", []) is None  # 401 there
+
+
+async def test_a_revoked_or_expired_cached_key_is_left_to_the_usual_way():
+    _, gateway = _gateway_app()
+    await gateway.admission.acquire("acme", Limits(2, 1, 100))
+    expires, principal = gateway.keys._entries[key_digest(KEY)]
+    assert principal is not None
+    gateway.keys._entries[key_digest(KEY)] = (expires, replace(principal, revoked_at=datetime.now(UTC)))
+    assert gateway.refused_now("/v2/models/m/infer", _headers()) is None
+    gateway.keys._entries[key_digest(KEY)] = (time.monotonic() - 1, principal)  # the verdict is stale
+    assert gateway.refused_now("/v2/models/m/infer", _headers()) is None
