@@ -16,7 +16,7 @@ import uvicorn
 
 from apps.gateway import fastpath, metrics
 from apps.gateway.admission import Limits
-from apps.gateway.app import Gateway, GatewayApp, GatewaySettings
+from apps.gateway.app import Gateway, GatewayApp, GatewayError, GatewaySettings, KeyCache
 from apps.gateway.routing import ModelRoute, RoutingSnapshot, TenantRoute, VersionRoute
 from apps.tenants.access import ApiKeyPrincipal
 from apps.tenants.keys import key_digest
@@ -181,6 +181,7 @@ def _gateway_app(*, rate: float = 2, burst: int = 1) -> tuple[GatewayApp, Gatewa
         scopes=frozenset({"infer"}), expires_at=None, revoked_at=None,
     )  # fmt: skip
     gateway.keys._entries[key_digest(KEY)] = (time.monotonic() + 60, principal)
+    gateway.keys._good[b"Bearer " + KEY.encode()] = (time.monotonic() + 60, principal)  # as principal() leaves it
     return app, gateway
 
 
@@ -209,12 +210,52 @@ async def test_the_gateway_refuses_at_once_only_a_tenant_its_admission_refuses_n
     assert app.refusal("/v2/models/m/infer", []) is None  # 401 there
 
 
-async def test_a_revoked_or_expired_cached_key_is_left_to_the_usual_way():
+async def test_only_a_fresh_good_verdict_for_the_very_header_is_taken():
     _, gateway = _gateway_app()
     await gateway.admission.acquire("acme", Limits(2, 1, 100))
+    header = b"Bearer " + KEY.encode()
+    expires, principal = gateway.keys._good[header]
+    assert gateway.refused_now("/v2/models/m/infer", _headers()) is not None
+    # The verdict it rests on has expired: the usual way looks the key up again.
+    gateway.keys._good[header] = (time.monotonic() - 1, principal)
+    assert gateway.refused_now("/v2/models/m/infer", _headers()) is None
+    # The key itself expired since the verdict: the usual way says so (401).
+    gateway.keys._good[header] = (expires, replace(principal, expires_at=datetime.now(UTC)))
+    assert gateway.refused_now("/v2/models/m/infer", _headers()) is None
+
+
+async def test_a_refused_verdict_is_never_cached_by_header():
+    _, gateway = _gateway_app()
+    gateway.keys._good.clear()
     expires, principal = gateway.keys._entries[key_digest(KEY)]
     assert principal is not None
+    header = b"Bearer " + KEY.encode()
     gateway.keys._entries[key_digest(KEY)] = (expires, replace(principal, revoked_at=datetime.now(UTC)))
-    assert gateway.refused_now("/v2/models/m/infer", _headers()) is None
-    gateway.keys._entries[key_digest(KEY)] = (time.monotonic() - 1, principal)  # the verdict is stale
-    assert gateway.refused_now("/v2/models/m/infer", _headers()) is None
+    with pytest.raises(GatewayError) as refused:
+        await gateway.keys.principal(header)
+    assert refused.value.status == 401 and "revoked" in refused.value.message
+    assert gateway.keys.cached(header) is None
+    gateway.keys._entries[key_digest(KEY)] = (expires, replace(principal, scopes=frozenset({"read"})))
+    with pytest.raises(GatewayError, match="lacks the 'infer' scope"):
+        await gateway.keys.principal(header)
+    assert gateway.keys.cached(header) is None
+
+
+async def test_a_good_verdict_is_found_by_header_without_hashing_the_key_again(monkeypatch):
+    _, gateway = _gateway_app()
+    gateway.keys._good.clear()
+    gateway.keys._touched[1] = float("inf")  # no last-used write in this test
+    header = b"Bearer " + KEY.encode()
+    hashed: list[bytes | None] = []
+    digest = KeyCache._digest
+
+    def counted(value: bytes | None) -> str:
+        hashed.append(value)
+        return digest(value)
+
+    monkeypatch.setattr(KeyCache, "_digest", staticmethod(counted))
+    first = await gateway.keys.principal(header)
+    second = await gateway.keys.principal(header)
+    assert first is second and first.tenant_id == 7
+    assert hashed == [header]  # once, for the first
+    assert gateway.keys._good[header][0] == gateway.keys._entries[key_digest(KEY)][0]  # same lifetime
