@@ -396,6 +396,11 @@ class _RawConnection(asyncio.Protocol):
         self._buffer = bytearray()
         self._end: int | None = None
         self._status = 0
+        self.idle_since = time.monotonic()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -423,6 +428,10 @@ class _RawConnection(asyncio.Protocol):
             self.answer.set_result(0)
 
 
+# A client's idle connections are closed after this, under the server's keep-alive timeout.
+IDLE_S = 4.0
+
+
 class _RawClient:
     """Keep-alive connections to one URL, opened as needed and reused once answered."""
 
@@ -437,9 +446,13 @@ class _RawClient:
 
     async def send(self) -> int:
         """Sends the request and returns the answer's status (0: no answer)."""
-        # The server may have closed an idle one (its keep-alive timeout): skip those.
-        while self._idle and (self._idle[-1].closed or self._idle[-1].transport.is_closing()):  # type: ignore[union-attr]
-            self._idle.pop()
+        # The server closes a connection idle for its keep-alive timeout (uvicorn: 5 s); one
+        # reused just then loses its request. As HTTP clients do, idle ones are let go sooner.
+        now = time.monotonic()
+        while self._idle and (
+            self._idle[-1].closed or self._idle[-1].transport.is_closing() or now - self._idle[-1].idle_since > IDLE_S  # type: ignore[union-attr]
+        ):
+            self._idle.pop().close()
         try:
             connection = self._idle.pop() if self._idle else await self._open()
         except OSError:
@@ -452,6 +465,7 @@ class _RawClient:
             return 0
         status = await connection.answer
         if not connection.closed:
+            connection.idle_since = time.monotonic()
             self._idle.append(connection)
         return status
 

@@ -32,11 +32,21 @@ def install(loop: asyncio.AbstractEventLoop, refuser: Refuser) -> None:
     _refusers[loop] = refuser
 
 
+class _NoWaiters:
+    """The cycle's ``message_event``, which nothing waits on once the answer is out."""
+
+    def set(self) -> None:
+        pass
+
+
 class _Answered:
-    """Stands for the finished cycle of a refused request while its body is dropped."""
+    """Stands for the finished cycle of a refused request while its body is dropped: what
+    the protocol reads of a cycle (``response_complete``, ``message_event`` when the
+    connection goes) says it is over."""
 
     response_complete = True
     disconnected = False
+    message_event = _NoWaiters()
 
 
 _ANSWERED = _Answered()

@@ -6,6 +6,7 @@ and ``GatewayApp.refusal``: which requests the gateway refuses with no I/O."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -132,13 +133,21 @@ async def test_what_the_shortcut_cannot_be_sure_of_goes_through_the_app(server):
     assert len(app.paths) == 7
 
 
-async def test_an_idle_connection_after_a_refusal_still_times_out(server):
+async def test_a_connection_after_a_refusal_times_out_or_closes_cleanly(server, caplog):
     _, port = server
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(_request("/v2/models/m/infer", b"{}", refuse=True))
     assert (await _answer(reader))[0] == 429
     # timeout_keep_alive is 1 s: the server closes the idle connection.
     assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    # The client closes right after its refusal.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(_request("/v2/models/m/infer", b"{}", refuse=True))
+    assert (await _answer(reader))[0] == 429
+    writer.close()
+    await asyncio.sleep(0.2)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 async def test_without_a_refuser_on_the_loop_every_request_is_the_apps():
