@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -121,24 +122,30 @@ PROBE_AFTER_INTERVALS = 1.25
 PROBE_TIMEOUT_S = 0.3
 
 
-def dataplane_refuses(url: str) -> bool:
-    """True when nothing listens at the data-plane ``url`` (the connection is refused).
+def dataplane_refuses(url: str, *, tries: int = 2, pause_s: float = 0.3) -> bool:
+    """True when nothing listens at the data-plane ``url``: ``tries`` connections, ``pause_s``
+    apart, each refused.
 
     The kernel accepts a connection on a listening socket even while its process is too busy
     to answer, so a refusal means the worker's process (or its server) is gone; a timeout or
-    an unreachable host proves nothing and is False.
+    an unreachable host proves nothing and is False. This holds when the URL reaches the
+    worker itself (its own host and port, as the gateways use it), not a proxy in front.
     """
     parts = urlsplit(url)
     if not parts.hostname:
         return False
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        with socket.create_connection((parts.hostname, port), timeout=PROBE_TIMEOUT_S):
+    for attempt in range(tries):
+        if attempt:
+            time.sleep(pause_s)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            with socket.create_connection((parts.hostname, port), timeout=PROBE_TIMEOUT_S):
+                return False
+        except ConnectionRefusedError:
+            continue
+        except (OSError, ValueError):
             return False
-    except ConnectionRefusedError:
-        return True
-    except (OSError, ValueError):
-        return False
+    return True
 
 
 def worker_mark_missing(

@@ -191,6 +191,10 @@ class _DatabaseThreads:
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
 
+# Reads of the routing table begun for a miss (an unknown model or version), at most one per:
+MISS_READ_S = 0.25
+
+
 class KeyCache:
     """API key (by SHA-256) → principal, each verdict kept at most ``ttl_s``."""
 
@@ -198,8 +202,9 @@ class KeyCache:
         self._database = database
         self._ttl_s = ttl_s
         self._entries: dict[str, tuple[float, ApiKeyPrincipal | None]] = {}
-        # Header → (expiry, principal) for verdicts that let the key infer, kept only as long
-        # as the verdict by digest they rest on: a revoke still stops it within ``ttl_s``.
+        # Key (as the header carries it) → (expiry, principal) for verdicts that let the key
+        # infer, kept only as long as the verdict by digest they rest on: a revoke still stops
+        # it within ``ttl_s``. Bounded: one valid key is one entry however the header is padded.
         self._good: dict[bytes, tuple[float, ApiKeyPrincipal]] = {}
         self._lookups: dict[str, asyncio.Future[ApiKeyPrincipal | None]] = {}
         self._touched: dict[int, float] = {}
@@ -232,17 +237,20 @@ class KeyCache:
             raise GatewayError(401, UNKNOWN_KEY_MESSAGE)
         self._check(principal, _now())
         assert authorization is not None  # _digest refused a missing one
-        if len(self._good) > 10_000:
-            self._good = {header: hit for header, hit in self._good.items() if hit[0] > now}
-        self._good[authorization] = (entry[0], principal)  # as long as the verdict it rests on
+        if len(self._good) >= 10_000:
+            self._good = {token: hit for token, hit in self._good.items() if hit[0] > now}
+            if len(self._good) >= 10_000:
+                self._good.clear()
+        self._good[authorization[7:].strip()] = (entry[0], principal)  # as long as the verdict it rests on
         self._touch_now(principal, now)
         return principal
 
     def cached(self, authorization: bytes | None, now: float | None = None) -> ApiKeyPrincipal | None:
-        """The principal of this very header when a fresh good verdict is cached (it exists,
+        """The principal of this header's key when a fresh good verdict is cached (it exists,
         is not revoked, lets its key infer, and its tenant is active); None otherwise
         (``principal`` then decides, and says why). No I/O, no hashing."""
-        hit = self._good.get(authorization) if authorization else None
+        token = authorization[7:].strip() if authorization and authorization[:7].lower() == b"bearer " else None
+        hit = self._good.get(token) if token else None
         if hit is None or hit[0] <= (time.monotonic() if now is None else now):
             return None
         principal = hit[1]
@@ -350,6 +358,7 @@ class Gateway:
         self._served: set[int] = set()
         self._refreshing: asyncio.Task[None] | None = None
         self._read_started = float("-inf")  # when the read behind ``snapshot`` began (monotonic)
+        self._miss_read_at = float("-inf")  # when a miss last began a read of its own
         self._loop_task: asyncio.Task[None] | None = None
         self._rng = random.Random()
         self.background: set[asyncio.Task[None]] = set()
@@ -544,9 +553,11 @@ class Gateway:
     ) -> tuple[TenantRoute, ModelRoute]:
         """The tenant's model ``name`` (with the version named, when one is, in it).
 
-        A miss in a routing table read before the request ``arrived`` (monotonic) is looked
+        A 404 from a routing table read before the request ``arrived`` (monotonic) is looked
         up once more in a table read after it: a model or version made a moment ago is found
-        whatever the refresh period. Concurrent misses share one read.
+        whatever the refresh period. Concurrent misses share one read, and such reads begin
+        at most every ``MISS_READ_S`` (a stream of unknown names cannot keep the database
+        reading the table); a miss that cannot be read again, or whose read fails, stands.
         """
         for _ in range(3):
             try:
@@ -554,10 +565,19 @@ class Gateway:
                 if version_text is not None:
                     self.version_of(model, version_text)
                 return tenant, model
-            except GatewayError:
-                if self._read_started >= arrived:
+            except GatewayError as miss:
+                if miss.status != 404 or self._read_started >= arrived:
                     raise
-            await self.refresh()  # one in flight may have begun before ``arrived``: then again
+                if self._refreshing is None or self._refreshing.done():  # none in flight to share
+                    now = time.monotonic()
+                    if now - self._miss_read_at < MISS_READ_S:
+                        raise
+                    self._miss_read_at = now
+                try:
+                    await self.refresh()  # one in flight may have begun before ``arrived``: then again
+                except Exception:
+                    log.warning("routing table read after a miss failed", exc_info=True)
+                    raise miss from None
             found = (await self.routes()).tenants.get(tenant.tenant_id)
             if found is None:
                 raise GatewayError(403, f"tenant '{tenant.slug}' is not active")
@@ -797,10 +817,10 @@ class Gateway:
         else:
             return None
         authorization = length = None
-        for name, value in headers:
-            if name == b"authorization":
+        for name, value in headers:  # the first of each, as the usual way reads them
+            if name == b"authorization" and authorization is None:
                 authorization = value
-            elif name == b"content-length":
+            elif name == b"content-length" and length is None:
                 length = value
         if length is not None and (not length.isdigit() or int(length) > self.settings.max_body_bytes):
             return None  # the usual way answers 413 first

@@ -6,8 +6,9 @@ refusal costs about 130 µs of the web process's CPU, two thirds of it in uvicor
 complete, the gateway (``GatewayApp.refusal``) is asked whether admission refuses it now,
 decided with no I/O; if so the 429 is written at once, in one write, and the request's body
 is read and dropped: no scope, no task, no ASGI messages. Anything else (and any request the
-shortcut cannot be sure of: pipelined behind an unfinished answer, ``Expect: 100-continue``,
-not keep-alive, an escaped or query-bearing path) goes the usual way.
+shortcut cannot be sure of: pipelined behind an unfinished answer, a client not reading its
+answers, ``Expect: 100-continue``, not HTTP/1.1 keep-alive, an escaped or query-bearing
+path) goes the usual way.
 
 Served by ``uvicorn --http apps.gateway.fastpath:GatewayHttpProtocol`` (the launcher does).
 """
@@ -55,12 +56,20 @@ _ANSWERED = _Answered()
 class GatewayHttpProtocol(HttpToolsProtocol):
     """``HttpToolsProtocol`` that answers the gateway's no-I/O refusals from the parser."""
 
+    def on_message_begin(self) -> None:
+        # A refused request's end armed the keep-alive timer; a request read in the same
+        # chunk (no ``data_received`` between) must not run under it.
+        self._unset_keepalive_if_required()
+        super().on_message_begin()
+
     def on_headers_complete(self) -> None:
         if not self._refused():
             super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         if self.cycle is _ANSWERED:  # the refused request's body is all in: the next may come
+            self.cycle = None  # type: ignore[assignment]
+            self._unset_keepalive_if_required()
             self.on_response_complete()
             return
         super().on_message_complete()
@@ -76,7 +85,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             or self.expect_100_continue
             or self.pipeline
             or (self.cycle is not None and not self.cycle.response_complete)
+            or self.flow.write_paused  # the client is not reading its answers: the usual way waits
             or self.parser.get_method() != b"POST"
+            or self.parser.get_http_version() != "1.1"
             or not self.parser.should_keep_alive()
             or self.parser.should_upgrade()
         ):
@@ -91,4 +102,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         content += [b"content-length: ", str(len(body)).encode(), b"\r\n\r\n", body]
         self.transport.write(b"".join(content))
         self.cycle = _ANSWERED  # type: ignore[assignment]
+        # As after the usual way's answer: a client that stalls mid-body is let go.
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
         return True

@@ -1,4 +1,5 @@
 import socket
+import threading
 import time
 from datetime import timedelta
 
@@ -7,7 +8,7 @@ from django.db import connection
 from django.utils import timezone
 
 from apps.deployments.models import Worker
-from apps.deployments.services import worker_mark_missing, worker_record_heartbeat
+from apps.deployments.services import dataplane_refuses, worker_mark_missing, worker_record_heartbeat
 from apps.deployments.tasks import worker_heartbeat
 from inference_workers.types import DeviceState, WorkerHeartbeat
 from tests.apps.deployments.factories import WorkerFactory
@@ -93,14 +94,21 @@ def test_a_late_worker_whose_data_plane_refuses_connections_is_dead_without_wait
         WorkerFactory(
             worker_id="on-time", dataplane_url=url(gone.getsockname()[1]), last_heartbeat_at=now - timedelta(seconds=1)
         )
-        WorkerFactory(
-            worker_id="far", dataplane_url="http://10.255.255.1:9", last_heartbeat_at=now - timedelta(seconds=3)
-        )
+        WorkerFactory(worker_id="no-host", dataplane_url="http://:9", last_heartbeat_at=now - timedelta(seconds=3))
         started = time.monotonic()
         assert worker_mark_missing(now=now, interval_s=2.0, missed=3) == 1
         assert time.monotonic() - started < 2  # probes in parallel, each bounded
     states = dict(Worker.objects.values_list("worker_id", "state"))
-    assert states == {"busy": "ready", "killed": "dead", "on-time": "ready", "far": "ready"}
+    assert states == {"busy": "ready", "killed": "dead", "on-time": "ready", "no-host": "ready"}
+
+
+def test_a_data_plane_that_refuses_once_then_listens_is_not_called_gone():
+    with socket.socket() as restarting:
+        restarting.bind(("127.0.0.1", 0))  # refuses until it listens
+        url = f"http://127.0.0.1:{restarting.getsockname()[1]}"
+        assert dataplane_refuses(url, tries=1)
+        threading.Timer(0.1, restarting.listen).start()
+        assert not dataplane_refuses(url, tries=2, pause_s=0.4)
 
 
 @pytest.mark.django_db(transaction=True)  # the probe runs on another thread, with its own connection

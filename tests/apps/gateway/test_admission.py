@@ -282,7 +282,7 @@ async def test_a_tenant_over_its_rate_is_refused_without_a_round_trip_until_a_to
             again = await refusal(one, "acme", limits)
             assert again.reason == "rate" and again.retry_after_s <= first.retry_after_s
         assert calls == 2  # fifty refusals, no round trip
-        # The other gateway's refusals are its own calls; the shared bucket is unchanged.
+        # The other gateway knows nothing of it: its refusal is its own call to Redis.
         assert (await refusal(other, "acme", limits)).reason == "rate"
         await asyncio.sleep(0.55)  # a token is due: Redis is asked again, and admits
         await one.acquire("acme", limits)

@@ -35,6 +35,8 @@ class _App:
     async def __call__(self, scope, receive, send) -> None:
         assert scope["type"] == "http"
         self.paths.append(scope["path"])
+        if scope["path"] == "/slow":
+            await asyncio.sleep(1.5)
         body = b""
         while True:
             message = await receive()
@@ -89,9 +91,11 @@ async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], by
 async def test_a_refusal_is_answered_from_the_parser_and_its_body_dropped_in_step(server):
     app, port = server
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    body = b"x" * 70_000  # more than one read: the rest of it arrives after the answer
-    writer.write(_request("/v2/models/m/infer", body, refuse=True))  # the connection's first
+    body = b"x" * 70_000
+    request = _request("/v2/models/m/infer", body, refuse=True)
+    writer.write(request[: -len(body) + 10])  # the headers and a little: answered before the rest
     status, headers, answer = await _answer(reader)
+    writer.write(request[-len(body) + 10 :])
     assert (status, answer) == (429, REFUSAL)
     assert headers["content-type"] == "application/json" and headers["x-path"] == "/v2/models/m/infer"
     assert headers["content-length"] == str(len(REFUSAL)) and "date" in headers
@@ -104,6 +108,18 @@ async def test_a_refusal_is_answered_from_the_parser_and_its_body_dropped_in_ste
     writer.write(_request("/v2/models/m/infer", b"", refuse=False))
     assert (await _answer(reader))[2] == b"got 0"
     assert app.paths == ["/v2/models/m/infer", "/v2/models/m/infer"]  # refusals never reached it
+    writer.close()
+
+
+async def test_a_request_right_behind_a_refusal_is_served_and_outlives_the_keep_alive_timeout(server):
+    app, port = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    slow = b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    writer.write(_request("/v2/models/m/infer", b"{}", refuse=True) + slow)  # one chunk
+    assert (await _answer(reader))[0] == 429
+    status, _, answer = await _answer(reader)  # the app holds /slow past timeout_keep_alive (1 s)
+    assert (status, answer) == (200, b"got 0")
+    assert app.paths == ["/slow"]
     writer.close()
 
 
@@ -125,12 +141,19 @@ async def test_what_the_shortcut_cannot_be_sure_of_goes_through_the_app(server):
         writer.write(_request(path, b"", refuse=True))
         assert (await _answer(reader))[0] == 200, path
         writer.close()
+    # HTTP/1.0, even with keep-alive asked for: the app's.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /v2/models/m/infer HTTP/1.0\r\nConnection: keep-alive\r\nX-Refuse: yes\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert (await _answer(reader))[0] == 200
+    writer.close()
     # Connection: close: the app's, and the server closes after it.
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(_request("/v2/models/m/infer", b"", refuse=True, close=True))
     assert (await _answer(reader))[0] == 200
     assert await asyncio.wait_for(reader.read(), 5) == b""
-    assert len(app.paths) == 7
+    assert len(app.paths) == 8
 
 
 async def test_a_connection_after_a_refusal_times_out_or_closes_cleanly(server, caplog):
@@ -190,7 +213,7 @@ def _gateway_app(*, rate: float = 2, burst: int = 1) -> tuple[GatewayApp, Gatewa
         scopes=frozenset({"infer"}), expires_at=None, revoked_at=None,
     )  # fmt: skip
     gateway.keys._entries[key_digest(KEY)] = (time.monotonic() + 60, principal)
-    gateway.keys._good[b"Bearer " + KEY.encode()] = (time.monotonic() + 60, principal)  # as principal() leaves it
+    gateway.keys._good[KEY.encode()] = (time.monotonic() + 60, principal)  # as principal() leaves it
     return app, gateway
 
 
@@ -222,14 +245,16 @@ async def test_the_gateway_refuses_at_once_only_a_tenant_its_admission_refuses_n
 async def test_only_a_fresh_good_verdict_for_the_very_header_is_taken():
     _, gateway = _gateway_app()
     await gateway.admission.acquire("acme", Limits(2, 1, 100))
-    header = b"Bearer " + KEY.encode()
-    expires, principal = gateway.keys._good[header]
+    token = KEY.encode()
+    expires, principal = gateway.keys._good[token]
     assert gateway.refused_now("/v2/models/m/infer", _headers()) is not None
+    # The first Authorization header counts, as on the usual way.
+    assert gateway.refused_now("/v2/models/m/infer", [(b"authorization", b"Bearer x"), *_headers()]) is None
     # The verdict it rests on has expired: the usual way looks the key up again.
-    gateway.keys._good[header] = (time.monotonic() - 1, principal)
+    gateway.keys._good[token] = (time.monotonic() - 1, principal)
     assert gateway.refused_now("/v2/models/m/infer", _headers()) is None
     # The key itself expired since the verdict: the usual way says so (401).
-    gateway.keys._good[header] = (expires, replace(principal, expires_at=datetime.now(UTC)))
+    gateway.keys._good[token] = (expires, replace(principal, expires_at=datetime.now(UTC)))
     assert gateway.refused_now("/v2/models/m/infer", _headers()) is None
 
 
@@ -265,6 +290,8 @@ async def test_a_good_verdict_is_found_by_header_without_hashing_the_key_again(m
     monkeypatch.setattr(KeyCache, "_digest", staticmethod(counted))
     first = await gateway.keys.principal(header)
     second = await gateway.keys.principal(header)
-    assert first is second and first.tenant_id == 7
+    padded = await gateway.keys.principal(b"bearer   " + KEY.encode())
+    assert first is second is padded and first.tenant_id == 7
     assert hashed == [header]  # once, for the first
-    assert gateway.keys._good[header][0] == gateway.keys._entries[key_digest(KEY)][0]  # same lifetime
+    assert list(gateway.keys._good) == [KEY.encode()]  # one entry per key, however the header is padded
+    assert gateway.keys._good[KEY.encode()][0] == gateway.keys._entries[key_digest(KEY)][0]  # same lifetime

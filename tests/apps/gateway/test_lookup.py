@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from apps.gateway.app import Gateway, GatewayError, GatewaySettings
+from apps.gateway.app import MISS_READ_S, Gateway, GatewayError, GatewaySettings
 from apps.gateway.routing import ModelRoute, RoutingSnapshot, TenantRoute, VersionRoute
 
 
@@ -88,8 +88,39 @@ async def test_a_missing_version_is_read_again_once_and_then_reported():
     with pytest.raises(GatewayError, match="has no version 2"):
         await gateway.model_found(tenant, "m", "2", time.monotonic())
     assert database.reads == 2  # one fresh read, not a read per try
+    await asyncio.sleep(MISS_READ_S)
     _, model = await gateway.model_found(tenant, "m", "2", time.monotonic())
     assert 2 in model.versions and database.reads == 3
+
+
+async def test_misses_begin_a_read_at_most_every_quarter_second_and_a_400_never():
+    database = _Database(_snapshot(1))
+    gateway = _gateway(database)
+    await gateway.refresh()
+    tenant = (await gateway.routes()).tenants[1]
+    for name in ("a", "b", "c", "d"):  # a stream of unknown names
+        with pytest.raises(GatewayError, match=f"model '{name}' not found"):
+            await gateway.model_found(tenant, name, None, time.monotonic())
+    assert database.reads == 2  # the first miss read again; the rest, within 0.25 s, did not
+    await asyncio.sleep(MISS_READ_S)
+    with pytest.raises(GatewayError, match="not a whole number"):
+        await gateway.model_found(tenant, "m", "abc", time.monotonic())
+    assert database.reads == 2
+
+
+async def test_a_miss_whose_read_fails_stands_as_the_404():
+    database = _Database(_snapshot(1))
+    gateway = _gateway(database)
+    await gateway.refresh()
+    tenant = (await gateway.routes()).tenants[1]
+
+    async def down(function: Any, /, **kwargs: Any) -> RoutingSnapshot:
+        raise ConnectionError("the database is down")
+
+    database.run = down  # type: ignore[method-assign]
+    with pytest.raises(GatewayError, match="model 'x' not found") as missing:
+        await gateway.model_found(tenant, "x", None, time.monotonic())
+    assert missing.value.status == 404
 
 
 async def test_misses_arriving_together_share_one_fresh_read():
