@@ -65,9 +65,9 @@ UNLIMITED = {"requests_per_second": 10_000_000, "max_concurrent_requests": 100_0
 # Tenant C: a rate limit it runs far past; its concurrency limit stays out of the way so
 # every refusal is the rate limit's.
 LIMITED = {"requests_per_second": 200, "max_concurrent_requests": 100_000}
-# The open-loop mixed load: A and B each at a steady rate, C at five times its limit.
+# The open-loop mixed load: A and B each at a steady rate, C at five times its limit
+# (both scaled by --mixed-scale).
 STEADY_RATE = 300.0
-HAMMER_RATE = 5 * LIMITED["requests_per_second"]
 # The closed-loop (--saturate) variant.
 STEADY_CONCURRENCY = 4
 HAMMER_CONCURRENCY = 16
@@ -660,6 +660,12 @@ def main() -> None:
     parser.add_argument(
         "--saturate", action="store_true", help="the mixed load as closed loops, each as fast as it is answered"
     )
+    parser.add_argument(
+        "--mixed-scale",
+        type=float,
+        default=1.0,
+        help="scales the mixed load's rates and C's limit (0.25 on a machine 4x slower keeps the same share of it)",
+    )
     args = parser.parse_args()
     # A SIGTERM to the bench unwinds through the platform's shutdown too.
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
@@ -674,6 +680,9 @@ def main() -> None:
     binary_body, binary_headers = v2_binary_body(one)
     json_headers = {"Content-Type": "application/json"}
 
+    scale = args.mixed_scale
+    limited = {**LIMITED, "requests_per_second": max(1, round(LIMITED["requests_per_second"] * scale))}
+    steady_rate, hammer_rate = STEADY_RATE * scale, 5.0 * limited["requests_per_second"]
     with booted_platform() as platform:
         print(f"booting the platform on {platform.base_url} …", flush=True)
         # The export runs while the platform boots; nothing is timed yet.
@@ -683,7 +692,7 @@ def main() -> None:
         print("deploying the MLP for four tenants …", flush=True)
         key = tenant_create(platform, BENCH_TENANT, quota=UNLIMITED)
         mixed_keys = {
-            slug: tenant_create(platform, slug, quota=LIMITED if slug == MIXED_TENANTS[2] else UNLIMITED)
+            slug: tenant_create(platform, slug, quota=limited if slug == MIXED_TENANTS[2] else UNLIMITED)
             for slug in MIXED_TENANTS
         }
         for slug in (BENCH_TENANT, *MIXED_TENANTS):
@@ -774,8 +783,8 @@ def main() -> None:
             headers = {"Authorization": f"Bearer {mixed_keys[slug]}", **json_headers}
             return LoadSpec(slug, gateway_url, json_body, headers, concurrency, None if args.saturate else rate)
 
-        steady = [spec(slug, STEADY_CONCURRENCY, STEADY_RATE) for slug in MIXED_TENANTS[:2]]
-        hammer = spec(MIXED_TENANTS[2], HAMMER_CONCURRENCY, HAMMER_RATE)
+        steady = [spec(slug, STEADY_CONCURRENCY, steady_rate) for slug in MIXED_TENANTS[:2]]
+        hammer = spec(MIXED_TENANTS[2], HAMMER_CONCURRENCY, hammer_rate)
         print(f"mixed load: A+B alone for {args.mixed_seconds:.0f} s …", flush=True)
         web = platform.find("uvicorn")
         alone, web_alone_s = mixed_run(steady, None, web=web, seconds=args.mixed_seconds)
@@ -805,9 +814,9 @@ def main() -> None:
     if args.saturate:
         loads = f"A and B closed loops at c={STEADY_CONCURRENCY} each (JSON), C at c={HAMMER_CONCURRENCY}"
     else:
-        loads = f"A and B open loops at {STEADY_RATE:.0f} req/s each (JSON), C at {HAMMER_RATE:.0f} req/s"
+        loads = f"A and B open loops at {steady_rate:.0f} req/s each (JSON), C at {hammer_rate:.0f} req/s"
     print(
-        f"== mixed load: {loads} against a limit of {LIMITED['requests_per_second']} req/s; "
+        f"== mixed load: {loads} against a limit of {limited['requests_per_second']} req/s; "
         f"{args.mixed_seconds:.0f} s each =="
     )
     rises = []
