@@ -209,16 +209,22 @@ async def test_a_connection_failure_is_retried_once_and_not_twice():
         await live.stop()
 
 
-async def test_a_workers_500_is_passed_on_with_its_reason_and_not_retried():
-    failing = _RawReplica(_http("500 Internal Server Error", b'{"error":"model raised: ValueError: bad weights"}'))
-    live = _RawReplica(OK_REPLY)
-    first = ReplicaRoute(replica_id=1, worker_id="failing-worker", url=await failing.start())
+async def _beside_a_live_one(reply: bytes) -> tuple[_RawReplica, _RawReplica, Gateway, ReplicaRoute, ReplicaRoute]:
+    """A replica answering ``reply`` and a live one, whose requests in flight make the first
+    look idler: a gateway tries the first first."""
+    answering, live = _RawReplica(reply), _RawReplica(OK_REPLY)
+    first = ReplicaRoute(replica_id=1, worker_id="answering-worker", url=await answering.start())
     second = ReplicaRoute(replica_id=2, worker_id="live-worker", url=await live.start())
     gateway = _gateway()
     gateway.outstanding[second.replica_id] = 5
-    tenant, model, version = _routes(first, second)
+    return answering, live, gateway, first, second
+
+
+async def test_a_workers_500_is_passed_on_with_its_reason_and_not_retried():
+    reply = _http("500 Internal Server Error", b'{"error":"model raised: ValueError: bad weights"}')
+    failing, live, gateway, first, second = await _beside_a_live_one(reply)
     try:
-        answer = await gateway.forward(tenant, model, version, body=BODY, headers=[])
+        answer = await gateway.forward(*_routes(first, second), body=BODY, headers=[])
         assert answer.status == 500
         assert json.loads(answer.body) == {"error": "model raised: ValueError: bad weights"}
         assert (failing.requests, live.requests) == (1, 0)
@@ -304,12 +310,8 @@ async def test_a_replica_whose_worker_no_longer_hosts_the_model_is_left_and_the_
 
 
 async def test_a_workers_503_is_tried_once_on_another_replica_when_there_is_one():
-    full = _RawReplica(_http("503 Service Unavailable", b'{"error":"the worker is draining"}'))
-    live = _RawReplica(OK_REPLY)
-    first = ReplicaRoute(replica_id=1, worker_id="draining-worker", url=await full.start())
-    second = ReplicaRoute(replica_id=2, worker_id="live-worker", url=await live.start())
-    gateway = _gateway()
-    gateway.outstanding[second.replica_id] = 5  # the draining one looks idler: it is tried first
+    reply = _http("503 Service Unavailable", b'{"error":"the worker is draining"}')
+    full, live, gateway, first, second = await _beside_a_live_one(reply)  # the draining one is tried first
     try:
         answer = await gateway.forward(*_routes(first, second), body=BODY, headers=[])
         assert answer.status == 200 and (full.requests, live.requests) == (1, 1)
