@@ -38,17 +38,22 @@ class Worker:
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
         )
+        self.app = self.client()
+        self.headers = {"Authorization": f"Bearer {self.settings.token}"}
+
+    def client(self) -> Celery:
+        """A Celery app that sends this worker commands and reads their results."""
         broker = self.settings.broker
         # Not the current app: the control plane's shared tasks would otherwise send through
         # this test's broker (a Redis server the broker-restart test stops) in later tests.
-        self.app = Celery("test-commands", fixups=[], set_as_current=False)
-        self.app.conf.update(
+        app = Celery("test-commands", fixups=[], set_as_current=False)
+        app.conf.update(
             broker_url=broker.url,
             broker_transport_options=broker.transport_options,
             result_backend=broker.result_backend,
             broker_connection_retry_on_startup=True,
         )
-        self.headers = {"Authorization": f"Bearer {self.settings.token}"}
+        return app
 
     def command(self, name: str, *args: object, timeout: float = 120) -> dict:
         return self.app.send_task(f"berth.worker.{name}", args=list(args), queue=self.settings.queue).get(
@@ -253,7 +258,10 @@ def test_the_worker_keeps_serving_through_a_broker_restart(tmp_path, model_files
         while client.llen("control") == 0:
             assert time.monotonic() < deadline, "heartbeats did not resume after the broker came back"
             time.sleep(0.2)
-        # Commands get through again on the reconnected consumer.
+        # Commands get through again on the worker's reconnected consumer. The test's own
+        # client starts afresh: Celery's Redis result consumer does not always subscribe again
+        # after a restart (a CI run saw the worker answer and this side never read it).
+        worker.app = worker.client()
         assert worker.command("status", timeout=60)["models"][0]["state"] == "ready"
     finally:
         worker.stop()
