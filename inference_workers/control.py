@@ -27,7 +27,7 @@ from inference_workers.host import ModelHost
 from inference_workers.loop import EventLoopThread
 from inference_workers.metrics import WorkerMetrics
 from inference_workers.runtimes import RuntimeOptions
-from inference_workers.runtimes.base import release_freed_memory
+from inference_workers.runtimes.base import prime_runtime, release_freed_memory
 from inference_workers.server import DataPlaneServer, build_app
 from inference_workers.settings import WorkerSettings
 from inference_workers.types import (
@@ -59,6 +59,7 @@ class WorkerRuntime:
         self._loop: EventLoopThread | None = None
         self._server: DataPlaneServer | None = None
         self._stop = threading.Event()
+        self._beat_soon = threading.Event()  # a load ended: the control plane hears it now
         self._heartbeat_thread: threading.Thread | None = None
         self.state: WorkerState = "ready"
         self.draining_for_exit = False
@@ -104,6 +105,10 @@ class WorkerRuntime:
         )
         self._server = DataPlaneServer(app, host=settings.bind_host, port=settings.port, loop=self._loop)
         self._server.start()
+        if self.host.options.cuda_index is not None:
+            # The CUDA context and cuBLAS (hundreds of MiB, a second or so) now, not in the
+            # first load: a worker taking over a dead one's replicas is ready sooner.
+            prime_runtime("torch_export", self.host.options)
         release_freed_memory()  # freezes what the imports made, before any request
         log.info("worker %s serving on %s", settings.worker_id, self.dataplane_url)
         self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="berth-heartbeat", daemon=True)
@@ -187,6 +192,7 @@ class WorkerRuntime:
             if not self.host.wait_idle(self.settings.drain_seconds):
                 log.warning("drain timed out with %d requests in flight", self.host.inflight)
         self._stop.set()
+        self._beat_soon.set()
         if self._heartbeat_thread is not None:
             self._heartbeat_thread.join(timeout=5)
         if self._server is not None:
@@ -254,7 +260,13 @@ class WorkerRuntime:
                 broker_down = True
             except Exception:  # a bug must not silently end heartbeats (the worker would look dead)
                 log.exception("heartbeat failed; trying again next interval")
-            self._stop.wait(self.settings.heartbeat_interval_s)
+            self._beat_soon.wait(self.settings.heartbeat_interval_s)
+            self._beat_soon.clear()
+
+    def beat_soon(self) -> None:
+        """Sends the next heartbeat now rather than at the interval (a load has ended: the
+        control plane routes to a ready replica, or retries a failed one, a beat sooner)."""
+        self._beat_soon.set()
 
 
 HEARTBEAT_EXPIRES_S = 600.0
@@ -322,6 +334,8 @@ def make_celery_app(settings: WorkerSettings) -> Celery:
         except LoadError as exc:
             log.warning("load of %s failed: %s", command.key, exc)
             return {"key": command.key.__dict__, "state": "failed", "reason": str(exc)}
+        finally:
+            runtime.beat_soon()
 
     @app.task(name=UNLOAD_TASK)
     def unload(message: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from inference_workers.artifacts import ArtifactCache
 from inference_workers.batching import DynamicBatcher
@@ -187,8 +188,11 @@ class ModelHost:
                         raise InsufficientMemoryError(
                             f"model {key} needs {need} bytes and the models chosen for eviction became busy; retry"
                         )
+                # Fetched outside the measure lock, so several loads' downloads overlap (a
+                # worker taking over a dead one's replicas fetches them all at once).
+                path = self.cache.fetch(command.artifact_uri, command.sha256)
                 with self._measure_lock:  # loads measured one at a time, so RSS/NVML deltas are theirs
-                    self._open(entry)
+                    self._open(entry, path)
             except Exception as exc:
                 reason = "out of memory while loading the model" if isinstance(exc, MemoryError) else str(exc)
                 with self._lock:
@@ -233,9 +237,8 @@ class ModelHost:
             )
         self.last_device_state = state
 
-    def _open(self, entry: HostedEntry) -> None:
+    def _open(self, entry: HostedEntry, path: Path) -> None:
         command = entry.command
-        path = self.cache.fetch(command.artifact_uri, command.sha256)
         max_batch = max(command.batching.max_batch_size, 1)
         options = self.options
         if options.cuda_index is not None and command.reservation_bytes:
@@ -255,6 +258,12 @@ class ModelHost:
                         f"model {command.key} took {footprint.bytes} bytes when loaded here, more than its reservation "
                         f"of {entry.reserved_bytes}, and the device has no room for the difference"
                     )
+                entry.reserved_bytes = footprint.bytes
+            elif options.cuda_index is not None and command.format != "onnx":
+                # On a GPU a torch model holds what it measured at its largest batch: the
+                # command's figure may be the registry's CPU estimate (hundreds of MiB of
+                # runtime for a model of a few). ONNX Runtime keeps its reservation, the cap
+                # its CUDA arena was given and may grow to.
                 entry.reserved_bytes = footprint.bytes
         stats = ModelStats(command.key, self.metrics)
         batcher = DynamicBatcher(

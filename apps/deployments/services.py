@@ -118,7 +118,7 @@ def _record_batches(heartbeat: WorkerHeartbeat, *, since: datetime | None, sampl
 
 
 # A worker this late with a heartbeat has its data plane probed (a TCP connect).
-PROBE_AFTER_INTERVALS = 1.25
+PROBE_AFTER_INTERVALS = 1.1
 PROBE_TIMEOUT_S = 0.3
 
 

@@ -37,7 +37,7 @@ def worker_serving(worker_id: str) -> int:
 
 @shared_task(name="berth.workers_mark_missing", ignore_result=True)
 def workers_mark_missing() -> None:
-    """Marks dead the workers whose heartbeats stopped (run by beat every 2 s)."""
+    """Marks dead the workers whose heartbeats stopped (run by beat every second)."""
     worker_mark_missing(
         now=timezone.now(),
         interval_s=settings.BERTH_HEARTBEAT_INTERVAL_S,

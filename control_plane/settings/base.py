@@ -162,7 +162,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = env.str("BERTH_CONTROL_QUEUE", default="control")
 CELERY_BEAT_SCHEDULE = {
-    "workers-mark-missing": {"task": "berth.workers_mark_missing", "schedule": 2.0},
+    "workers-mark-missing": {"task": "berth.workers_mark_missing", "schedule": 1.0},
     "reconcile": {"task": "berth.reconcile", "schedule": 2.0},
     "requeue-stuck-validations": {"task": "berth.registry.requeue_stuck_validations", "schedule": 60.0},
     "rollups-compact": {"task": "berth.monitoring.rollups_compact", "schedule": 30.0},

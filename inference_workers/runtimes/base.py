@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import psutil
@@ -249,16 +249,21 @@ def check_outputs(signature: Signature, outputs: Mapping[str, np.ndarray], *, ro
             )
 
 
-_PRIMED: set[str] = set()
+_PRIMED: set[tuple[str, str]] = set()
 
 
 def prime_runtime(model_format: ModelFormat, options: RuntimeOptions) -> None:
-    """Pays a runtime's one-time costs (library init, thread pools, allocator arenas) once
-    per process, with a tiny model, so a footprint measures the model and not the runtime."""
+    """Pays a runtime's one-time costs (library init, thread pools, allocator arenas, on a
+    GPU the CUDA context) once per process and device, with a tiny model, so a footprint
+    measures the model and not the runtime."""
     family = "onnx" if model_format == "onnx" else "torch"
-    if family in _PRIMED:
+    if (family, options.device) in _PRIMED:
         return
-    _PRIMED.add(family)
+    _PRIMED.add((family, options.device))
+    if options.cuda_index is not None:
+        from inference_workers.runtimes.gpu import prime_cuda
+
+        prime_cuda(options.cuda_index)
     if family == "onnx":
         import onnxruntime as ort
         from onnx import TensorProto, helper
@@ -274,9 +279,10 @@ def prime_runtime(model_format: ModelFormat, options: RuntimeOptions) -> None:
         session_options.intra_op_num_threads = options.intra_op_threads
         if not options.spin_wait:
             session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(
-            model.SerializeToString(), sess_options=session_options, providers=["CPUExecutionProvider"]
-        )
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if options.cuda_index is not None and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": options.cuda_index}))
+        session = ort.InferenceSession(model.SerializeToString(), sess_options=session_options, providers=providers)
         session.run(None, {"x": np.ones((2, 4), dtype=np.float32)})
     else:
         import torch

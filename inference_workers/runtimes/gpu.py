@@ -3,23 +3,44 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
+from typing import Any
+
+
+def _process_used(nvml: Any, handle: Any, pid: int) -> int | None:
+    """This process's GPU memory per NVML, or None where NVML does not list it (no context
+    yet, or a PID namespace NVML does not see into)."""
+    try:
+        processes = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+    except nvml.NVMLError:
+        return None
+    for process in processes:
+        if process.pid == pid and process.usedGpuMemory is not None:
+            return int(process.usedGpuMemory)
+    return None
 
 
 @contextlib.contextmanager
 def gpu_meter(index: int) -> Iterator[list[int]]:
     """Yields a list that receives the GPU memory the block took (bytes).
 
-    The figure is the larger of NVML's used-memory growth on the device (which sees ONNX
-    Runtime's CUDA arena and every context) and torch's peak allocation.
+    The figure is the larger of NVML's growth for this process (which sees ONNX Runtime's
+    CUDA arena and torch's cached blocks) and torch's peak allocation. Where NVML does not
+    list this process both before and after, the device's used-memory growth stands in for
+    it; that one also counts what other processes on the device took meanwhile.
     """
     import pynvml
     import torch
 
     pynvml.nvmlInit()
     handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-    before = int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-    torch_ready = torch.cuda.is_available()
+    pid = os.getpid()
+    before_process = _process_used(pynvml, handle, pid)
+    before_device = int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+    # torch's allocator statistics exist once CUDA is initialised in this process (asking
+    # before raises "Invalid device argument"); prime_cuda does it before any load.
+    torch_ready = torch.cuda.is_available() and torch.cuda.is_initialized()
     if torch_ready:
         torch.cuda.reset_peak_memory_stats(index)
         torch_before = torch.cuda.memory_allocated(index)
@@ -27,7 +48,26 @@ def gpu_meter(index: int) -> Iterator[list[int]]:
     try:
         yield result
     finally:
-        after = int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+        after_process = _process_used(pynvml, handle, pid)
+        if before_process is not None and after_process is not None:
+            nvml_growth = after_process - before_process
+        else:
+            nvml_growth = int(pynvml.nvmlDeviceGetMemoryInfo(handle).used) - before_device
         torch_peak = torch.cuda.max_memory_allocated(index) - torch_before if torch_ready else 0
-        result.append(max(after - before, torch_peak, 0))
+        result.append(max(nvml_growth, torch_peak, 0))
         pynvml.nvmlShutdown()
+
+
+def prime_cuda(index: int) -> None:
+    """Creates this process's CUDA context and cuBLAS handle on ``cuda:index`` once, so that
+    they (hundreds of MiB) count as the worker's own use and not as its first model's."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return  # ONNX Runtime's CUDA provider brings its own context, primed by its session
+    torch.cuda.set_device(index)
+    torch.cuda.init()
+    with torch.inference_mode():
+        probe = torch.ones(8, 8, device=f"cuda:{index}")
+        (probe @ probe).sum().item()
+    torch.cuda.synchronize(index)

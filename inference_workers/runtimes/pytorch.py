@@ -92,7 +92,11 @@ class TorchRunner:
                 self.signature: Signature = batched_signature(inputs, outputs)
                 self.platform = "pytorch_libtorch"
             else:
-                program = torch.export.load(str(path))
+                # An open file, not the path: the cache names artifacts by digest, and
+                # torch.export.load takes a path only when it ends in .pt2 (else it warns
+                # and falls back to its legacy reader).
+                with open(path, "rb") as archive:
+                    program = torch.export.load(archive)
                 self.signature = _export_signature(program)
                 if inputs:
                     self.signature = batched_signature(inputs, outputs or self.signature.outputs)

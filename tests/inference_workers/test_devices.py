@@ -64,3 +64,40 @@ def test_a_gpu_budget_lets_workers_share_one_device(monkeypatch):
     half = open_device("cuda:0", memory_budget_bytes=1, gpu_budget_bytes=40 * 1024**3).state()
     assert half.total_bytes == 40 * 1024**3 and half.used_bytes == 30 * 1024**3  # use is the device's
     assert half.free_bytes == 40 * 1024**3 and half.utilisation_pct == 37.0 and half.name == "NVIDIA H200"
+
+
+def test_the_gpu_meter_counts_this_process_not_its_neighbours(monkeypatch):
+    """NVML's figure for this process is the footprint; another process's growth on the same
+    device meanwhile is not (pynvml replaced: no GPU here; the H200 run is in bench/README.md)."""
+    import os
+    import sys
+    import types
+
+    from inference_workers.runtimes.gpu import gpu_meter
+
+    MiB = 1024**2
+    readings = {"mine": 700 * MiB, "device": 10_000 * MiB}
+
+    def running(handle):
+        me = types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=readings["mine"])
+        other = types.SimpleNamespace(pid=os.getpid() + 1, usedGpuMemory=4_000 * MiB)
+        return [other, me] if readings.get("listed", True) else [other]
+
+    fake = types.SimpleNamespace(
+        NVMLError=RuntimeError,
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda index: ("handle", index),
+        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(used=readings["device"]),
+        nvmlDeviceGetComputeRunningProcesses=running,
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    with gpu_meter(0) as measured:
+        readings["mine"] += 268 * MiB  # the model
+        readings["device"] += 268 * MiB + 3_000 * MiB  # and a neighbour's load at the same time
+    assert measured == [268 * MiB]
+
+    readings["listed"] = False  # NVML cannot see this process (a PID namespace): the device's growth
+    with gpu_meter(0) as measured:
+        readings["device"] += 512 * MiB
+    assert measured == [512 * MiB]

@@ -270,3 +270,44 @@ def test_each_load_checks_the_devices_real_use_against_the_accounting(make_host,
     with caplog.at_level("WARNING", logger="inference_workers.host"):
         roomy.load(load_command(model_files["doubler"], model="tiny", reservation=1 * MiB))
     assert not [record for record in caplog.records if "over its budget" in record.getMessage()]
+
+
+def test_on_a_gpu_a_torch_model_reserves_what_it_measured(loop_thread, tmp_path, model_files, monkeypatch):
+    """The load command's figure can be the registry's CPU estimate; on a GPU a torch model
+    reserves its measure, while ONNX keeps the reservation its CUDA arena is capped at (the
+    CUDA measure stands in here, through the same call the host makes: no GPU here)."""
+    from dataclasses import replace
+
+    from inference_workers import host as host_module
+    from inference_workers.artifacts import ArtifactCache
+    from inference_workers.devices import CpuDevice
+    from inference_workers.host import ModelHost
+    from inference_workers.runtimes import RuntimeOptions
+
+    real = host_module.measure_footprint
+    caps = []
+
+    def on_cuda(path, model_format, options, **kwargs):
+        assert options.device == "cuda:0"
+        caps.append(options.gpu_mem_limit_bytes)
+        runner, footprint = real(path, model_format, replace(options, device="cpu"), **kwargs)
+        return runner, replace(footprint, bytes=24 * MiB, device_kind="cuda")
+
+    monkeypatch.setattr(host_module, "measure_footprint", on_cuda)
+    host = ModelHost(
+        device=CpuDevice(memory_budget_bytes=4 * 1024**3),
+        options=RuntimeOptions(device="cuda:0", intra_op_threads=1),
+        cache=ArtifactCache(tmp_path / "cache"),
+        loop=loop_thread,
+    )
+    try:
+        exported = host.load(
+            load_command(model_files["mlp_export"], model="ex", model_format="torch_export", reservation=160 * MiB)
+        )
+        assert exported.measured_bytes == 24 * MiB and exported.reserved_bytes == 24 * MiB
+        onnx = host.load(load_command(model_files["mlp"], model="onnx", reservation=160 * MiB))
+        assert onnx.measured_bytes == 24 * MiB and onnx.reserved_bytes == 160 * MiB
+        assert caps == [160 * MiB, 160 * MiB]  # each runtime was given its reservation as the cap
+        assert host.reserved_bytes == 184 * MiB
+    finally:
+        host.close()

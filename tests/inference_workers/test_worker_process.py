@@ -25,9 +25,8 @@ pytestmark = pytest.mark.e2e
 class Worker:
     def __init__(self, tmp_path: Path, **env: str) -> None:
         self.worker_id = f"w-{uuid.uuid4().hex[:8]}"
-        self.env = subprocess_env(
-            BERTH_DATA_DIR=str(tmp_path / "var"), BERTH_WORKER_ID=self.worker_id, BERTH_WORKER_HEARTBEAT_S="0.5", **env
-        )
+        env = {"BERTH_WORKER_HEARTBEAT_S": "0.5", **env}
+        self.env = subprocess_env(BERTH_DATA_DIR=str(tmp_path / "var"), BERTH_WORKER_ID=self.worker_id, **env)
         self.env.pop("DJANGO_SETTINGS_MODULE", None)
         self.settings = WorkerSettings.from_env(self.env)
         self.log = tmp_path / f"{self.worker_id}.log"
@@ -206,6 +205,35 @@ def test_after_sigterm_it_serves_until_the_traffic_moves_then_drains_and_exits(t
         assert "hand-over ended" in worker.log.read_text()
         with pytest.raises(httpx.ConnectError):
             infer(url, worker.headers)
+    finally:
+        worker.stop()
+
+
+def test_a_finished_load_is_reported_at_once_not_at_the_next_heartbeat(tmp_path, model_files):
+    """With heartbeats 30 s apart, the control plane still hears of a load within a second
+    of its end (a worker taking over a dead one's replicas routes them a beat sooner)."""
+    worker = Worker(tmp_path, BERTH_WORKER_HEARTBEAT_S="30")
+    queue = tmp_path / "var" / "broker" / "queue"
+
+    def heartbeats() -> int:
+        return len(list(queue.glob("*.control.msg")))
+
+    try:
+        deadline = time.monotonic() + 120
+        while heartbeats() == 0:  # the one sent as the worker starts
+            assert time.monotonic() < deadline, "no first heartbeat:\n" + worker.log_tail()
+            time.sleep(0.1)
+        assert worker.command("load", load_message(model_files["doubler"], model="doubler"))["state"] == "ready"
+        loaded_at = time.monotonic()
+        while heartbeats() < 2:
+            assert time.monotonic() - loaded_at < 10, "the load was not reported before the next interval"
+            time.sleep(0.05)
+        bad = worker.command("load", load_message(model_files["doubler"], model="broken", sha256="0" * 64))
+        assert bad["state"] == "failed"
+        failed_at = time.monotonic()
+        while heartbeats() < 3:  # a failed load too: the control plane retries it elsewhere sooner
+            assert time.monotonic() - failed_at < 10, "the failed load was not reported before the next interval"
+            time.sleep(0.05)
     finally:
         worker.stop()
 
