@@ -10,6 +10,12 @@ the other (target: within 10 s) and answering again.
 
     .venv/bin/python -m bench.gpu_check                 # cuda:0, needs a GPU and NVML
     .venv/bin/python -m bench.gpu_check --device cpu    # the same path on CPU workers
+    .venv/bin/python -m bench.gpu_check --format torch_export   # torch.export models on CUDA
+
+On a GPU it first probes the path piece by piece: NVML's device memory, torch on CUDA,
+ONNX Runtime's execution providers (a session on the CUDA provider, or the worker's error
+where the installed ONNX Runtime has none), and one model measured the way a worker
+measures it against what torch's allocator and NVML then hold.
 
 It asserts nothing; it prints what it saw.
 """
@@ -18,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,9 +50,21 @@ RECOVERY_TARGET_S = 10.0
 
 def _model(width: int, path: Path) -> Path:
     import torch
-    from torch import nn
 
     from bench.worker import export
+
+    return export(_wide(width), torch.zeros(2, INPUT), path)
+
+
+def _exported(width: int, path: Path) -> Path:
+    from tests.inference_workers.models import exported
+
+    return exported(_wide(width), path, features=INPUT)
+
+
+def _wide(width: int) -> Any:
+    import torch
+    from torch import nn
 
     class Wide(nn.Module):
         def __init__(self) -> None:
@@ -56,7 +76,66 @@ def _model(width: int, path: Path) -> Path:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.layers(x)
 
-    return export(Wide(), torch.zeros(2, INPUT), path)
+    return Wide()
+
+
+def _probe(index: int, folder: Path) -> None:
+    """NVML, torch on CUDA, ONNX Runtime's providers and one measured load, one by one."""
+    import onnxruntime as ort
+    import pynvml
+    import torch
+
+    from inference_workers.devices import open_device
+    from inference_workers.runtimes.base import (
+        RuntimeLoadError,
+        RuntimeOptions,
+        measure_footprint,
+        release_freed_memory,
+    )
+
+    print("probe:", flush=True)
+    state = open_device(f"cuda:{index}", memory_budget_bytes=1).state()
+    print(
+        f"  NVML (the worker's NvmlDevice): {state.name} {state.uuid}, total {state.total_bytes / MiB:,.0f} MiB, "
+        f"used {state.used_bytes / MiB:,.0f} MiB, free {state.free_bytes / MiB:,.0f} MiB, "
+        f"busy {state.utilisation_pct}%; driver {pynvml.nvmlSystemGetDriverVersion()}"
+    )
+    print(
+        f"  torch {torch.__version__}: cuda available {torch.cuda.is_available()}, "
+        f"{torch.cuda.get_device_name(index)}, CUDA {torch.version.cuda}"
+    )
+    print(f"  onnxruntime {ort.__version__}: providers available {ort.get_available_providers()}")
+    options = RuntimeOptions(device=f"cuda:{index}", gpu_mem_limit_bytes=4 * 1024 * MiB)
+    onnx_path = _model(WIDTHS[2], folder / "probe.onnx")
+    try:
+        runner, footprint = measure_footprint(onnx_path, "onnx", options, max_batch=8)
+        print(
+            f"  ONNX on cuda:{index}: providers {getattr(runner, 'providers', '?')}, "
+            f"measured {footprint.bytes / MiB:,.1f} MiB"
+        )
+        runner.close()
+    except (RuntimeLoadError, RuntimeError, ValueError, OSError) as exc:
+        print(f"  ONNX on cuda:{index}: the worker refuses it: {type(exc).__name__}: {exc}")
+    pt2 = _exported(WIDTHS[-1], folder / "probe.pt2")
+    weights = sum(p.numel() * 4 for p in _wide(WIDTHS[-1]).parameters())
+    runner, footprint = measure_footprint(pt2, "torch_export", options, max_batch=32)
+    print(
+        f"  torch.export on cuda:{index}: weights {weights / MiB:,.1f} MiB; measured {footprint.bytes / MiB:,.1f} MiB "
+        f"in {footprint.load_seconds:.2f} s; torch allocated {torch.cuda.memory_allocated(index) / MiB:,.1f} MiB, "
+        f"reserved {torch.cuda.memory_reserved(index) / MiB:,.1f} MiB; this process per NVML "
+        f"{_measured(f'cuda:{index}', os.getpid()) / MiB:,.1f} MiB"
+    )
+    second, again = measure_footprint(pt2, "torch_export", options, max_batch=32)
+    print(f"  the same model loaded a second time (CUDA context already up): measured {again.bytes / MiB:,.1f} MiB")
+    for open_runner in (runner, second):
+        open_runner.close()
+    del runner, second
+    release_freed_memory()  # as the worker does after an unload
+    print(
+        f"  after both closed: torch allocated {torch.cuda.memory_allocated(index) / MiB:,.1f} MiB, "
+        f"reserved {torch.cuda.memory_reserved(index) / MiB:,.1f} MiB\n",
+        flush=True,
+    )
 
 
 def _device_total(device: str) -> int:
@@ -113,19 +192,26 @@ def _all_ready_on(replicas: dict[str, list[dict[str, Any]]], workers: set[str]) 
 
 
 def _call_each(platform: Platform, key: str, names: list[str]) -> dict[str, int]:
-    body = v2_json_body(np.ones((1, INPUT), dtype=np.float32))
+    """Each model's status code for one call through the gateway, its input named as its
+    metadata says (``input`` for the ONNX exports, ``x`` for torch.export programs)."""
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    return {
-        name: httpx.post(
-            f"{platform.base_url}/v2/models/{name}/infer", content=body, headers=headers, timeout=60
-        ).status_code
-        for name in names
-    }
+    codes = {}
+    for name in names:
+        url = f"{platform.base_url}/v2/models/{name}"
+        metadata = httpx.get(url, headers=headers, timeout=60)
+        if metadata.status_code != 200:
+            codes[name] = metadata.status_code
+            continue
+        body = v2_json_body(np.ones((1, INPUT), dtype=np.float32), name=metadata.json()["inputs"][0]["name"])
+        codes[name] = httpx.post(f"{url}/infer", content=body, headers=headers, timeout=60).status_code
+    return codes
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda:0", help="cuda:N (default cuda:0) or cpu")
+    parser.add_argument("--format", default="onnx", choices=("onnx", "torch_export"), help="the six models' format")
+    parser.add_argument("--no-probe", action="store_true", help="skip the piece-by-piece probe of the GPU path")
     args = parser.parse_args()
     device, kind = args.device, ("cpu" if args.device == "cpu" else "cuda")
     total = _device_total(device)
@@ -135,10 +221,18 @@ def main() -> None:
     os.environ[variable] = str(share)
     print(f"device {device}: {total / MiB:,.0f} MiB; each of two workers gets {share / MiB:,.0f} MiB ({variable})")
 
+    if kind == "cuda" and not args.no_probe:
+        with tempfile.TemporaryDirectory(prefix="berth-gpu-probe-") as folder:
+            try:
+                _probe(int(device.split(":")[1]), Path(folder))
+            except Exception as exc:  # noqa: BLE001 - the platform run below still tells what it can
+                print(f"the probe failed: {type(exc).__name__}: {exc}\n", flush=True)
+
     with booted_platform() as platform:
         names = [f"wide-{width}" for width in WIDTHS]
+        make, suffix = (_model, "onnx") if args.format == "onnx" else (_exported, "pt2")
         artifacts = [
-            _model(width, platform.data_dir / f"{name}.onnx") for width, name in zip(WIDTHS, names, strict=True)
+            make(width, platform.data_dir / f"{name}.{suffix}") for width, name in zip(WIDTHS, names, strict=True)
         ]
         platform.wait_healthy()
         first = platform.wait_worker()
@@ -165,10 +259,11 @@ def main() -> None:
             print(f"deploying {len(names)} models ({', '.join(names)}) …", flush=True)
             for name, artifact in zip(names, artifacts, strict=True):
                 _deploy(platform, name, artifact, kind)
-            deadline = time.monotonic() + 300
+            deadline = time.monotonic() + 180
             while not _all_ready_on(replicas := _replicas(platform, names), set(workers)):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"not every model became ready: {replicas}")
+                failed = [r for rows in replicas.values() for r in rows if r["state"] == "failed"]
+                if failed or time.monotonic() > deadline:
+                    raise RuntimeError(f"not every model became ready: {failed or replicas}")
                 time.sleep(0.5)
             time.sleep(3)  # a heartbeat with the loaded models' measures
             pids = {first["worker_id"]: platform.find("inference_workers").pid, second_id: second.pid}
@@ -197,15 +292,30 @@ def main() -> None:
             print(f"\nkill -9 {victim} (hosting {by_worker[victim]} replicas) …", flush=True)
             os.kill(pids[victim], signal.SIGKILL)
             killed_at = time.monotonic()
-            while not _all_ready_on(_replicas(platform, names), {survivor}):
-                if time.monotonic() - killed_at > 120:
-                    raise RuntimeError(f"not back within 120 s: {_replicas(platform, names)}")
-                time.sleep(0.2)
+            marks: dict[str, float] = {}  # what happened when, in seconds after the kill
+            while not _all_ready_on(replicas := _replicas(platform, names), {survivor}):
+                since = time.monotonic() - killed_at
+                if since > 120:
+                    raise RuntimeError(f"not back within 120 s: {replicas}")
+                with platform.admin() as admin:
+                    states = {w["worker_id"]: w["state"] for w in admin.get("/api/v1/workers/").json()}
+                if states.get(victim) == "dead":
+                    marks.setdefault(f"{victim} dead", since)
+                for name, model_rows in replicas.items():
+                    if any(r["worker"] == survivor and r["state"] == "loading" for r in model_rows):
+                        marks.setdefault(f"{name} loading", since)
+                    if any(r["worker"] == survivor and r["state"] == "ready" for r in model_rows):
+                        marks.setdefault(f"{name} ready", since)
+                time.sleep(0.1)
             back_s = time.monotonic() - killed_at
+            print("  " + ", ".join(f"{what} {at:.1f} s" for what, at in sorted(marks.items(), key=lambda m: m[1])))
             print(
                 f"every replica ready on {survivor} {back_s:.1f} s after the kill "
                 f"(target <= {RECOVERY_TARGET_S:.0f} s); calls: {_call_each(platform, key, names)}"
             )
+            if logs := os.environ.get("BERTH_GPU_CHECK_LOGS"):
+                for log_file in (platform.log_path, platform.data_dir / "second-worker.log"):
+                    shutil.copy(log_file, Path(logs) / log_file.name)
         finally:
             if second.poll() is None:
                 second.terminate()
