@@ -54,8 +54,7 @@ class ArtifactCache:
             target = self.path_for(sha256)
             if target.exists():
                 return target
-            target.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".fetch-")
+            handle, temporary = self._draft(target)
             try:
                 with os.fdopen(handle, "wb") as out:
                     digest = self._copy(uri, out)
@@ -69,6 +68,21 @@ class ArtifactCache:
                 if os.path.exists(temporary):
                     os.unlink(temporary)
             return target
+
+    @staticmethod
+    def _draft(target: Path) -> tuple[int, str]:
+        """A temporary file beside ``target``. Its folder (shared by digests with the same first
+        two characters) can vanish between mkdir and mkstemp when an unload removes it, now
+        that fetches run beside each other: then it is made again."""
+        attempts = 3
+        while True:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                return tempfile.mkstemp(dir=target.parent, prefix=".fetch-")
+            except FileNotFoundError:
+                attempts -= 1
+                if not attempts:
+                    raise
 
     def _copy(self, uri: str, out: object) -> str:
         parsed = urlparse(uri)

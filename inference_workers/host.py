@@ -198,7 +198,8 @@ class ModelHost:
                 with self._lock:
                     entry.state, entry.reason, entry.reserved_bytes = "failed", reason, 0
                 if entry.runner is not None:
-                    entry.runner.close()
+                    with self._measure_lock:  # a free inside another load's measure would shrink it
+                        entry.runner.close()
                     entry.runner = None
                 release_freed_memory()
                 if isinstance(exc, LoadError):
@@ -263,8 +264,10 @@ class ModelHost:
                 # On a GPU a torch model holds what it measured at its largest batch: the
                 # command's figure may be the registry's CPU estimate (hundreds of MiB of
                 # runtime for a model of a few). ONNX Runtime keeps its reservation, the cap
-                # its CUDA arena was given and may grow to.
-                entry.reserved_bytes = footprint.bytes
+                # its CUDA arena was given and may grow to. Never below the weights the model
+                # holds on the device, whatever a free elsewhere in the process (an inference
+                # releasing its activations meanwhile) did to the measure.
+                entry.reserved_bytes = max(footprint.bytes, getattr(runner, "weight_bytes", 0))
         stats = ModelStats(command.key, self.metrics)
         batcher = DynamicBatcher(
             execute=checked(runner),
@@ -297,7 +300,8 @@ class ModelHost:
         if entry.batcher is not None:
             self._loop.run(entry.batcher.close(drain_seconds=drain_seconds))
         if entry.runner is not None:
-            entry.runner.close()
+            with self._measure_lock:  # a free inside another load's measure would shrink it
+                entry.runner.close()
         with self._lock:
             self._entries.pop(key, None)
             # The cached artifact goes with the last model using it (a load inserts its entry

@@ -194,8 +194,9 @@ def measure_footprint(
             runner = open_runner(path, model_format, options, inputs=inputs, outputs=outputs)
             _warm_up(runner, max_batch)
         return runner, Footprint(measured[0], "cpu", time.perf_counter() - started, max_batch)
-    from inference_workers.runtimes.gpu import gpu_meter
+    from inference_workers.runtimes.gpu import gpu_meter, prime_cuda
 
+    prime_cuda(options.cuda_index)  # this thread's cuBLAS handle, outside the measure
     with gpu_meter(options.cuda_index) as measured:
         runner = open_runner(path, model_format, options, inputs=inputs, outputs=outputs)
         _warm_up(runner, max_batch)
@@ -259,7 +260,6 @@ def prime_runtime(model_format: ModelFormat, options: RuntimeOptions) -> None:
     family = "onnx" if model_format == "onnx" else "torch"
     if (family, options.device) in _PRIMED:
         return
-    _PRIMED.add((family, options.device))
     if options.cuda_index is not None:
         from inference_workers.runtimes.gpu import prime_cuda
 
@@ -289,4 +289,5 @@ def prime_runtime(model_format: ModelFormat, options: RuntimeOptions) -> None:
 
         with torch.inference_mode():
             torch.nn.functional.relu(torch.ones(2, 4) @ torch.ones(4, 4))
+    _PRIMED.add((family, options.device))  # only once it worked: a failed prime is tried again
     release_freed_memory()

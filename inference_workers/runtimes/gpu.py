@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,16 +59,25 @@ def gpu_meter(index: int) -> Iterator[list[int]]:
         pynvml.nvmlShutdown()
 
 
+_THREAD = threading.local()
+
+
 def prime_cuda(index: int) -> None:
-    """Creates this process's CUDA context and cuBLAS handle on ``cuda:index`` once, so that
-    they (hundreds of MiB) count as the worker's own use and not as its first model's."""
+    """Creates this process's CUDA context (hundreds of MiB) and this thread's cuBLAS handle
+    and workspace on ``cuda:index``, once per thread, so that neither is charged to the
+    model a thread loads first: cuBLAS keeps a handle and workspace per thread (about 95 MiB
+    on the H200), made by the thread's first matrix product. They are the worker's own use,
+    covered by its headroom, like those the data plane's threads make on their first batch."""
     import torch
 
     if not torch.cuda.is_available():
         return  # ONNX Runtime's CUDA provider brings its own context, primed by its session
-    torch.cuda.set_device(index)
+    primed: set[int] = getattr(_THREAD, "primed", set())
+    if index in primed:
+        return
     torch.cuda.init()
     with torch.inference_mode():
         probe = torch.ones(8, 8, device=f"cuda:{index}")
         (probe @ probe).sum().item()
     torch.cuda.synchronize(index)
+    _THREAD.primed = primed | {index}

@@ -107,6 +107,13 @@ class TorchRunner:
         except (RuntimeError, ValueError, KeyError, OSError, AttributeError) as exc:
             raise RuntimeLoadError(f"PyTorch cannot load this {model_format} artifact: {exc}") from exc
 
+    @property
+    def weight_bytes(self) -> int:
+        """The bytes of the module's parameters and buffers (on its device): the least it
+        holds there, whatever a measure of its load said."""
+        tensors = [*self._module.parameters(), *self._module.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs the module; torch errors become ``ModelExecutionError``."""
         try:

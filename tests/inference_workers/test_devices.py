@@ -101,3 +101,40 @@ def test_the_gpu_meter_counts_this_process_not_its_neighbours(monkeypatch):
     with gpu_meter(0) as measured:
         readings["device"] += 512 * MiB
     assert measured == [512 * MiB]
+
+    with gpu_meter(0) as measured:  # no CUDA context before the load, one after: the device's growth
+        readings["listed"] = True
+        readings["device"] += 300 * MiB
+    assert measured == [300 * MiB]
+
+
+def test_the_gpu_meter_leaves_torch_alone_until_cuda_is_initialised(monkeypatch):
+    """The H200 run's failure: CUDA available but not yet initialised in the worker, and
+    torch's allocator statistics asked for anyway ("Invalid device argument")."""
+    import sys
+    import types
+
+    import torch
+
+    from inference_workers.runtimes.gpu import gpu_meter
+
+    def uninitialised(*args, **kwargs):
+        raise RuntimeError("Invalid device argument 0: did you call init?")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    for name in ("reset_peak_memory_stats", "memory_allocated", "max_memory_allocated"):
+        monkeypatch.setattr(torch.cuda, name, uninitialised)
+    used = {"device": 1000}
+    fake = types.SimpleNamespace(
+        NVMLError=RuntimeError,
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda index: ("handle", index),
+        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(used=used["device"]),
+        nvmlDeviceGetComputeRunningProcesses=lambda handle: [],
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    with gpu_meter(0) as measured:
+        used["device"] += 64
+    assert measured == [64]

@@ -286,12 +286,13 @@ def test_on_a_gpu_a_torch_model_reserves_what_it_measured(loop_thread, tmp_path,
 
     real = host_module.measure_footprint
     caps = []
+    measures = [24 * MiB, 24 * MiB, 0]
 
     def on_cuda(path, model_format, options, **kwargs):
         assert options.device == "cuda:0"
         caps.append(options.gpu_mem_limit_bytes)
         runner, footprint = real(path, model_format, replace(options, device="cpu"), **kwargs)
-        return runner, replace(footprint, bytes=24 * MiB, device_kind="cuda")
+        return runner, replace(footprint, bytes=measures.pop(0), device_kind="cuda")
 
     monkeypatch.setattr(host_module, "measure_footprint", on_cuda)
     host = ModelHost(
@@ -309,5 +310,36 @@ def test_on_a_gpu_a_torch_model_reserves_what_it_measured(loop_thread, tmp_path,
         assert onnx.measured_bytes == 24 * MiB and onnx.reserved_bytes == 160 * MiB
         assert caps == [160 * MiB, 160 * MiB]  # each runtime was given its reservation as the cap
         assert host.reserved_bytes == 184 * MiB
+        # A measure that a free elsewhere in the process shrank (here to nothing) never puts
+        # the reservation below the weights the model holds.
+        again = host.load(
+            load_command(model_files["mlp_export"], model="ex2", model_format="torch_export", reservation=160 * MiB)
+        )
+        weights = getattr(host.resolve("acme.ex2", None).runner, "weight_bytes", None)
+        assert weights is not None and weights > 0 and again.reserved_bytes == weights
     finally:
         host.close()
+
+
+def test_a_fetch_whose_folder_an_unload_just_removed_makes_it_again(tmp_path, model_files, monkeypatch):
+    """Fetches run beside each other and an unload removes an emptied prefix folder: a fetch
+    caught between its mkdir and its draft file makes the folder again."""
+    import os
+
+    from inference_workers import artifacts
+    from inference_workers.artifacts import ArtifactCache
+    from tests.inference_workers.models import sha256_of
+
+    real = artifacts.tempfile.mkstemp
+    folders = []
+
+    def racing(dir: str, prefix: str) -> tuple[int, str]:
+        folders.append(dir)
+        if len(folders) == 1:
+            os.rmdir(dir)  # the unload's rmdir, between this fetch's mkdir and mkstemp
+        return real(dir=dir, prefix=prefix)
+
+    monkeypatch.setattr(artifacts.tempfile, "mkstemp", racing)
+    cache = ArtifactCache(tmp_path / "cache")
+    path = cache.fetch(model_files["doubler"].as_uri(), sha256_of(model_files["doubler"]))
+    assert path.read_bytes() == model_files["doubler"].read_bytes() and len(folders) == 2
