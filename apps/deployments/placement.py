@@ -193,7 +193,17 @@ def _place(
     opened: set[str] = set()
     if fit == "spread":
         for kind in sorted({w.kind for w in todo}):
-            need = sum(w.footprint_bytes for w in todo if w.kind == kind)
+            # What the tenants' quotas let in, not all that is wanted: opening a device for
+            # replicas a quota will refuse spreads the copies over one device too many.
+            wanted_by_tenant: dict[str, int] = {}
+            for w in todo:
+                if w.kind == kind:
+                    wanted_by_tenant[w.replica[0]] = wanted_by_tenant.get(w.replica[0], 0) + w.footprint_bytes
+            need = 0
+            for tenant, wanted_bytes in wanted_by_tenant.items():
+                quota = quotas.get(tenant)
+                left = quota.memory_bytes.get(kind, 0) - tenant_memory.get((tenant, kind), 0) if quota else 0
+                need += min(wanted_bytes, max(left, 0))
             pool = [d for d in by_id.values() if d.kind == kind and d.schedulable]
             for device in sorted(pool, key=lambda d: (-free(d.device_id), d.device_id)):
                 if need <= 0:
