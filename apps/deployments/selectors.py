@@ -24,7 +24,7 @@ def worker_replicas_serving(*, worker_id: str) -> int:
 def tenant_deployment_usage(*, tenant: Tenant, kind: str, excluding: Model | None = None) -> tuple[int, int]:
     """(bytes of ``kind``, replicas of every kind) the tenant's deployments hold at their minimum
     (``max_replicas`` in the quota counts replicas on every device kind)."""
-    from apps.deployments.services import deployment_need
+    from apps.deployments.services import deployment_need, measured_footprints
 
     deployments = Deployment.objects.filter(model__tenant=tenant).select_related("model")
     if excluding is not None:
@@ -33,11 +33,14 @@ def tenant_deployment_usage(*, tenant: Tenant, kind: str, excluding: Model | Non
     versions_by_model: dict[int, dict[str, ModelVersion]] = {}
     for version in ModelVersion.objects.filter(model__deployment__in=deployments):
         versions_by_model.setdefault(version.model_id, {})[str(version.number)] = version
+    ids = [v.pk for by_number in versions_by_model.values() for v in by_number.values()]
+    measured = measured_footprints(version_ids=ids, kind=kind)
     for deployment in deployments:
         size, count = deployment_need(
             versions=versions_by_model.get(deployment.model_id, {}),
             traffic=deployment.traffic,
             replicas=max(deployment.min_replicas, 1),
+            measured=measured if deployment.device_kind == kind else None,
         )
         if deployment.device_kind == kind:
             total_bytes += size

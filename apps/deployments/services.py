@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.db import IntegrityError, transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from apps.deployments.models import Deployment, Replica, Worker
@@ -320,10 +321,33 @@ def _check_spec(model: Model, spec: DeploymentSpec) -> dict[str, ModelVersion]:
     return versions
 
 
-def deployment_need(*, versions: dict[str, ModelVersion], traffic: dict[str, int], replicas: int) -> tuple[int, int]:
-    """(bytes, replicas) a deployment holds at ``replicas`` per serving version."""
+def deployment_need(
+    *, versions: dict[str, ModelVersion], traffic: dict[str, int], replicas: int, measured: dict[int, int] | None = None
+) -> tuple[int, int]:
+    """(bytes, replicas) a deployment holds at ``replicas`` per serving version, each sized as
+    placement sizes it: ``measured`` (by version id, what a ready replica holds on the
+    deployment's device kind), else the registry's validation footprint."""
     serving = [versions[key] for key, weight in traffic.items() if weight > 0 and key in versions]
-    return sum((v.footprint_bytes or 0) * replicas for v in serving), replicas * len(serving)
+    sizes = [(measured or {}).get(v.pk) or v.footprint_bytes or 0 for v in serving]
+    return sum(size * replicas for size in sizes), replicas * len(serving)
+
+
+def measured_footprints(*, version_ids: list[int], kind: str) -> dict[int, int]:
+    """What a ready replica of each version holds on a worker of ``kind`` (the largest, as
+    the worker measured it), for the versions that have one: the size the reconcile pass
+    gives the next replica there, so the quota check and placement agree."""
+    rows = (
+        Replica.objects.filter(
+            version_id__in=version_ids,
+            state=Replica.State.READY,
+            retiring=False,
+            worker__device_kind=kind,
+            reserved_bytes__gt=0,
+        )
+        .values("version_id")
+        .annotate(size=Max("reserved_bytes"))
+    )
+    return {row["version_id"]: row["size"] for row in rows}
 
 
 def _check_quota(*, tenant: Tenant, model: Model, spec: DeploymentSpec, versions: dict[str, ModelVersion]) -> None:
@@ -332,7 +356,10 @@ def _check_quota(*, tenant: Tenant, model: Model, spec: DeploymentSpec, versions
     quota = quota_get(tenant=tenant)
     # A deployment holds at least one replica while in use, whatever its min_replicas says.
     need_bytes, need_replicas = deployment_need(
-        versions=versions, traffic=spec.traffic, replicas=max(spec.min_replicas, 1)
+        versions=versions,
+        traffic=spec.traffic,
+        replicas=max(spec.min_replicas, 1),
+        measured=measured_footprints(version_ids=[v.pk for v in versions.values()], kind=spec.device_kind),
     )
     used_bytes, used_replicas = tenant_deployment_usage(tenant=tenant, kind=spec.device_kind, excluding=model)
     limit_mb = quota.gpu_memory_mb if spec.device_kind == "cuda" else quota.cpu_memory_mb

@@ -207,3 +207,30 @@ def test_a_traffic_change_keeps_the_autoscalers_memory_and_a_scaling_change_clea
     assert Deployment.objects.get(model=versions).autoscale == {"1": held}
     assert client.patch(URL, {"max_replicas": 2}, format="json").status_code == 200
     assert Deployment.objects.get(model=versions).autoscale == {}  # applies now
+
+
+def test_the_quota_check_sizes_a_version_by_what_it_measured_on_the_device_kind(world_a, versions, staff_client):
+    """Placement sizes the next replica by what a ready one measured on a worker of the kind
+    (a torch model on a GPU: far less than the registry's CPU estimate); the 409 agrees."""
+    from apps.deployments.models import Replica, Worker
+    from tests.apps.deployments.factories import WorkerFactory
+
+    staff_client.patch("/api/v1/tenants/alpha/quota/", {"gpu_memory_mb": 300}, format="json")
+    deployment = Deployment.objects.create(model=versions, traffic={"1": 100}, device_kind="cuda")
+    gpu = WorkerFactory.create(device_kind=Worker.DeviceKind.CUDA)
+    Replica.objects.create(
+        deployment=deployment,
+        version=versions.versions.get(number=1),
+        worker=gpu,
+        state=Replica.State.READY,
+        reserved_bytes=100 * MiB,
+    )
+    client = world_a.session("member")
+    spec = {"traffic": {"1": 100}, "min_replicas": 2, "max_replicas": 2, "device_kind": "cuda"}
+    assert client.put(URL, spec, format="json").status_code == 200  # 2 x 100 MiB, not 2 x 500
+    refused = client.put(URL, spec | {"min_replicas": 4, "max_replicas": 4}, format="json")
+    assert refused.status_code == 409
+    assert "needs 400 MiB of cuda memory for 4 replicas" in refused.json()["error"]
+    # Version 2 has never loaded on a GPU: the registry's figure sizes it.
+    both = client.put(URL, spec | {"traffic": {"1": 50, "2": 50}, "min_replicas": 1}, format="json")
+    assert both.status_code == 409 and "needs 600 MiB of cuda memory for 2 replicas" in both.json()["error"]
