@@ -439,3 +439,22 @@ def test_copies_are_spread_over_the_devices_the_quotas_let_fill_not_all_that_is_
         copies[replica[:3]] = copies.get(replica[:3], 0) + 1
     bound = lower_bound([sizes[r] for r in plan.assignments], mix.devices, max(copies.values()))
     assert bound == 3 and len(set(plan.assignments.values())) == 3
+
+
+def test_the_three_device_check_decides_small_cases_both_ways():
+    """bench.packing_three, which settles the packing bench's undecided near-full mixes."""
+    from bench.packing_three import fits_three
+
+    unit = 1
+    # Copies of a version on distinct devices: three copies of 5 fit 10 + 5 + 5, of 6 do not.
+    assert fits_three([(5, 3)], [10, 5, 5], unit=unit, round_up=False)
+    assert not fits_three([(6, 3)], [10, 5, 5], unit=unit, round_up=False)
+    # 7 + 3 on the large device, 5 and 5 on the small ones: full to the byte.
+    assert fits_three([(7, 1), (5, 1), (5, 1), (3, 1)], [10, 5, 5], unit=unit, round_up=False)
+    # The same total with two 6s: only the 10 takes a 6, and not two.
+    assert not fits_three([(6, 1), (6, 1), (4, 1), (4, 1)], [10, 5, 5], unit=unit, round_up=False)
+    # Two copies of 6 need two devices of 6: the 10 and one 5 cannot both take one.
+    assert not fits_three([(6, 2)], [10, 5, 5], unit=unit, round_up=False)
+    # Rounding: sizes of 14 in steps of 10 are 1 step rounded down (a relaxation), 2 up.
+    assert fits_three([(14, 3)], [10, 10, 10], unit=10, round_up=False)
+    assert not fits_three([(14, 3)], [10, 10, 10], unit=10, round_up=True)
