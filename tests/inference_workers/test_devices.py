@@ -24,6 +24,22 @@ def test_cpu_used_memory_follows_allocations():
     del block
 
 
+def _fake_nvml(monkeypatch: pytest.MonkeyPatch, **calls: object) -> None:
+    """Stands a pynvml in for the real one (no GPU here) with the device-memory ``calls`` a
+    test needs, beside the init, shutdown and handle calls every NVML user makes."""
+    import sys
+    import types
+
+    fake = types.SimpleNamespace(
+        NVMLError=RuntimeError,
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda index: ("handle", index),
+        **calls,
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+
+
 def test_gpu_discovery_matches_opening_a_gpu():
     count = gpu_count()
     if count == 0:
@@ -37,8 +53,6 @@ def test_gpu_discovery_matches_opening_a_gpu():
 
 def test_a_gpu_budget_lets_workers_share_one_device(monkeypatch):
     """Through the same NVML calls the real path makes (pynvml replaced: no GPU here)."""
-    import sys
-    import types
 
     from inference_workers.devices import NvmlDevice
 
@@ -48,17 +62,13 @@ def test_a_gpu_budget_lets_workers_share_one_device(monkeypatch):
     class Busy:
         gpu = 37
 
-    fake = types.SimpleNamespace(
-        NVMLError=RuntimeError,
-        nvmlInit=lambda: None,
-        nvmlShutdown=lambda: None,
-        nvmlDeviceGetHandleByIndex=lambda index: ("handle", index),
+    _fake_nvml(
+        monkeypatch,
         nvmlDeviceGetMemoryInfo=lambda handle: Memory,
         nvmlDeviceGetName=lambda handle: b"NVIDIA H200",
         nvmlDeviceGetUUID=lambda handle: b"GPU-1234",
         nvmlDeviceGetUtilizationRates=lambda handle: Busy,
     )
-    monkeypatch.setitem(sys.modules, "pynvml", fake)
     whole = NvmlDevice(index=0).state()
     assert (whole.total_bytes, whole.used_bytes, whole.free_bytes) == (80 * 1024**3, 30 * 1024**3, 50 * 1024**3)
     half = open_device("cuda:0", memory_budget_bytes=1, gpu_budget_bytes=40 * 1024**3).state()
@@ -70,7 +80,6 @@ def test_the_gpu_meter_counts_this_process_not_its_neighbours(monkeypatch):
     """NVML's figure for this process is the footprint; another process's growth on the same
     device meanwhile is not (pynvml replaced: no GPU here; the H200 run is in bench/README.md)."""
     import os
-    import sys
     import types
 
     from inference_workers.runtimes.gpu import gpu_meter
@@ -83,15 +92,11 @@ def test_the_gpu_meter_counts_this_process_not_its_neighbours(monkeypatch):
         other = types.SimpleNamespace(pid=os.getpid() + 1, usedGpuMemory=4_000 * MiB)
         return [other, me] if readings.get("listed", True) else [other]
 
-    fake = types.SimpleNamespace(
-        NVMLError=RuntimeError,
-        nvmlInit=lambda: None,
-        nvmlShutdown=lambda: None,
-        nvmlDeviceGetHandleByIndex=lambda index: ("handle", index),
+    _fake_nvml(
+        monkeypatch,
         nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(used=readings["device"]),
         nvmlDeviceGetComputeRunningProcesses=running,
     )
-    monkeypatch.setitem(sys.modules, "pynvml", fake)
     with gpu_meter(0) as measured:
         readings["mine"] += 268 * MiB  # the model
         readings["device"] += 268 * MiB + 3_000 * MiB  # and a neighbour's load at the same time
@@ -111,7 +116,6 @@ def test_the_gpu_meter_counts_this_process_not_its_neighbours(monkeypatch):
 def test_the_gpu_meter_leaves_torch_alone_until_cuda_is_initialised(monkeypatch):
     """The H200 run's failure: CUDA available but not yet initialised in the worker, and
     torch's allocator statistics asked for anyway ("Invalid device argument")."""
-    import sys
     import types
 
     import torch
@@ -126,15 +130,11 @@ def test_the_gpu_meter_leaves_torch_alone_until_cuda_is_initialised(monkeypatch)
     for name in ("reset_peak_memory_stats", "memory_allocated", "max_memory_allocated"):
         monkeypatch.setattr(torch.cuda, name, uninitialised)
     used = {"device": 1000}
-    fake = types.SimpleNamespace(
-        NVMLError=RuntimeError,
-        nvmlInit=lambda: None,
-        nvmlShutdown=lambda: None,
-        nvmlDeviceGetHandleByIndex=lambda index: ("handle", index),
+    _fake_nvml(
+        monkeypatch,
         nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(used=used["device"]),
         nvmlDeviceGetComputeRunningProcesses=lambda handle: [],
     )
-    monkeypatch.setitem(sys.modules, "pynvml", fake)
     with gpu_meter(0) as measured:
         used["device"] += 64
     assert measured == [64]
