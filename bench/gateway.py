@@ -13,9 +13,11 @@ defaults, a temporary data dir, a free port on 127.0.0.1), deploys the reference
    whatever the answers), alone and then beside tenant C, which sends five times its rate
    limit (mostly 429s); A's and B's p99 alone vs with C, and vs with C's same clients aimed
    at a server that refuses at no cost (the floor: what C's clients alone take from A and B
-   on the shared cores). The mixed load's clients write prepared requests on raw keep-alive
-   sockets, as cheap as a Python client gets. ``--saturate`` runs the old
-   variant instead: every tenant a closed loop as fast as it is answered, which on a
+   on the shared cores), and vs C sending just under its limit (every request admitted:
+   what C's fair share of the machine costs A and B). The mixed load's clients write
+   prepared requests on raw keep-alive sockets, as cheap as a Python client gets, and C's
+   run in the idle CPU class (they stand for callers on other machines). ``--saturate``
+   runs the old variant instead: every tenant a closed loop as fast as it is answered, which on a
    2-core machine measures CPU contention between the load generators, not isolation;
 
 then the measured figures against the issue's targets. It asserts nothing.
@@ -579,9 +581,20 @@ class _Refusal(asyncio.Protocol):
             self._transport.write(_REFUSAL_ANSWER)
 
 
+def _as_remote() -> None:
+    """Lowers this process to the idle CPU class (``SCHED_IDLE``: it runs only on a core
+    nothing else wants), else to the lowest nice level: it stands for callers and servers on
+    other machines, so it should take from the platform's cores only what they leave."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(19)
+
+
 def _refuse_forever(port: int) -> None:
     """A server that refuses every request at (nearly) no cost, in its own process: C's
     clients aimed at it show what they alone do to A and B on these cores."""
+    _as_remote()
 
     async def serve() -> None:
         server = await asyncio.get_running_loop().create_server(_Refusal, "127.0.0.1", port)
@@ -592,9 +605,9 @@ def _refuse_forever(port: int) -> None:
 
 def _hammer(spec: LoadSpec, start: float, stop: float, answers: Any) -> None:
     """Runs in its own process, so the hammering client does not stall A's and B's event loop,
-    at the lowest CPU priority: C's clients stand for callers on other machines, and here
-    they share two cores with the servers and with A's and B's clients."""
-    os.nice(19)
+    in the idle CPU class: C's clients stand for callers on other machines, and here they
+    share two cores with the servers and with A's and B's clients."""
+    _as_remote()
     gc.freeze()  # its own collector passes stay short (see mixed_run)
     cpu_0 = time.process_time()
     tally = _event_loop_run(_load(spec, begin=start, record_from=start, stop=stop))
@@ -790,6 +803,11 @@ def main() -> None:
         alone, web_alone_s = mixed_run(steady, None, web=web, seconds=args.mixed_seconds)
         print(f"mixed load: A+B beside C for {args.mixed_seconds:.0f} s …", flush=True)
         beside, web_beside_s = mixed_run(steady, hammer, web=web, seconds=args.mixed_seconds)
+        # C within its limit (every request admitted): what C's fair share costs A and B,
+        # against which the rise beside C over its limit shows what its excess costs.
+        print(f"mixed load: A+B beside C within its limit for {args.mixed_seconds:.0f} s …", flush=True)
+        within = dataclasses.replace(hammer, rate=None if args.saturate else 0.95 * limited["requests_per_second"])
+        at_limit, _ = mixed_run(steady, within, web=web, seconds=args.mixed_seconds)
         # The floor: C's same clients aimed at a server that refuses at no cost, so the
         # gateway does nothing for C; what A and B lose then is the clients' share.
         print(f"mixed load: A+B beside C's clients aimed elsewhere for {args.mixed_seconds:.0f} s …", flush=True)
@@ -829,6 +847,13 @@ def main() -> None:
             f"p50 {before.p50_ms():.3f} → {after.p50_ms():.3f} ms   "
             f"req/s {before.rps(args.mixed_seconds):.0f} → {after.rps(args.mixed_seconds):.0f}   "
             f"statuses alone [{_statuses(before)}] with C [{_statuses(after)}]"
+        )
+    for before, after in zip(alone, at_limit, strict=False):
+        rise = (after.p99_ms() / before.p99_ms() - 1) * 100
+        print(
+            f"{before.name:<10} p99 alone {before.p99_ms():7.3f} ms  with C within its limit "
+            f"{after.p99_ms():7.3f} ms  rise {rise:+6.1f} % (C's admitted share alone: "
+            f"{at_limit[-1].statuses[200] / args.mixed_seconds:.0f} req/s, [{_statuses(at_limit[-1])}])"
         )
     for before, after in zip(alone, floor, strict=False):
         rise = (after.p99_ms() / before.p99_ms() - 1) * 100

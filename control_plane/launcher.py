@@ -32,6 +32,7 @@ def process_table(
     control_queue: str = "control",
     log_level: str = "INFO",
     beat_schedule: str = "celerybeat-schedule",
+    control_nice: int = 10,
 ) -> list[tuple[str, str]]:
     """The platform's processes as (name, shell command) pairs.
 
@@ -44,8 +45,14 @@ def process_table(
         control_queue: The Celery queue of control tasks (``BERTH_CONTROL_QUEUE``).
         log_level: ``BERTH_LOG_LEVEL`` for every process.
         beat_schedule: Where beat keeps its schedule state.
+        control_nice: How much lower the CPU priority of the control worker and beat is than
+            the serving processes' (``nice``; 0 leaves it equal). On one machine their
+            once-a-second bursts (heartbeats, the dead-worker sweep, reconcile passes) would
+            otherwise take a core from requests in flight; they tolerate being a few
+            milliseconds late.
     """
     py = shlex.quote(python)
+    background = f"nice -n {int(control_nice)} " if control_nice > 0 else ""
     level = shlex.quote(log_level.upper())
     queue = shlex.quote(control_queue)
     table = [
@@ -59,10 +66,14 @@ def process_table(
         ),
         (
             "control",
-            f"{py} -m celery -A control_plane worker --queues {queue} --hostname control@%h"
+            f"{background}{py} -m celery -A control_plane worker --queues {queue} --hostname control@%h"
             f" --pool threads --concurrency 4 --without-gossip --without-mingle --without-heartbeat --loglevel {level}",
         ),
-        ("beat", f"{py} -m celery -A control_plane beat --loglevel {level} --schedule {shlex.quote(beat_schedule)}"),
+        (
+            "beat",
+            f"{background}{py} -m celery -A control_plane beat --loglevel {level}"
+            f" --schedule {shlex.quote(beat_schedule)}",
+        ),
     ]
     devices = [f"cuda:{index}" for index in range(gpus)] or ["cpu"]
     for device in devices:
@@ -157,6 +168,7 @@ def main() -> int:
         control_queue=settings.CELERY_TASK_DEFAULT_QUEUE,
         log_level=env.str("BERTH_LOG_LEVEL", default="INFO"),
         beat_schedule=str(Path(settings.BERTH_DATA_DIR) / "celerybeat-schedule"),
+        control_nice=env.int("BERTH_CONTROL_NICE", default=10),
     ):
         # exec: the shell honcho starts becomes the process, so no shell sits between
         # honcho and the program (a signal or a death is the program's own).

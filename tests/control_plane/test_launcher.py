@@ -24,3 +24,11 @@ def test_the_control_worker_consumes_the_configured_queue_at_the_configured_leve
     assert "--log-level debug" in table["web"]
     # uvicorn must finish before honcho's 5 s SIGKILL.
     assert "--timeout-graceful-shutdown 4" in table["web"]
+
+
+def test_the_control_worker_and_beat_run_below_the_serving_processes_cpu_priority():
+    table = dict(process_table(python="python", host="127.0.0.1", port=8000, gpus=0))
+    assert table["control"].startswith("nice -n 10 ") and table["beat"].startswith("nice -n 10 ")
+    assert "nice" not in table["web"] and "nice" not in table["inference"]
+    equal = dict(process_table(python="python", host="127.0.0.1", port=8000, gpus=0, control_nice=0))
+    assert "nice" not in equal["control"] and "nice" not in equal["beat"]

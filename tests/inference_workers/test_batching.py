@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from inference_workers.batching import BatchObserver, DynamicBatcher
+from inference_workers.batching import INLINE_NEVER_S, INLINE_SLOW_ALLOWED, BatchObserver, DynamicBatcher
 from inference_workers.errors import (
     ExecutionFailedError,
     InvalidInputError,
@@ -277,6 +277,28 @@ async def test_fast_models_run_on_the_loop_and_still_batch_under_load():
     results = await asyncio.gather(*(batcher.submit(row(float(i))) for i in range(16)))
     assert [r["y"][0, 0] for r in results] == [2.0 * i for i in range(16)]
     assert max(recorder.sizes) > 1  # requests queued in one loop turn went as one batch
+    await batcher.close()
+
+
+async def test_a_fast_model_stays_on_the_loop_through_a_preempted_batch_but_not_a_slow_streak():
+    model = Model()
+    batcher = await make(model, max_batch_size=16)
+    for _ in range(3):
+        await batcher.submit(row(1.0))
+    assert batcher._runs_inline()
+    model.delay = 0.001  # slower than INLINE_BELOW_S, as a batch preempted mid-run is
+    for _ in range(INLINE_SLOW_ALLOWED):
+        await batcher.submit(row(1.0))
+    assert batcher._runs_inline()  # a couple of slow batches in 32: still on the loop
+    await batcher.submit(row(1.0))
+    assert not batcher._runs_inline()  # one more: the model is slow, back to the thread pool
+    model.delay = 0.0
+    for _ in range(32):
+        await batcher.submit(row(1.0))
+    assert batcher._runs_inline()  # fast again for a full window
+    model.delay = INLINE_NEVER_S
+    await batcher.submit(row(1.0))
+    assert not batcher._runs_inline()  # one very slow batch is enough
     await batcher.close()
 
 
