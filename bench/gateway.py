@@ -904,10 +904,15 @@ def main() -> None:
         ((g.p99_ms() - f.p99_ms()) / a.p99_ms() * 100 for a, g, f in zip(alone, beside, floor, strict=False)),
         default=float("nan"),
     )
+    excess = max(
+        ((g.p99_ms() - w.p99_ms()) / a.p99_ms() * 100 for a, g, w in zip(alone, beside, at_limit, strict=False)),
+        default=float("nan"),
+    )
     print(
         f"mixed: worst p99 rise of A/B beside a refused tenant {worst:+.1f} % "
         f"(target <= {TARGET_MIXED_P99_RISE_PCT:.0f} %); of it, beyond what C's clients cause when "
-        f"aimed elsewhere: {beyond:+.1f} % of the alone p99; "
+        f"aimed elsewhere: {beyond:+.1f} % of the alone p99, and beyond what C costs within its limit "
+        f"(what its excess costs): {excess:+.1f} %; "
         f"C: {c.statuses[200]} answered 200, {c.statuses[429]} answered 429"
     )
     errors = {r.name + f" c={r.concurrency}": r.errors for r in results if r.errors}
