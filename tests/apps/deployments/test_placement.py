@@ -7,7 +7,7 @@ import random
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from apps.deployments.placement import Device, Placed, Quota, Wanted, place
+from apps.deployments.placement import Device, Placed, Quota, Wanted, _place, place
 
 GiB = 1024**3
 MiB = 1024**2
@@ -141,6 +141,50 @@ def test_biggest_first_packs_what_first_fit_in_order_would_not():
     plan = place(devices=devices, placed=[], wanted=wanted, quotas={"t": BIG}, now=0.0)
     assert len(plan.assignments) == 4  # both 7s and one 3 on each device: 2 smalls must wait
     assert {r[1] for r in plan.assignments} >= {"big1", "big2"}
+
+
+def test_a_mix_that_fills_its_devices_exactly_is_completed_on_them():
+    """Largest first puts 5 and 4 together, then 4, 3, 2 on the other device, and the last 2
+    finds 1 GB on each: only filling each device to the brim ({5, 3, 2} and {4, 4, 2}) fits."""
+    devices = [Device("a", "cuda", 10 * GiB), Device("b", "cuda", 10 * GiB)]
+    sizes = {"m5": 5, "m4a": 4, "m4b": 4, "m3": 3, "m2a": 2, "m2b": 2}
+    wanted = [Wanted(rid("t", name), size * GiB, "cuda") for name, size in sizes.items()]
+    plan = place(devices=devices, placed=[], wanted=wanted, quotas={"t": BIG}, now=0.0)
+    assert not plan.pending and len(plan.assignments) == 6
+    assert reserved_after(plan, devices, [], wanted) == {"a": 10 * GiB, "b": 10 * GiB}
+
+
+def test_filling_devices_to_the_brim_still_puts_copies_on_distinct_devices():
+    devices = [Device(name, "cuda", 10 * GiB) for name in "abc"]
+    wanted = [Wanted(rid("t", "copies", r), 4 * GiB, "cuda") for r in range(3)]
+    wanted += [Wanted(rid("t", f"s{i}"), size * GiB, "cuda") for i, size in enumerate([6, 3, 3, 4, 2])]
+    plan = _place(
+        devices=devices, placed=[], wanted=wanted, quotas={"t": BIG}, now=0.0, churn_guard_s=300.0, fit="complete"
+    )
+    assert not plan.pending  # 30 GiB on 30 GiB
+    assert len({plan.assignments[rid("t", "copies", r)] for r in range(3)}) == 3
+    assert all(total <= 10 * GiB for total in reserved_after(plan, devices, [], wanted).values())
+
+
+def test_the_packing_benchs_fullest_mix_fits_on_its_bound():
+    """The packing bench's seed 87, mix 3: 221 replicas, 399.86 GB, where the seven largest
+    devices hold 400 GB in all. Largest-first rules leave each device a few scraps short and
+    use eight; filling each device in turn by a subset sum uses the bound's seven."""
+    from bench.packing import lower_bound, make_mix
+
+    rng = random.Random(87)
+    for _ in range(4):
+        mix = make_mix(rng)
+    plan = place(devices=mix.devices, placed=[], wanted=mix.wanted, quotas=mix.quotas, now=0.0)
+    sizes = {w.replica: w.footprint_bytes for w in mix.wanted}
+    assert len(plan.assignments) == 221
+    copies: dict[tuple[str, str, int], int] = {}
+    for replica in plan.assignments:
+        copies[replica[:3]] = copies.get(replica[:3], 0) + 1
+    bound = lower_bound([sizes[r] for r in plan.assignments], mix.devices, max(copies.values()))
+    assert bound == 7 and len(set(plan.assignments.values())) == 7
+    capacity = {d.device_id: d.capacity_bytes for d in mix.devices}
+    assert all(total <= capacity[d] for d, total in reserved_after(plan, mix.devices, [], mix.wanted).items())
 
 
 def test_placed_replicas_stay_and_unwanted_ones_are_unloaded():
