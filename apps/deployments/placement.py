@@ -100,7 +100,8 @@ FITS = ("best", "largest", "spread", "spread_quota", "complete")
 # / 2**18 (256 KiB on 80 GB), rounded up per replica: never less than the real sizes, fine
 # enough to fill a device within MBs.
 COMPLETE_STEPS_LOG2 = 18
-# How many device counts "complete" tries past the fewest whose room covers the replicas.
+# How many device counts "complete" tries in all: the fewest whose room covers the
+# replicas, then one and two more.
 COMPLETE_TRIES = 3
 
 
@@ -449,7 +450,8 @@ def _completion(
     """A device for each replica of ``todo`` that its tenant's quota lets in, by bin
     completion: per kind, the devices in use and then the empty ones, most room first, each
     filled in turn with the replicas whose footprints sum closest to its room (one copy of a
-    version per device; a version with as many copies left as devices left goes in now). It
+    version per device, none where its load failed; a version with as many copies left as
+    devices left goes in now). It
     tries the fewest devices whose room covers the replicas, then a few more, and returns the
     first assignment that places them all ({} when none does)."""
     memory = dict(tenant_memory)
@@ -507,14 +509,26 @@ def _complete_on(
         for want in left:
             by_version.setdefault(want.replica[:3], []).append(want)
         here = versions_on[device.device_id]
-        forced = [wants[0] for version, wants in by_version.items() if len(wants) >= remaining_devices]
-        if any(want.replica[:3] in here for want in forced):
-            return None  # a copy that must go here cannot: a copy of its version already is
+        # Per version, its first copy that may go here (not one whose load failed here).
+        fits_here = {
+            version: next((w for w in wants if device.device_id not in w.avoid), None)
+            for version, wants in by_version.items()
+            if version not in here
+        }
+        forced: list[Wanted] = []
+        for version, wants in by_version.items():
+            if len(wants) >= remaining_devices:
+                copy = fits_here.get(version)
+                if copy is None:
+                    return None  # a copy that must go here cannot (a sibling is here, or it failed here)
+                forced.append(copy)
         room -= sum(want.footprint_bytes for want in forced)
         if room < 0:
             return None
         optional = [
-            wants[0] for version, wants in by_version.items() if len(wants) < remaining_devices and version not in here
+            copy
+            for version, copy in fits_here.items()
+            if copy is not None and len(by_version[version]) < remaining_devices
         ]
         picked = forced + _closest_subset(optional, room, free(device.device_id))
         for want in picked:
@@ -532,7 +546,8 @@ def _closest_subset(items: list[Wanted], room: int, capacity: int) -> list[Wante
     totals, then walked back."""
     if room <= 0 or not items:
         return []
-    step = 1 << max(0, capacity.bit_length() - 1 - COMPLETE_STEPS_LOG2)  # a power of two: MiB sizes stay exact
+    # A power of two: sizes in whole MiB stay exact on devices under 512 GiB.
+    step = 1 << max(0, capacity.bit_length() - 1 - COMPLETE_STEPS_LOG2)
     limit = room // step
     mask = (1 << (limit + 1)) - 1
     sizes = [-(-want.footprint_bytes // step) for want in items]

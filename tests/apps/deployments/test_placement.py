@@ -7,7 +7,7 @@ import random
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from apps.deployments.placement import Device, Placed, Quota, Wanted, _place, place
+from apps.deployments.placement import Device, Placed, Quota, Wanted, _completion, place
 
 GiB = 1024**3
 MiB = 1024**2
@@ -154,16 +154,34 @@ def test_a_mix_that_fills_its_devices_exactly_is_completed_on_them():
     assert reserved_after(plan, devices, [], wanted) == {"a": 10 * GiB, "b": 10 * GiB}
 
 
-def test_filling_devices_to_the_brim_still_puts_copies_on_distinct_devices():
-    devices = [Device(name, "cuda", 10 * GiB) for name in "abc"]
-    wanted = [Wanted(rid("t", "copies", r), 4 * GiB, "cuda") for r in range(3)]
-    wanted += [Wanted(rid("t", f"s{i}"), size * GiB, "cuda") for i, size in enumerate([6, 3, 3, 4, 2])]
-    plan = _place(
-        devices=devices, placed=[], wanted=wanted, quotas={"t": BIG}, now=0.0, churn_guard_s=300.0, fit="complete"
+def test_completion_keeps_copies_apart_and_off_the_devices_where_their_load_failed():
+    """Bin completion's own choice (before the main loop's checks): a version with a copy on
+    device a already gets its other two on b and c; a replica whose load failed on a goes
+    elsewhere, though it fills a's room exactly; every device is filled within its room,
+    24 GiB on 26."""
+    room = {"a": 6 * GiB, "b": 10 * GiB, "c": 10 * GiB}
+    todo = [Wanted(rid("t", "copies", r), 4 * GiB, "cuda") for r in (1, 2)]
+    todo += [
+        Wanted(rid("t", "failed-on-a"), 6 * GiB, "cuda", avoid=frozenset({"a"})),
+        Wanted(rid("t", "six"), 6 * GiB, "cuda"),
+        Wanted(rid("t", "four"), 4 * GiB, "cuda"),
+    ]
+    chosen = _completion(
+        todo=todo,
+        pool=[Device(name, "cuda", 10 * GiB) for name in "abc"],
+        free=room.__getitem__,
+        in_use={"a"},
+        versions_on={"a": {("t", "copies", 1)}, "b": set(), "c": set()},
+        quotas={"t": BIG},
+        tenant_memory={("t", "cuda"): 4 * GiB},
+        tenant_replicas={"t": 1},
     )
-    assert not plan.pending  # 30 GiB on 30 GiB
-    assert len({plan.assignments[rid("t", "copies", r)] for r in range(3)}) == 3
-    assert all(total <= 10 * GiB for total in reserved_after(plan, devices, [], wanted).values())
+    assert set(chosen) == {w.replica for w in todo}
+    assert {chosen[rid("t", "copies", 1)], chosen[rid("t", "copies", 2)]} == {"b", "c"}
+    assert chosen[rid("t", "failed-on-a")] != "a"
+    sizes = {w.replica: w.footprint_bytes for w in todo}
+    for device, limit in room.items():
+        assert sum(sizes[r] for r, d in chosen.items() if d == device) <= limit
 
 
 def test_the_packing_benchs_fullest_mix_fits_on_its_bound():
