@@ -6,9 +6,8 @@ the device already in use where it leaves the least memory free, and opens the l
 empty device only when none has room; never past a device's capacity less its headroom.
 It plans once per fit rule (best fit; the largest device in use first; copies spread over the
 devices the total wanted, or the total the quotas let in, needs, opened up front; each
-device filled in turn by a subset sum, bin completion) and keeps
-the plan that leaves the fewest replicas
-pending, evicts the fewest, and uses the fewest devices.
+device filled in turn by a subset sum, bin completion) and keeps the plan that leaves the
+fewest replicas pending, evicts the fewest, and uses the fewest devices.
 Replicas of one version always go to distinct devices (a worker hosts a version once). Each tenant's memory quota
 (per device kind) and replica cap are kept. When nothing fits, idle scale-to-zero
 replicas are evicted least-recently-used first, but never one used within the churn
@@ -230,7 +229,7 @@ def _place(
     # "complete" decides each replica's device up front (where quotas would let it in), and
     # the loop below takes that device when it still fits; anything else goes best fit.
     preferred: dict[ReplicaId, str] = {}
-    if fit == "complete":
+    if fit == "complete" and todo:  # nothing new (the steady state): nothing to decide
         preferred = _completion(
             todo=todo,
             pool=[d for d in by_id.values() if d.schedulable],
@@ -451,9 +450,9 @@ def _completion(
     completion: per kind, the devices in use and then the empty ones, most room first, each
     filled in turn with the replicas whose footprints sum closest to its room (one copy of a
     version per device, none where its load failed; a version with as many copies left as
-    devices left goes in now). It
-    tries the fewest devices whose room covers the replicas, then a few more, and returns the
-    first assignment that places them all ({} when none does)."""
+    devices left goes in now). It tries the fewest devices whose room covers the replicas,
+    then a few more, and returns the first assignment that places them all ({} when none
+    does)."""
     memory = dict(tenant_memory)
     counts = dict(tenant_replicas)
     admitted: list[Wanted] = []
