@@ -383,6 +383,7 @@ class Tally:
 
 
 _CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
+_CLOSING = re.compile(rb"(?i)\r\nconnection: *close")
 
 
 class _RawConnection(asyncio.Protocol):
@@ -434,6 +435,8 @@ class _RawConnection(asyncio.Protocol):
 IDLE_S = 4.0
 # The open loop's shortest sleep: every request due meanwhile goes out when it wakes.
 MIN_SLEEP_S = 0.001
+# How long an open loop waits at its end for the answers still out.
+DRAIN_S = 60.0
 
 
 class _RawClient:
@@ -523,7 +526,7 @@ class _TimedConnection(asyncio.Protocol):
     def __init__(self, sender: _OpenLoopSender) -> None:
         self._sender = sender
         self.transport: asyncio.Transport | None = None
-        self.sent_at: float | None = None  # when the request on it now was due; None: idle
+        self.sent_at: float | None = None  # when the request on it now was sent for; None: idle
         self.idle_since = time.monotonic()
         self.closed = False
         self._buffer = bytearray()
@@ -544,6 +547,8 @@ class _TimedConnection(asyncio.Protocol):
             self._status = int(head[9:12])
             length = _CONTENT_LENGTH.search(head)
             self._end = head_end + 4 + (int(length[1]) if length else 0)
+            if _CLOSING.search(head):  # the server closes after this answer: nothing more on it
+                self.closed = True
         if len(self._buffer) >= self._end:
             del self._buffer[: self._end]
             self._end = None
@@ -576,6 +581,7 @@ class _OpenLoopSender:
         self._outstanding = 0
         self._drained: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def due(self, at: float) -> None:
         self._outstanding += 1
@@ -625,21 +631,26 @@ class _OpenLoopSender:
             return
         self._opening -= 1
         self._all.append(connection)
+        if self._closed:  # opened for a request another connection took, after the end
+            connection.transport.close()  # type: ignore[union-attr]
+            return
         self._next_on(connection)
 
     def answered(self, connection: _TimedConnection, status: int) -> None:
         at, connection.sent_at = connection.sent_at, None
-        if at is not None:
-            self._count(status, at)
+        if at is None:  # nothing was waiting on it (an idle connection lost, a stray answer)
+            return
+        self._count(status, at)
         if not connection.closed:
             self._next_on(connection)
 
     def _next_on(self, connection: _TimedConnection) -> None:
-        while self._waiting:
+        """Gives a free connection the oldest waiting request, else makes it idle."""
+        if self._waiting:
             at = self._waiting.popleft()
-            if self._write(connection, at):
-                return
-            self._count(0, at)
+            if not self._write(connection, at):  # it is closing: the request has no answer
+                self._count(0, at)
+            return
         connection.idle_since = time.monotonic()
         self._idle.append(connection)
 
@@ -654,13 +665,25 @@ class _OpenLoopSender:
         if self._outstanding == 0 and self._drained is not None:
             self._drained.set()
 
-    async def drain(self) -> None:
-        """Returns once every request sent has its answer (or lost its connection)."""
+    async def drain(self, timeout_s: float = DRAIN_S) -> None:
+        """Returns once every request sent has its answer (or lost its connection), or after
+        ``timeout_s``, the ones still out then counted as unanswered."""
         if self._outstanding:
             self._drained = asyncio.Event()
-            await self._drained.wait()
+            try:
+                await asyncio.wait_for(self._drained.wait(), timeout_s)
+            except TimeoutError:
+                pending = [c.sent_at for c in self._all if c.sent_at is not None] + list(self._waiting)
+                self._waiting.clear()
+                for connection in self._all:
+                    connection.sent_at = None
+                for at in pending:
+                    self._count(0, at)
 
     def close(self) -> None:
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
         for connection in self._all:
             if connection.transport is not None:
                 connection.transport.close()

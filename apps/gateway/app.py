@@ -178,10 +178,11 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
 class _DatabaseThreads:
     """Runs ORM work on a small pool of threads, each closing stale connections first.
 
-    A thread keeps its SQLite connection from one call to the next (closed after an error):
-    opening one (the file, the WAL pragmas, Django's SQL functions) cost as much CPU as the
-    routing read itself, twice a second, and the event loop waits for the GIL meanwhile.
-    Other databases follow their own ``CONN_MAX_AGE``.
+    A thread keeps its SQLite connection from one call to the next (closed after a database
+    error, or if a call left a transaction open): opening one (the file, the WAL pragmas,
+    Django's SQL functions) cost as much CPU as the routing read itself, twice a second, and
+    the event loop waits for the GIL meanwhile. Other databases follow their own
+    ``CONN_MAX_AGE``. The threads, and their connections, end with the pool.
     """
 
     def __init__(self) -> None:
@@ -189,9 +190,14 @@ class _DatabaseThreads:
 
     async def run(self, function: Callable[..., T], /, **kwargs: Any) -> T:
         def call() -> T:
+            from django.db import DatabaseError
+
             _connections_checked()
             try:
                 return function(**kwargs)
+            except DatabaseError:
+                _connections_closed()  # the next call starts afresh, in or out of a transaction
+                raise
             finally:
                 _connections_checked()
 
@@ -201,16 +207,25 @@ class _DatabaseThreads:
 def _connections_checked() -> None:
     """Closes this thread's connections that are unusable or past their age, as Django's
     ``close_old_connections``, except that an SQLite one is kept unless an error occurred
-    on it (or it was left outside autocommit)."""
+    on it or it is inside a transaction (Django's or one begun below it)."""
     from django.db import connections
 
     for connection in connections.all(initialized_only=True):
         if connection.vendor != "sqlite":
             connection.close_if_unusable_or_obsolete()
         elif connection.connection is not None and (
-            connection.errors_occurred or connection.get_autocommit() != connection.settings_dict["AUTOCOMMIT"]
+            connection.errors_occurred
+            or connection.get_autocommit() != connection.settings_dict["AUTOCOMMIT"]
+            or connection.connection.in_transaction
         ):
             connection.close()
+
+
+def _connections_closed() -> None:
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        connection.close()
 
 
 # Reads of the routing table begun for a miss (an unknown model or version), at most one per:
