@@ -388,24 +388,20 @@ _CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
 _CLOSING = re.compile(rb"(?i)\r\nconnection: *close")
 
 
-class _RawConnection(asyncio.Protocol):
-    """One keep-alive client connection that sends prepared request bytes and reads the
-    answer's status, with no HTTP library: the mixed load's clients stand for callers on
-    other machines, so they should take as little of the two shared cores as they can
-    (aiohttp took about 230 µs of CPU per request; this, a fraction of it)."""
+class _AnswerReader(asyncio.Protocol):
+    """A keep-alive client connection that reads each answer's status and length, with no
+    HTTP library, and hands the status to ``_answered`` (0 when the connection is lost): the
+    mixed load's clients stand for callers on other machines, so they should take as little
+    of the two shared cores as they can (aiohttp took about 230 µs of CPU per request; this,
+    a fraction of it). An answer saying ``Connection: close`` marks it closed."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.answer: asyncio.Future[int] | None = None
         self.closed = False
+        self.idle_since = time.monotonic()
         self._buffer = bytearray()
         self._end: int | None = None
         self._status = 0
-        self.idle_since = time.monotonic()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -421,16 +417,35 @@ class _RawConnection(asyncio.Protocol):
             self._status = int(head[9:12])
             length = _CONTENT_LENGTH.search(head)
             self._end = head_end + 4 + (int(length[1]) if length else 0)
+            if _CLOSING.search(head):  # the server closes after this answer: nothing more on it
+                self.closed = True
         if len(self._buffer) >= self._end:
             del self._buffer[: self._end]
             self._end = None
-            if self.answer is not None and not self.answer.done():
-                self.answer.set_result(self._status)
+            self._answered(self._status)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._answered(0)
+
+    def _answered(self, status: int) -> None:
+        raise NotImplementedError
+
+
+class _RawConnection(_AnswerReader):
+    """A closed loop's connection: each answer's status resolves the sender's future."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer: asyncio.Future[int] | None = None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _answered(self, status: int) -> None:
         if self.answer is not None and not self.answer.done():
-            self.answer.set_result(0)
+            self.answer.set_result(status)
 
 
 # A client's idle connections are closed after this, under the server's keep-alive timeout.
@@ -521,44 +536,17 @@ async def _send_counted(client: _RawClient, tally: Tally, record_from: float) ->
         tally.latencies.append(time.monotonic() - t0)
 
 
-class _TimedConnection(asyncio.Protocol):
+class _TimedConnection(_AnswerReader):
     """One keep-alive connection of an open-loop sender: one request at a time, its answer
     handed back to the sender from ``data_received`` (no task or future per request)."""
 
     def __init__(self, sender: _OpenLoopSender) -> None:
+        super().__init__()
         self._sender = sender
-        self.transport: asyncio.Transport | None = None
         self.sent_at: float | None = None  # when the request on it now was sent for; None: idle
-        self.idle_since = time.monotonic()
-        self.closed = False
-        self._buffer = bytearray()
-        self._end: int | None = None
-        self._status = 0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        if self._end is None:
-            head_end = self._buffer.find(b"\r\n\r\n")
-            if head_end < 0:
-                return
-            head = bytes(self._buffer[:head_end])
-            self._status = int(head[9:12])
-            length = _CONTENT_LENGTH.search(head)
-            self._end = head_end + 4 + (int(length[1]) if length else 0)
-            if _CLOSING.search(head):  # the server closes after this answer: nothing more on it
-                self.closed = True
-        if len(self._buffer) >= self._end:
-            del self._buffer[: self._end]
-            self._end = None
-            self._sender.answered(self, self._status)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._sender.answered(self, 0)
+    def _answered(self, status: int) -> None:
+        self._sender.answered(self, status)
 
 
 class _OpenLoopSender:
