@@ -6,6 +6,10 @@ import os
 
 from celery import Celery
 
+# Control tasks other apps ask for by name (beat's schedule in settings names them too).
+RECONCILE_TASK = "berth.reconcile"
+WORKERS_MARK_MISSING_TASK = "berth.workers_mark_missing"
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "control_plane.settings.base")
 
 app = Celery("berth")

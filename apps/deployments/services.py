@@ -27,6 +27,9 @@ from inference_workers.types import UNLOAD_TASK, BatchingConfig, MessageError, W
 
 log = logging.getLogger(__name__)
 
+# The control task that sends an undeployed model's unloads (apps/deployments/tasks.py).
+UNDEPLOY_UNLOADS_TASK = "berth.undeploy_unloads"
+
 
 @transaction.atomic
 def worker_record_heartbeat(*, heartbeat: WorkerHeartbeat) -> Worker:
@@ -505,9 +508,9 @@ def deployment_spec_of(deployment: Deployment) -> DeploymentSpec:
 
 @transaction.atomic
 def deployment_delete(*, actor: Actor, deployment: Deployment) -> None:
-    """Undeploys a model (its replicas are unloaded by the reconcile loop)."""
+    """Undeploys a model. Its replicas' unloads go, once the delete commits, to the control
+    worker (``berth.undeploy_unloads``), which sends each to its worker once."""
     model = deployment.model
-    from apps.deployments.reconcile import orphan_unload_claim
     from inference_workers.types import ModelKey
 
     unload = [
@@ -521,17 +524,38 @@ def deployment_delete(*, actor: Actor, deployment: Deployment) -> None:
     ]
     deployment.delete()
     audit_event_create(actor=actor, tenant=model.tenant, action="deployment.delete", target=model.name)
+    _reconcile_after_commit()  # what it held is free: replicas pending for room may fit now
+    if not unload:
+        return
 
     def send() -> None:
         from celery import current_app
+        from django.conf import settings
 
-        for worker_id, queue, key in unload:
-            # Claimed, so the orphan sweep does not send it again while the worker's last
-            # heartbeat still lists the model.
-            if orphan_unload_claim(worker_id, key):
-                current_app.send_task(UNLOAD_TASK, args=[key.__dict__], queue=queue)
+        # Sent by the control worker, not from here: its claims are the ones the orphan sweep
+        # (in the same process) sees, also with the embedded defaults' per-process cache.
+        message = [{"worker_id": worker_id, "queue": queue, "key": key.__dict__} for worker_id, queue, key in unload]
+        current_app.send_task(UNDEPLOY_UNLOADS_TASK, args=[message], queue=settings.CELERY_TASK_DEFAULT_QUEUE)
 
     transaction.on_commit(send, robust=True)
+
+
+def undeploy_unloads_send(*, unloads: list[dict[str, Any]]) -> int:
+    """Sends an undeployed model's unloads to its workers, each claimed first so the orphan
+    sweep does not send it again while a worker's last heartbeat still lists the model.
+    Returns how many were sent (a claim another sender holds is skipped)."""
+    from celery import current_app
+
+    from apps.deployments.reconcile import orphan_unload_claim
+    from inference_workers.types import ModelKey
+
+    sent = 0
+    for unload in unloads:
+        key = ModelKey(**unload["key"])
+        if orphan_unload_claim(unload["worker_id"], key):
+            current_app.send_task(UNLOAD_TASK, args=[key.__dict__], queue=unload["queue"])
+            sent += 1
+    return sent
 
 
 def _reconcile_after_commit() -> None:

@@ -9,7 +9,13 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from apps.deployments.services import worker_mark_missing, worker_record_heartbeat
+from apps.deployments.services import (
+    UNDEPLOY_UNLOADS_TASK,
+    undeploy_unloads_send,
+    worker_mark_missing,
+    worker_record_heartbeat,
+)
+from control_plane.celery import RECONCILE_TASK, WORKERS_MARK_MISSING_TASK
 from inference_workers.types import HEARTBEAT_TASK, SERVING_TASK, MessageError, WorkerHeartbeat
 
 log = logging.getLogger(__name__)
@@ -35,7 +41,7 @@ def worker_serving(worker_id: str) -> int:
     return worker_replicas_serving(worker_id=worker_id)
 
 
-@shared_task(name="berth.workers_mark_missing", ignore_result=True)
+@shared_task(name=WORKERS_MARK_MISSING_TASK, ignore_result=True)
 def workers_mark_missing() -> None:
     """Marks dead the workers whose heartbeats stopped (run by beat every second)."""
     worker_mark_missing(
@@ -45,9 +51,15 @@ def workers_mark_missing() -> None:
     )
 
 
-@shared_task(name="berth.reconcile", ignore_result=True)
+@shared_task(name=RECONCILE_TASK, ignore_result=True)
 def reconcile() -> None:
     """One reconcile pass (beat runs it every 2 s; changes to deployments run it at once)."""
     from apps.deployments.reconcile import reconcile_once
 
     reconcile_once()
+
+
+@shared_task(name=UNDEPLOY_UNLOADS_TASK, ignore_result=True)
+def undeploy_unloads(unloads: list[dict[str, Any]]) -> None:
+    """Sends an undeployed model's unloads to its workers (once each: see the service)."""
+    undeploy_unloads_send(unloads=unloads)

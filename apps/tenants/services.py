@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -13,6 +14,7 @@ from django.utils import timezone
 from apps.tenants.access import Actor, require_staff
 from apps.tenants.keys import key_cache_forget, key_mint
 from apps.tenants.models import DNS_LABEL, ApiKey, AuditEvent, Membership, Quota, Role, Scope, Tenant
+from control_plane.celery import RECONCILE_TASK
 from control_plane.errors import ApplicationError, ConflictError
 
 QUOTA_FIELDS = (
@@ -222,4 +224,13 @@ def quota_update(*, actor: Actor, tenant: Tenant, changes: dict[str, int]) -> Qu
     audit_event_create(
         actor=actor, tenant=tenant, action="quota.update", target=tenant.slug, details={"from": before, "to": changes}
     )
+    transaction.on_commit(_reconcile, robust=True)  # replicas the quota held pending may fit now
     return quota
+
+
+def _reconcile() -> None:
+    """Asks the control worker for a reconcile pass (the deployments app's task, by name: the
+    tenants app does not import the apps built on it)."""
+    from celery import current_app
+
+    current_app.send_task(RECONCILE_TASK, queue=settings.CELERY_TASK_DEFAULT_QUEUE)

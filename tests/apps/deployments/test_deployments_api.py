@@ -128,7 +128,10 @@ def test_a_deployment_over_the_memory_quota_is_409_naming_need_and_left(world_a,
     response = client.put(URL, {"traffic": {"1": 50, "2": 50}, "min_replicas": 2, "max_replicas": 2}, format="json")
     assert response.status_code == 409
     error = response.json()["error"]
-    assert "needs 2000 MiB of cpu memory for 4 replicas" in error and "1200 MiB left of its 1200 MiB" in error
+    assert error == (
+        "this deployment needs 2000 MiB of cpu memory for 4 replicas (measured footprints x min_replicas); "
+        "tenant 'alpha' has 1200 MiB left of its 1200 MiB (cpu_memory_mb)"
+    )
     assert (
         client.put(URL, {"traffic": {"1": 100}, "min_replicas": 2, "max_replicas": 2}, format="json").status_code == 200
     )
@@ -230,7 +233,55 @@ def test_the_quota_check_sizes_a_version_by_what_it_measured_on_the_device_kind(
     assert client.put(URL, spec, format="json").status_code == 200  # 2 x 100 MiB, not 2 x 500
     refused = client.put(URL, spec | {"min_replicas": 4, "max_replicas": 4}, format="json")
     assert refused.status_code == 409
-    assert "needs 400 MiB of cuda memory for 4 replicas" in refused.json()["error"]
+    assert refused.json()["error"] == (
+        "this deployment needs 400 MiB of cuda memory for 4 replicas (measured footprints x min_replicas); "
+        "tenant 'alpha' has 300 MiB left of its 300 MiB (gpu_memory_mb)"
+    )
     # Version 2 has never loaded on a GPU: the registry's figure sizes it.
     both = client.put(URL, spec | {"traffic": {"1": 50, "2": 50}, "min_replicas": 1}, format="json")
     assert both.status_code == 409 and "needs 600 MiB of cuda memory for 2 replicas" in both.json()["error"]
+
+
+@pytest.fixture
+def sent_tasks(monkeypatch):
+    """The names of the tasks sent to the broker (nothing reaches it)."""
+    from control_plane.celery import app
+
+    sent: list[str] = []
+    monkeypatch.setattr(app, "send_task", lambda name, *args, **kwargs: sent.append(name))
+    return sent
+
+
+def test_each_deployment_change_and_a_quota_change_ask_for_one_reconcile_after_commit(
+    world_a, versions, staff_client, sent_tasks, django_capture_on_commit_callbacks
+):
+    """A change is acted on at once, not at beat's next pass: after its commit, never before."""
+    from control_plane.celery import RECONCILE_TASK
+
+    client = world_a.session("member")
+    changes = (
+        lambda: client.put(URL, {"traffic": {"1": 100}}, format="json"),
+        lambda: client.patch(URL, {"traffic": {"1": 90, "2": 10}}, format="json"),
+        lambda: client.post(f"{URL}promote/", {"version": 2}, format="json"),
+        lambda: staff_client.patch("/api/v1/tenants/alpha/quota/", {"cpu_memory_mb": 9000}, format="json"),
+        lambda: client.delete(URL),
+    )
+    for change in changes:
+        sent_tasks.clear()
+        with django_capture_on_commit_callbacks() as callbacks:
+            response = change()
+            assert sent_tasks == []  # not before the commit
+        assert response.status_code in (200, 204), response.content
+        for callback in callbacks:
+            callback()
+        assert sent_tasks.count(RECONCILE_TASK) == 1, (response.request["PATH_INFO"], sent_tasks)
+
+
+def test_beat_runs_the_reconcile_pass_every_2_s_and_the_dead_worker_sweep_every_second(settings):
+    from control_plane.celery import RECONCILE_TASK, WORKERS_MARK_MISSING_TASK, app
+
+    app.loader.import_default_modules()
+    schedule = {entry["task"]: entry["schedule"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert schedule[RECONCILE_TASK] == 2.0
+    assert schedule[WORKERS_MARK_MISSING_TASK] == 1.0
+    assert {RECONCILE_TASK, WORKERS_MARK_MISSING_TASK} <= set(app.tasks)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from apps.deployments.models import Deployment, Replica, Worker
@@ -161,10 +163,13 @@ def test_undeploying_removes_the_replicas(deployment, world_a):
     assert Replica.objects.count() == 0
 
 
-def test_an_undeploy_sends_each_unload_once(deployment, world_a, monkeypatch, django_capture_on_commit_callbacks):
+def test_an_undeploy_sends_each_unload_once(
+    deployment, world_a, monkeypatch, settings, django_capture_on_commit_callbacks
+):
+    from apps.deployments.tasks import undeploy_unloads
     from control_plane.celery import app
 
-    sent: list[tuple[str, dict]] = []
+    sent: list[tuple[str, Any]] = []  # (queue, the message)
     monkeypatch.setattr(app, "send_task", lambda name, args, queue: sent.append((queue, args[0])))
     first, second = WorkerFactory.create(worker_id="w1"), WorkerFactory.create(worker_id="w2")
     reconcile_once()
@@ -174,10 +179,18 @@ def test_an_undeploy_sends_each_unload_once(deployment, world_a, monkeypatch, dj
     sent.clear()
     with django_capture_on_commit_callbacks(execute=True):
         assert world_a.session("member").delete("/api/v1/tenants/alpha/models/clf/deployment/").status_code == 204
+    # The web process sends nothing to a worker itself: one message to the control worker,
+    # where the claims are those the orphan sweep (in the same process) sees.
+    assert [queue for queue, _ in sent] == [settings.CELERY_TASK_DEFAULT_QUEUE]
+    (unloads,) = [message for _, message in sent]
+    sent.clear()
+    undeploy_unloads(unloads)
     assert sorted(queue for queue, _ in sent) == [first.queue, second.queue]
     assert all(key == {"tenant": "alpha", "model": "clf", "version": 1} for _, key in sent)
-    # The workers' last heartbeats still list the model: the next passes send nothing more.
+    # The workers' last heartbeats still list the model: the next passes send nothing more,
+    # nor does the same message delivered twice.
     sent.clear()
+    undeploy_unloads(unloads)
     with django_capture_on_commit_callbacks(execute=True):
         reconcile_once()
         reconcile_once()
