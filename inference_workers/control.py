@@ -21,7 +21,7 @@ from kombu.exceptions import OperationalError
 
 from inference_workers.artifacts import ArtifactCache
 from inference_workers.dataplane import DataPlane
-from inference_workers.devices import Device, open_device
+from inference_workers.devices import Device, NvmlDevice, open_device
 from inference_workers.errors import LoadError
 from inference_workers.host import ModelHost
 from inference_workers.loop import EventLoopThread
@@ -109,6 +109,16 @@ class WorkerRuntime:
             # The CUDA context and cuBLAS (hundreds of MiB, a second or so) now, not in the
             # first load: a worker taking over a dead one's replicas is ready sooner.
             prime_runtime("torch_export", self.host.options)
+            if isinstance(self.device, NvmlDevice):
+                # That is the worker's own from now on, never a model's: off what it offers.
+                own = self.device.own_use_fix()
+                self.host.capacity_recount()
+                log.info(
+                    "CUDA primed: the worker holds %d MiB of %s itself; it offers models %d MiB",
+                    own // 2**20,
+                    settings.device,
+                    self.host.capacity_bytes // 2**20,
+                )
         release_freed_memory()  # freezes what the imports made, before any request
         log.info("worker %s serving on %s", settings.worker_id, self.dataplane_url)
         self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="berth-heartbeat", daemon=True)

@@ -111,6 +111,11 @@ class ModelHost:
 
     # Accounting --------------------------------------------------------------------
 
+    def capacity_recount(self) -> None:
+        """Reads the capacity again: the device's changed (its own fixed use taken off)."""
+        with self._lock:
+            self.capacity_bytes = self.device.state().total_bytes
+
     @property
     def allocatable_bytes(self) -> int:
         """Capacity less the headroom never handed to models."""
@@ -220,12 +225,21 @@ class ModelHost:
         """Compares the device's measured use with the accounting after a load."""
         state = self.device.state()
         reserved = self.reserved_bytes
-        if state.kind == "cuda" and state.used_bytes > state.total_bytes - self.headroom_bytes:
+        # On a GPU: what this process holds against its own use plus what it offers models (a
+        # GPU shared by several workers holds theirs too); the whole device's use only where
+        # NVML does not list the process.
+        mine = self.device.process_used_bytes() if state.kind == "cuda" else None
+        limit = self.device.own_bytes + self.allocatable_bytes
+        if state.kind == "cuda" and (mine if mine is not None else state.used_bytes) > limit:
             log.warning(
-                "after loading %s, NVML shows %d bytes used of %d (reserved %d): the device is over-committed",
+                "after loading %s, NVML shows %s %d bytes, over %d (its own %d, for models %d, reserved %d): "
+                "the device is over-committed",
                 key,
-                state.used_bytes,
-                state.total_bytes,
+                "this worker holding" if mine is not None else "the device's use at",
+                mine if mine is not None else state.used_bytes,
+                limit,
+                self.device.own_bytes,
+                self.allocatable_bytes,
                 reserved,
             )
         elif state.kind == "cpu" and state.used_bytes > self.capacity_bytes:

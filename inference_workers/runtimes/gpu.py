@@ -6,20 +6,8 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator
-from typing import Any
 
-
-def _process_used(nvml: Any, handle: Any, pid: int) -> int | None:
-    """This process's GPU memory per NVML, or None where NVML does not list it (no context
-    yet, or a PID namespace NVML does not see into)."""
-    try:
-        processes = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
-    except nvml.NVMLError:
-        return None
-    for process in processes:
-        if process.pid == pid and process.usedGpuMemory is not None:
-            return int(process.usedGpuMemory)
-    return None
+from inference_workers.devices import nvml_process_used
 
 
 @contextlib.contextmanager
@@ -37,7 +25,7 @@ def gpu_meter(index: int) -> Iterator[list[int]]:
     pynvml.nvmlInit()
     handle = pynvml.nvmlDeviceGetHandleByIndex(index)
     pid = os.getpid()
-    before_process = _process_used(pynvml, handle, pid)
+    before_process = nvml_process_used(pynvml, handle, pid)
     before_device = int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
     # torch's allocator statistics exist once CUDA is initialised in this process (asking
     # before raises "Invalid device argument"); prime_cuda does it before any load.
@@ -49,7 +37,7 @@ def gpu_meter(index: int) -> Iterator[list[int]]:
     try:
         yield result
     finally:
-        after_process = _process_used(pynvml, handle, pid)
+        after_process = nvml_process_used(pynvml, handle, pid)
         if before_process is not None and after_process is not None:
             nvml_growth = after_process - before_process
         else:

@@ -138,3 +138,122 @@ def test_the_gpu_meter_leaves_torch_alone_until_cuda_is_initialised(monkeypatch)
     with gpu_meter(0) as measured:
         used["device"] += 64
     assert measured == [64]
+
+
+def test_a_gpu_workers_own_use_is_off_what_it_offers_and_only_its_own_use_is_checked(
+    monkeypatch, loop_thread, tmp_path, model_files, caplog
+):
+    """A CUDA worker's context and primed cuBLAS workspaces (about 0.9 GiB on the H200) are
+    its own: taken off the capacity it offers once primed, so models packed to that capacity
+    fit beside them. After a load it checks what its own process holds against that, not the
+    whole device's use, which on a shared GPU holds the other workers' memory too."""
+    import logging
+    import os
+    import types
+
+    from inference_workers.artifacts import ArtifactCache
+    from inference_workers.devices import NvmlDevice
+    from inference_workers.errors import LoadError
+    from inference_workers.host import ModelHost
+    from inference_workers.runtimes import RuntimeOptions
+    from tests.inference_workers.conftest import load_command
+
+    MiB, GiB = 1024**2, 1024**3
+    held = {"mine": 0, "neighbour": 30 * GiB}
+
+    def running(handle):
+        listed = [types.SimpleNamespace(pid=os.getpid() + 1, usedGpuMemory=held["neighbour"])]
+        if held["mine"]:
+            listed.append(types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=held["mine"]))
+        return listed
+
+    _fake_nvml(
+        monkeypatch,
+        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(
+            total=80 * GiB, used=held["mine"] + held["neighbour"], free=80 * GiB - held["mine"] - held["neighbour"]
+        ),
+        nvmlDeviceGetName=lambda handle: b"NVIDIA H200",
+        nvmlDeviceGetUUID=lambda handle: b"GPU-1234",
+        nvmlDeviceGetUtilizationRates=lambda handle: types.SimpleNamespace(gpu=0),
+        nvmlDeviceGetComputeRunningProcesses=running,
+    )
+    device = NvmlDevice(index=0, budget_bytes=2 * GiB)  # half of a GPU shared by two workers: 2 GiB here
+    host = ModelHost(
+        device=device,
+        options=RuntimeOptions(device="cpu", intra_op_threads=1),
+        cache=ArtifactCache(tmp_path / "cache"),
+        loop=loop_thread,
+        headroom_bytes=100 * MiB,
+    )
+    try:
+        assert device.own_use_fix() == 0  # not primed: NVML does not list the process yet
+        assert host.capacity_bytes == 2 * GiB
+        held["mine"] = 900 * MiB  # primed: the CUDA context and the loading threads' cuBLAS
+        assert device.own_use_fix() == 900 * MiB
+        host.capacity_recount()
+        assert device.state().total_bytes == host.capacity_bytes == 2 * GiB - 900 * MiB
+        assert host.allocatable_bytes == 2 * GiB - 1000 * MiB
+        # A model that would have fit the budget before its own use was counted does not now.
+        with pytest.raises(LoadError, match="free"):
+            host.load(load_command(model_files["mlp"], model="big", reservation=1100 * MiB))
+        with caplog.at_level(logging.WARNING, logger="inference_workers.host"):
+            host.load(load_command(model_files["mlp"], model="small", reservation=8 * MiB))
+            # The neighbour's 30 GiB are on the device, not this worker's: no over-commit.
+            assert "over-committed" not in caplog.text
+            held["mine"] += 1100 * MiB  # this worker holds past its own use plus what it offers
+            host.load(load_command(model_files["mlp"], model="other", reservation=8 * MiB))
+        assert "this worker holding 2097152000 bytes, over 2042626048" in caplog.text
+        assert "over-committed" in caplog.text
+    finally:
+        host.close()
+
+
+def test_a_cuda_worker_takes_its_own_use_off_its_capacity_once_primed(monkeypatch, tmp_path):
+    """The worker's start, on a GPU (NVML replaced: no GPU here; priming stands in by what
+    it leaves on the device): its heartbeat offers its budget less what it holds itself."""
+    import os
+    import types
+
+    from celery import Celery
+
+    from inference_workers import control
+    from inference_workers.settings import WorkerSettings
+
+    MiB, GiB = 1024**2, 1024**3
+    held = {"mine": 0}
+    _fake_nvml(
+        monkeypatch,
+        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(total=80 * GiB, used=held["mine"], free=70 * GiB),
+        nvmlDeviceGetName=lambda handle: b"NVIDIA H200",
+        nvmlDeviceGetUUID=lambda handle: b"GPU-1234",
+        nvmlDeviceGetUtilizationRates=lambda handle: types.SimpleNamespace(gpu=0),
+        nvmlDeviceGetComputeRunningProcesses=lambda handle: (
+            [types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=held["mine"])] if held["mine"] else []
+        ),
+    )
+    primed = []
+
+    def prime(model_format, options):
+        primed.append(options.device)
+        held["mine"] = 900 * MiB  # the CUDA context and this thread's cuBLAS workspace
+
+    monkeypatch.setattr(control, "prime_runtime", prime)
+    settings = WorkerSettings.from_env(
+        {
+            "BERTH_WORKER_DEVICE": "cuda:0",
+            "BERTH_WORKER_GPU_MEMORY_BUDGET": "4GiB",
+            "BERTH_WORKER_DATA_DIR": str(tmp_path),
+            "BERTH_WORKER_HEARTBEAT_S": "60",
+            "BERTH_WORKER_HANDOVER_S": "0",
+            "BERTH_WORKER_DRAIN_S": "0",
+            "BERTH_WORKER_TOKEN": "t" * 32,
+        }
+    )
+    runtime = control.WorkerRuntime(settings, Celery(broker="memory://"))
+    runtime.start()
+    try:
+        assert primed == ["cuda:0"]
+        assert runtime.host is not None and runtime.host.capacity_bytes == 4 * GiB - 900 * MiB
+        assert runtime.heartbeat().device.total_bytes == 4 * GiB - 900 * MiB
+    finally:
+        runtime.stop()
