@@ -39,6 +39,10 @@ class Device(Protocol):
         """This process's use of the device now, or None where the device cannot tell."""
         ...
 
+    def own_use_add(self, grown: int) -> None:
+        """Counts ``grown`` more bytes as the worker's own fixed use (off what it offers)."""
+        ...
+
     def close(self) -> None:
         """Releases any handle held on the device."""
         ...
@@ -49,10 +53,10 @@ class CpuDevice:
 
     kind = "cpu"
     index = 0
-    own_bytes = 0  # the interpreter and imports are in the RSS the budget is checked against
 
     def __init__(self, *, memory_budget_bytes: int) -> None:
         self._budget = memory_budget_bytes
+        self.own_bytes = 0  # the interpreter and imports are in the RSS the budget is checked against
         self._process = psutil.Process(os.getpid())
         self._name = platform.processor() or platform.machine() or "cpu"
 
@@ -71,6 +75,9 @@ class CpuDevice:
 
     def process_used_bytes(self) -> int | None:
         return int(self._process.memory_info().rss)
+
+    def own_use_add(self, grown: int) -> None:
+        self.own_bytes += grown
 
     def close(self) -> None:
         return None
@@ -105,6 +112,9 @@ class NvmlDevice:
 
     def process_used_bytes(self) -> int | None:
         return nvml_process_used(self._nvml, self._handle, os.getpid())
+
+    def own_use_add(self, grown: int) -> None:
+        self.own_bytes += max(grown, 0)
 
     def state(self) -> DeviceState:
         nvml = self._nvml

@@ -50,6 +50,14 @@ def gpu_meter(index: int) -> Iterator[list[int]]:
 _THREAD = threading.local()
 
 
+def primed_here(index: int) -> bool:
+    """Whether this thread has primed ``cuda:index`` already, or has nothing to prime there
+    (torch sees no CUDA)."""
+    import torch
+
+    return index in getattr(_THREAD, "primed", set()) or not torch.cuda.is_available()
+
+
 def prime_cuda(index: int) -> None:
     """Creates this process's CUDA context (hundreds of MiB) and this thread's cuBLAS handle
     and workspace on ``cuda:index``, once per thread, so that neither is charged to the

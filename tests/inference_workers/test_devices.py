@@ -257,3 +257,78 @@ def test_a_cuda_worker_takes_its_own_use_off_its_capacity_once_primed(monkeypatc
         assert runtime.heartbeat().device.total_bytes == 4 * GiB - 900 * MiB
     finally:
         runtime.stop()
+
+
+def test_each_loading_threads_cuda_handles_are_the_workers_own_use(monkeypatch, loop_thread, tmp_path, model_files):
+    """cuBLAS makes a handle and workspace per thread (about 95 MiB on the H200) on its first
+    matrix product: a loading thread's first load primes it outside the model's measure, and
+    what that took is the worker's own use, off what it offers models (NVML and torch's CUDA
+    replaced: no GPU here)."""
+    import os
+    import threading
+    import types
+    from dataclasses import replace
+
+    import torch
+
+    from inference_workers import host as host_module
+    from inference_workers.artifacts import ArtifactCache
+    from inference_workers.devices import NvmlDevice
+    from inference_workers.host import ModelHost
+    from inference_workers.runtimes import RuntimeOptions, gpu
+    from tests.inference_workers.conftest import load_command
+
+    MiB, GiB = 1024**2, 1024**3
+    held = {"mine": 700 * MiB}
+    _fake_nvml(
+        monkeypatch,
+        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(total=80 * GiB, used=held["mine"], free=70 * GiB),
+        nvmlDeviceGetName=lambda handle: b"NVIDIA H200",
+        nvmlDeviceGetUUID=lambda handle: b"GPU-1234",
+        nvmlDeviceGetUtilizationRates=lambda handle: types.SimpleNamespace(gpu=0),
+        nvmlDeviceGetComputeRunningProcesses=lambda handle: [
+            types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=held["mine"])
+        ],
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    primed_threads = []
+
+    def prime(index):
+        primed_threads.append(threading.get_ident())
+        gpu._THREAD.primed = {index}
+        held["mine"] += 95 * MiB
+
+    monkeypatch.setattr(gpu, "prime_cuda", prime)
+    monkeypatch.setattr(gpu._THREAD, "primed", set(), raising=False)  # this thread's, put back after
+    real = host_module.measure_footprint
+    monkeypatch.setattr(
+        host_module,
+        "measure_footprint",
+        lambda path, model_format, options, **kwargs: real(
+            path, model_format, replace(options, device="cpu"), **kwargs
+        ),
+    )
+    device = NvmlDevice(index=0, budget_bytes=4 * GiB)
+    device.own_use_fix()  # the worker's start: its context
+    host = ModelHost(
+        device=device,
+        options=RuntimeOptions(device="cuda:0", intra_op_threads=1),
+        cache=ArtifactCache(tmp_path / "cache"),
+        loop=loop_thread,
+    )
+    try:
+        assert host.capacity_bytes == 4 * GiB - 700 * MiB
+        host.load(load_command(model_files["mlp"], model="first", reservation=8 * MiB))
+        host.load(load_command(model_files["mlp"], model="second", reservation=8 * MiB))
+        assert len(primed_threads) == 1  # once per thread
+        assert device.own_bytes == 795 * MiB and host.capacity_bytes == 4 * GiB - 795 * MiB
+        other = threading.Thread(
+            target=lambda: host.load(load_command(model_files["mlp"], model="third", reservation=8 * MiB))
+        )
+        other.start()
+        other.join()
+        assert len(primed_threads) == 2 and host.capacity_bytes == 4 * GiB - 890 * MiB
+        assert [state.state for state in host.states()] == ["ready"] * 3
+    finally:
+        host.close()
