@@ -270,13 +270,18 @@ def main() -> None:
             with platform.admin() as admin:
                 rows = {w["worker_id"]: w for w in admin.get("/api/v1/workers/").json()}
             print()
-            print(f"{'worker':<34} {'models':>6} {'planned MiB':>12} {'measured MiB':>13} {'device used MiB':>16}")
+            # capacity: what the worker offers models (its budget less its own use).
+            print(
+                f"{'worker':<34} {'models':>6} {'planned MiB':>12} {'measured MiB':>13} "
+                f"{'capacity MiB':>13} {'device used MiB':>16}"
+            )
             for worker_id, pid in pids.items():
                 row = rows[worker_id]
                 hosted = [h for h in row["hosted"] if h.get("state") == "ready"]
                 print(
                     f"{worker_id:<34} {len(hosted):>6} {row['reserved_bytes'] / MiB:>12,.1f} "
-                    f"{_measured(device, pid) / MiB:>13,.1f} {row['used_bytes'] / MiB:>16,.1f}"
+                    f"{_measured(device, pid) / MiB:>13,.1f} {row['capacity_bytes'] / MiB:>13,.1f} "
+                    f"{row['used_bytes'] / MiB:>16,.1f}"
                 )
                 for model in hosted:
                     key_text = "{tenant}.{model}/{version}".format(**model)

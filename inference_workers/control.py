@@ -47,6 +47,13 @@ from inference_workers.types import (
 log = logging.getLogger(__name__)
 
 
+async def _cuda_primed_on_loop(index: int) -> None:
+    """Makes the event loop thread's cuBLAS handle (fast models' batches run on the loop)."""
+    from inference_workers.runtimes.gpu import prime_cuda
+
+    prime_cuda(index)
+
+
 class WorkerRuntime:
     """Everything the worker runs beside its Celery consumer."""
 
@@ -109,6 +116,7 @@ class WorkerRuntime:
             # The CUDA context and cuBLAS (hundreds of MiB, a second or so) now, not in the
             # first load: a worker taking over a dead one's replicas is ready sooner.
             prime_runtime("torch_export", self.host.options)
+            self._loop.run(_cuda_primed_on_loop(self.host.options.cuda_index))  # fast models run there
             if isinstance(self.device, NvmlDevice):
                 # That is the worker's own from now on, never a model's: off what it offers.
                 own = self.device.own_use_fix()

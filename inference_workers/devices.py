@@ -101,13 +101,22 @@ class NvmlDevice:
         self._nvml = pynvml
         self.index = index
         self.own_bytes = 0
+        # The device's use before this worker made anything on it: where NVML cannot list
+        # this process (a container without the host's PID namespace), what the device
+        # gained since stands in for the worker's own use.
+        self._used_at_open = int(pynvml.nvmlDeviceGetMemoryInfo(self._handle).used)
 
     def own_use_fix(self) -> int:
         """Takes what this process holds on the GPU now as the worker's own fixed use, off the
         capacity it offers from now on: called once the worker has primed CUDA (its context
-        and the loading threads' cuBLAS workspaces: about 0.9 GiB on the H200), which no
-        model's measure counts. Returns it (0 where NVML does not list the process)."""
-        self.own_bytes = self.process_used_bytes() or 0
+        and its first threads' cuBLAS workspaces: about 0.7 GiB on the H200), which no
+        model's measure counts. Where NVML does not list the process, the device's growth
+        since it was opened stands in (which also counts a neighbour's growth meanwhile).
+        Returns it."""
+        mine = self.process_used_bytes()
+        if mine is None:
+            mine = int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used) - self._used_at_open
+        self.own_bytes = max(mine, 0)
         return self.own_bytes
 
     def process_used_bytes(self) -> int | None:

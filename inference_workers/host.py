@@ -159,6 +159,10 @@ class ModelHost:
             LoadError: The artifact could not be fetched, verified, loaded or run.
         """
         key = command.key
+        if self.options.cuda_index is not None:
+            # Before the room is counted: a thread's first prime shrinks what is offered.
+            with self._measure_lock:
+                self._prime_threads(self.options.cuda_index)
         with self._key_lock(key):
             existing = self._entries.get(key)
             if existing is not None and existing.state == "ready" and existing.command.sha256 == command.sha256:
@@ -252,27 +256,32 @@ class ModelHost:
             )
         self.last_device_state = state
 
-    def _prime_this_thread(self, index: int) -> None:
-        """Primes CUDA on this loading thread, under the measure lock: its cuBLAS handle and
-        workspace (about 95 MiB on the H200), made once per thread and outside every model's
-        measure, are counted as the worker's own use, off what it offers models from now on."""
+    def _prime_threads(self, index: int, batcher: DynamicBatcher | None = None) -> None:
+        """Primes CUDA on this loading thread, or on each of ``batcher``'s threads, under the
+        measure lock: each thread's cuBLAS handle and workspace (about 95 MiB on the H200),
+        made on its first matrix product and outside every model's measure, is counted as
+        the worker's own use, off what it offers models from now on. torch hands a finished
+        thread's handle to the next thread that asks, so this is a high-water mark: the
+        threads of a model loaded after another was unloaded mostly reuse its handles."""
         from inference_workers.runtimes.gpu import gpu_meter, prime_cuda, primed_here
 
-        if primed_here(index):
+        if batcher is None and primed_here(index):
             return
         with gpu_meter(index) as made:
-            prime_cuda(index)
+            if batcher is None:
+                prime_cuda(index)
+            else:
+                batcher.on_each_thread(lambda: prime_cuda(index))
         if made[0] > 0:
             self.device.own_use_add(made[0])
             self.capacity_recount()
-            log.info("this loading thread's CUDA handles took %d MiB, the worker's own from now on", made[0] // 2**20)
+            whose = "this loading thread's" if batcher is None else f"{batcher.name}'s inference threads'"
+            log.info("%s CUDA handles took %s, the worker's own from now on", whose, _mib(made[0]))
 
     def _open(self, entry: HostedEntry, path: Path) -> None:
         command = entry.command
         max_batch = max(command.batching.max_batch_size, 1)
         options = self.options
-        if options.cuda_index is not None:
-            self._prime_this_thread(options.cuda_index)
         if options.cuda_index is not None and command.reservation_bytes:
             # The reservation is the footprint measured at the largest batch: ONNX Runtime's
             # CUDA arena may not grow past it, so one model cannot eat its neighbours' memory.
@@ -307,6 +316,12 @@ class ModelHost:
             name=str(command.key),
             observer=stats,
         )
+        if options.cuda_index is not None:
+            try:
+                self._prime_threads(options.cuda_index, batcher)
+            except BaseException:
+                self._loop.run(batcher.close(drain_seconds=0))
+                raise
 
         async def start() -> None:
             batcher.start()

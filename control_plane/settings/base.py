@@ -201,8 +201,10 @@ BERTH_LOAD_TIMEOUT_S = env.float("BERTH_LOAD_TIMEOUT_S", default=120.0)
 # A failed load is tried again after this, doubling each time (3 tries in all).
 BERTH_LOAD_RETRY_S = env.float("BERTH_LOAD_RETRY_S", default=2.0)
 
-# Placement keeps this much of each device's memory free (MiB, per device kind): a CUDA
-# context and allocator slack live outside the models' measured footprints.
+# Placement keeps this much of each device's memory free (MiB, per device kind): the data
+# plane's per-thread cuBLAS workspaces not yet made and the allocator's slack live outside
+# the models' measured footprints (a GPU worker's CUDA context and primed threads' handles
+# are already off the capacity it reports).
 BERTH_DEVICE_HEADROOM_MB = {
     "cpu": env.int("BERTH_DEVICE_HEADROOM_MB_CPU", default=0),
     "cuda": env.int("BERTH_DEVICE_HEADROOM_MB_CUDA", default=512),

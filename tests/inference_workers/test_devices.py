@@ -261,8 +261,9 @@ def test_a_cuda_worker_takes_its_own_use_off_its_capacity_once_primed(monkeypatc
 
 def test_each_loading_threads_cuda_handles_are_the_workers_own_use(monkeypatch, loop_thread, tmp_path, model_files):
     """cuBLAS makes a handle and workspace per thread (about 95 MiB on the H200) on its first
-    matrix product: a loading thread's first load primes it outside the model's measure, and
-    what that took is the worker's own use, off what it offers models (NVML and torch's CUDA
+    matrix product: a loading thread primes its own before its first load's room is counted,
+    and each model's inference threads theirs as it loads, outside the model's measure; what
+    that took is the worker's own use, off what it offers models (NVML and torch's CUDA
     replaced: no GPU here)."""
     import os
     import threading
@@ -274,8 +275,10 @@ def test_each_loading_threads_cuda_handles_are_the_workers_own_use(monkeypatch, 
     from inference_workers import host as host_module
     from inference_workers.artifacts import ArtifactCache
     from inference_workers.devices import NvmlDevice
+    from inference_workers.errors import InsufficientMemoryError
     from inference_workers.host import ModelHost
     from inference_workers.runtimes import RuntimeOptions, gpu
+    from inference_workers.types import BatchingConfig
     from tests.inference_workers.conftest import load_command
 
     MiB, GiB = 1024**2, 1024**3
@@ -295,7 +298,9 @@ def test_each_loading_threads_cuda_handles_are_the_workers_own_use(monkeypatch, 
     primed_threads = []
 
     def prime(index):
-        primed_threads.append(threading.get_ident())
+        if index in getattr(gpu._THREAD, "primed", set()):
+            return
+        primed_threads.append(threading.current_thread().name)
         gpu._THREAD.primed = {index}
         held["mine"] += 95 * MiB
 
@@ -319,16 +324,55 @@ def test_each_loading_threads_cuda_handles_are_the_workers_own_use(monkeypatch, 
     )
     try:
         assert host.capacity_bytes == 4 * GiB - 700 * MiB
+        # Fits what is offered before this thread's handles are counted, not after: refused,
+        # not let in to over-commit the device.
+        with pytest.raises(InsufficientMemoryError):
+            host.load(load_command(model_files["mlp"], model="big", reservation=host.allocatable_bytes - 50 * MiB))
+        assert primed_threads == ["MainThread"]
         host.load(load_command(model_files["mlp"], model="first", reservation=8 * MiB))
-        host.load(load_command(model_files["mlp"], model="second", reservation=8 * MiB))
-        assert len(primed_threads) == 1  # once per thread
-        assert device.own_bytes == 795 * MiB and host.capacity_bytes == 4 * GiB - 795 * MiB
+        assert primed_threads == ["MainThread", "berth-acme/first/1_0"]  # and the model's inference thread
+        assert device.own_bytes == 890 * MiB and host.capacity_bytes == 4 * GiB - 890 * MiB
+        two = BatchingConfig(max_batch_size=8, instance_count=2)
+        host.load(load_command(model_files["mlp"], model="second", reservation=8 * MiB, batching=two))
+        assert sorted(primed_threads[2:]) == ["berth-acme/second/1_0", "berth-acme/second/1_1"]
         other = threading.Thread(
-            target=lambda: host.load(load_command(model_files["mlp"], model="third", reservation=8 * MiB))
+            target=lambda: host.load(load_command(model_files["mlp"], model="third", reservation=8 * MiB)),
+            name="loader",
         )
         other.start()
         other.join()
-        assert len(primed_threads) == 2 and host.capacity_bytes == 4 * GiB - 890 * MiB
-        assert [state.state for state in host.states()] == ["ready"] * 3
+        assert primed_threads[4:] == ["loader", "berth-acme/third/1_0"]
+        assert device.own_bytes == 700 * MiB + 6 * 95 * MiB
+        assert host.capacity_bytes == 4 * GiB - device.own_bytes
+        assert sorted((state.key.model, state.state) for state in host.states()) == [
+            ("big", "failed"),
+            ("first", "ready"),
+            ("second", "ready"),
+            ("third", "ready"),
+        ]
     finally:
         host.close()
+
+
+def test_where_nvml_cannot_list_the_worker_its_own_use_is_what_the_device_gained(monkeypatch):
+    """In a container without the host's PID namespace NVML lists no process of the worker's:
+    what the device gained since the worker opened it stands in for the worker's own use."""
+    import types
+
+    from inference_workers.devices import NvmlDevice
+
+    MiB, GiB = 1024**2, 1024**3
+    used = {"device": 5 * GiB}  # a neighbour's, before this worker made anything
+    _fake_nvml(
+        monkeypatch,
+        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(total=80 * GiB, used=used["device"], free=0),
+        nvmlDeviceGetName=lambda handle: b"NVIDIA H200",
+        nvmlDeviceGetUUID=lambda handle: b"GPU-1234",
+        nvmlDeviceGetUtilizationRates=lambda handle: types.SimpleNamespace(gpu=0),
+        nvmlDeviceGetComputeRunningProcesses=lambda handle: [],
+    )
+    device = NvmlDevice(index=0, budget_bytes=40 * GiB)
+    used["device"] += 700 * MiB  # the worker primes CUDA
+    assert device.process_used_bytes() is None
+    assert device.own_use_fix() == 700 * MiB
+    assert device.state().total_bytes == 40 * GiB - 700 * MiB

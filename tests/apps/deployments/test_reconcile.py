@@ -163,14 +163,23 @@ def test_undeploying_removes_the_replicas(deployment, world_a):
     assert Replica.objects.count() == 0
 
 
+@pytest.mark.parametrize("sweep_first", [False, True], ids=["undeploy-task-first", "orphan-sweep-first"])
 def test_an_undeploy_sends_each_unload_once(
-    deployment, world_a, monkeypatch, settings, django_capture_on_commit_callbacks
+    deployment, world_a, monkeypatch, settings, django_capture_on_commit_callbacks, sweep_first
 ):
+    """After the delete commits, the control worker gets the reconcile pass (whose orphan
+    sweep sees the model in the workers' last heartbeats) and the undeploy's unloads, in
+    either order: each worker gets one unload in all."""
     from apps.deployments.tasks import undeploy_unloads
-    from control_plane.celery import app
+    from control_plane.celery import RECONCILE_TASK, app
 
-    sent: list[tuple[str, Any]] = []  # (queue, the message)
-    monkeypatch.setattr(app, "send_task", lambda name, args, queue: sent.append((queue, args[0])))
+    sent: list[tuple[str, Any]] = []  # (queue, the message) of every task but the reconcile pass
+
+    def send_task(name, args=None, kwargs=None, queue=None, **options):
+        if name != RECONCILE_TASK:
+            sent.append((queue, args[0]))
+
+    monkeypatch.setattr(app, "send_task", send_task)
     first, second = WorkerFactory.create(worker_id="w1"), WorkerFactory.create(worker_id="w2")
     reconcile_once()
     report_hosted(first, "ready")
@@ -184,7 +193,11 @@ def test_an_undeploy_sends_each_unload_once(
     assert [queue for queue, _ in sent] == [settings.CELERY_TASK_DEFAULT_QUEUE]
     (unloads,) = [message for _, message in sent]
     sent.clear()
-    undeploy_unloads(unloads)
+    with django_capture_on_commit_callbacks(execute=True):
+        if sweep_first:
+            reconcile_once()
+        undeploy_unloads(unloads)
+        reconcile_once()
     assert sorted(queue for queue, _ in sent) == [first.queue, second.queue]
     assert all(key == {"tenant": "alpha", "model": "clf", "version": 1} for _, key in sent)
     # The workers' last heartbeats still list the model: the next passes send nothing more,
@@ -192,7 +205,6 @@ def test_an_undeploy_sends_each_unload_once(
     sent.clear()
     undeploy_unloads(unloads)
     with django_capture_on_commit_callbacks(execute=True):
-        reconcile_once()
         reconcile_once()
     assert sent == []
 
