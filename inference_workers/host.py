@@ -23,8 +23,8 @@ from inference_workers.errors import InsufficientMemoryError, LoadError, ModelNo
 from inference_workers.loop import EventLoopThread
 from inference_workers.metrics import ModelStats, WorkerMetrics
 from inference_workers.runtimes import Runner, RuntimeOptions, measure_footprint
-from inference_workers.runtimes.base import checked, release_freed_memory
-from inference_workers.types import HostedModel, HostedState, LoadCommand, ModelKey
+from inference_workers.runtimes.base import checked, prime_runtime, release_freed_memory, runtime_primed
+from inference_workers.types import HostedModel, HostedState, LoadCommand, ModelFormat, ModelKey
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class ModelHost:
         if self.options.cuda_index is not None:
             # Before the room is counted: a thread's first prime shrinks what is offered.
             with self._measure_lock:
-                self._prime_threads(self.options.cuda_index)
+                self._prime_threads(self.options.cuda_index, model_format=command.format)
         with self._key_lock(key):
             existing = self._entries.get(key)
             if existing is not None and existing.state == "ready" and existing.command.sha256 == command.sha256:
@@ -256,22 +256,38 @@ class ModelHost:
             )
         self.last_device_state = state
 
-    def _prime_threads(self, index: int, batcher: DynamicBatcher | None = None) -> None:
-        """Primes CUDA on this loading thread, or on each of ``batcher``'s threads, under the
-        measure lock: each thread's cuBLAS handle and workspace (about 95 MiB on the H200),
-        made on its first matrix product and outside every model's measure, is counted as
-        the worker's own use, off what it offers models from now on. torch hands a finished
-        thread's handle to the next thread that asks, so this is a high-water mark: the
-        threads of a model loaded after another was unloaded mostly reuse its handles."""
+    def _prime_threads(
+        self, index: int, batcher: DynamicBatcher | None = None, *, model_format: ModelFormat | None = None
+    ) -> None:
+        """Primes CUDA on this loading thread (and ``model_format``'s runtime in the process),
+        or on each of ``batcher``'s threads, under the measure lock: each thread's cuBLAS
+        handle and workspace (about 95 MiB on the H200), made on its first matrix product,
+        and a runtime's one-time state (ONNX Runtime's CUDA provider), all outside every
+        model's measure, are counted as the worker's own use, off what it offers models from
+        now on. torch hands a finished thread's handle to the next thread that asks, so this
+        is a high-water mark: the threads of a model loaded after another was unloaded mostly
+        reuse its handles."""
+        import torch
+
         from inference_workers.runtimes.gpu import gpu_meter, prime_cuda, primed_here
 
-        if batcher is None and primed_here(index):
+        if not torch.cuda.is_available():
+            return  # nothing here makes cuBLAS handles (prime_cuda does nothing either)
+        runtime_done = model_format is None or runtime_primed(model_format, self.options)
+        if batcher is None and primed_here(index) and runtime_done:
             return
         with gpu_meter(index) as made:
-            if batcher is None:
-                prime_cuda(index)
-            else:
+            if batcher is not None:
                 batcher.on_each_thread(lambda: prime_cuda(index))
+            else:
+                prime_cuda(index)
+                if model_format is not None and not runtime_done:
+                    try:
+                        prime_runtime(model_format, self.options)
+                    except Exception:  # noqa: BLE001 - the load primes again inside its own error handling
+                        log.warning(
+                            "could not prime %s on %s; the load will say why", model_format, self.options.device
+                        )
         if made[0] > 0:
             self.device.own_use_add(made[0])
             self.capacity_recount()

@@ -253,6 +253,11 @@ def check_outputs(signature: Signature, outputs: Mapping[str, np.ndarray], *, ro
 _PRIMED: set[tuple[str, str]] = set()
 
 
+def runtime_primed(model_format: ModelFormat, options: RuntimeOptions) -> bool:
+    """Whether ``prime_runtime`` has paid this format's runtime costs on this device."""
+    return ("onnx" if model_format == "onnx" else "torch", options.device) in _PRIMED
+
+
 def prime_runtime(model_format: ModelFormat, options: RuntimeOptions) -> None:
     """Pays a runtime's one-time costs (library init, thread pools, allocator arenas, on a
     GPU the CUDA context) once per process and device, with a tiny model, so a footprint
