@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -229,24 +228,6 @@ class DynamicBatcher:
         if self._scheduler is not None:
             self._scheduler.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-    def on_each_thread(self, function: Callable[[], object], *, timeout_s: float = 60.0) -> None:
-        """Runs ``function`` once on each of the batcher's ``instance_count`` threads (made
-        now, if not yet): a GPU model's threads make their cuBLAS handles here, where the
-        loading thread can measure them, not on their first batch.
-
-        Raises:
-            threading.BrokenBarrierError: The threads did not all start within ``timeout_s``.
-        """
-        count = self.config.instance_count
-        together = threading.Barrier(count, timeout=timeout_s)
-
-        def each() -> None:
-            together.wait()  # every job holds its thread until all are running: one job each
-            function()
-
-        for future in [self._executor.submit(each) for _ in range(count)]:
-            future.result()
 
     def _runs_inline(self) -> bool:
         """Fast single-instance models run on the loop once their speed is known.

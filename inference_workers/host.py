@@ -159,16 +159,24 @@ class ModelHost:
             LoadError: The artifact could not be fetched, verified, loaded or run.
         """
         key = command.key
-        if self.options.cuda_index is not None:
-            # Before the room is counted: a thread's first prime shrinks what is offered.
-            with self._measure_lock:
-                self._prime_threads(self.options.cuda_index, model_format=command.format)
         with self._key_lock(key):
             existing = self._entries.get(key)
             if existing is not None and existing.state == "ready" and existing.command.sha256 == command.sha256:
                 return existing.report()
             if existing is not None:
                 self._unload_locked(key)
+            if self._unprimed(command.format):
+                # Before the room is counted: a thread's first prime shrinks what is offered.
+                try:
+                    with self._measure_lock:
+                        self._prime_this_thread(command.format)
+                except Exception as exc:
+                    reason = f"could not prepare {self.options.device} for the load: {exc}"
+                    with self._lock:
+                        self._entries[key] = HostedEntry(
+                            command=command, state="failed", reserved_bytes=0, reason=reason
+                        )
+                    raise LoadError(reason) from exc
             with self._lock:
                 need = command.reservation_bytes
                 free = self.allocatable_bytes - self._reserved_locked()
@@ -256,43 +264,37 @@ class ModelHost:
             )
         self.last_device_state = state
 
-    def _prime_threads(
-        self, index: int, batcher: DynamicBatcher | None = None, *, model_format: ModelFormat | None = None
-    ) -> None:
-        """Primes CUDA on this loading thread (and ``model_format``'s runtime in the process),
-        or on each of ``batcher``'s threads, under the measure lock: each thread's cuBLAS
-        handle and workspace (about 95 MiB on the H200), made on its first matrix product,
-        and a runtime's one-time state (ONNX Runtime's CUDA provider), all outside every
-        model's measure, are counted as the worker's own use, off what it offers models from
-        now on. torch hands a finished thread's handle to the next thread that asks, so this
-        is a high-water mark: the threads of a model loaded after another was unloaded mostly
-        reuse its handles."""
-        import torch
+    def _unprimed(self, model_format: ModelFormat) -> bool:
+        """Whether this loading thread (or the model's runtime) has CUDA state to make before
+        the load on this GPU; False on the CPU. No lock, no I/O."""
+        if self.device.kind != "cuda" or self.options.cuda_index is None:
+            return False
+        from inference_workers.runtimes.gpu import primed_here
 
-        from inference_workers.runtimes.gpu import gpu_meter, prime_cuda, primed_here
+        return not (primed_here(self.options.cuda_index) and runtime_primed(model_format, self.options))
 
-        if not torch.cuda.is_available():
-            return  # nothing here makes cuBLAS handles (prime_cuda does nothing either)
-        runtime_done = model_format is None or runtime_primed(model_format, self.options)
-        if batcher is None and primed_here(index) and runtime_done:
-            return
+    def _prime_this_thread(self, model_format: ModelFormat) -> None:
+        """Primes CUDA on this loading thread and ``model_format``'s runtime in the process,
+        under the measure lock: the thread's cuBLAS handle and workspace (about 95 MiB on the
+        H200, made on its first matrix product) and a runtime's one-time state (ONNX
+        Runtime's CUDA provider), all outside every model's measure, are counted as the
+        worker's own use, off what it offers models from now on. Raises what priming raised."""
+        from inference_workers.runtimes.gpu import gpu_meter, prime_cuda
+
+        index = self.options.cuda_index
+        assert index is not None
         with gpu_meter(index) as made:
-            if batcher is not None:
-                batcher.on_each_thread(lambda: prime_cuda(index))
-            else:
-                prime_cuda(index)
-                if model_format is not None and not runtime_done:
-                    try:
-                        prime_runtime(model_format, self.options)
-                    except Exception:  # noqa: BLE001 - the load primes again inside its own error handling
-                        log.warning(
-                            "could not prime %s on %s; the load will say why", model_format, self.options.device
-                        )
+            prime_cuda(index)
+            prime_runtime(model_format, self.options)
         if made[0] > 0:
             self.device.own_use_add(made[0])
             self.capacity_recount()
-            whose = "this loading thread's" if batcher is None else f"{batcher.name}'s inference threads'"
-            log.info("%s CUDA handles took %s, the worker's own from now on", whose, _mib(made[0]))
+            log.info(
+                "priming %s for %s took %s, the worker's own from now on",
+                self.options.device,
+                model_format,
+                _mib(made[0]),
+            )
 
     def _open(self, entry: HostedEntry, path: Path) -> None:
         command = entry.command
@@ -332,12 +334,6 @@ class ModelHost:
             name=str(command.key),
             observer=stats,
         )
-        if options.cuda_index is not None:
-            try:
-                self._prime_threads(options.cuda_index, batcher)
-            except BaseException:
-                self._loop.run(batcher.close(drain_seconds=0))
-                raise
 
         async def start() -> None:
             batcher.start()

@@ -202,9 +202,9 @@ BERTH_LOAD_TIMEOUT_S = env.float("BERTH_LOAD_TIMEOUT_S", default=120.0)
 BERTH_LOAD_RETRY_S = env.float("BERTH_LOAD_RETRY_S", default=2.0)
 
 # Placement keeps this much of each device's memory free (MiB, per device kind): the data
-# plane's per-thread cuBLAS workspaces not yet made and the allocator's slack live outside
-# the models' measured footprints (a GPU worker's CUDA context and primed threads' handles
-# are already off the capacity it reports).
+# plane's per-thread cuBLAS workspaces and the allocator's slack live outside the models'
+# measured footprints (a GPU worker's CUDA context and its loading threads' handles are
+# already off the capacity it reports).
 BERTH_DEVICE_HEADROOM_MB = {
     "cpu": env.int("BERTH_DEVICE_HEADROOM_MB_CPU", default=0),
     "cuda": env.int("BERTH_DEVICE_HEADROOM_MB_CUDA", default=512),

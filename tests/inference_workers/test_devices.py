@@ -261,10 +261,10 @@ def test_a_cuda_worker_takes_its_own_use_off_its_capacity_once_primed(monkeypatc
 
 def test_each_loading_threads_cuda_handles_are_the_workers_own_use(monkeypatch, loop_thread, tmp_path, model_files):
     """cuBLAS makes a handle and workspace per thread (about 95 MiB on the H200) on its first
-    matrix product: a loading thread primes its own before its first load's room is counted,
-    and each model's inference threads theirs as it loads, outside the model's measure; what
-    that took is the worker's own use, off what it offers models (NVML and torch's CUDA
-    replaced: no GPU here)."""
+    matrix product: a loading thread primes its own (and the model's runtime) before its
+    first load's room is counted, outside the model's measure; what that took is the
+    worker's own use, off what it offers models. A prime that fails is a failed load with
+    its reason (NVML and torch's CUDA replaced: no GPU here)."""
     import os
     import threading
     import types
@@ -275,10 +275,9 @@ def test_each_loading_threads_cuda_handles_are_the_workers_own_use(monkeypatch, 
     from inference_workers import host as host_module
     from inference_workers.artifacts import ArtifactCache
     from inference_workers.devices import NvmlDevice
-    from inference_workers.errors import InsufficientMemoryError
+    from inference_workers.errors import InsufficientMemoryError, LoadError
     from inference_workers.host import ModelHost
-    from inference_workers.runtimes import RuntimeOptions, gpu
-    from inference_workers.types import BatchingConfig
+    from inference_workers.runtimes import RuntimeOptions, base, gpu
     from tests.inference_workers.conftest import load_command
 
     MiB, GiB = 1024**2, 1024**3
@@ -295,9 +294,14 @@ def test_each_loading_threads_cuda_handles_are_the_workers_own_use(monkeypatch, 
     )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(base, "_PRIMED", set())  # the runtimes primed: none, and put back after
+    monkeypatch.setattr(gpu._THREAD, "primed", set(), raising=False)  # this thread's, put back after
     primed_threads = []
+    broken = {"cuda": False}
 
     def prime(index):
+        if broken["cuda"]:
+            raise RuntimeError("CUDA error: out of memory")
         if index in getattr(gpu._THREAD, "primed", set()):
             return
         primed_threads.append(threading.current_thread().name)
@@ -305,7 +309,6 @@ def test_each_loading_threads_cuda_handles_are_the_workers_own_use(monkeypatch, 
         held["mine"] += 95 * MiB
 
     monkeypatch.setattr(gpu, "prime_cuda", prime)
-    monkeypatch.setattr(gpu._THREAD, "primed", set(), raising=False)  # this thread's, put back after
     real = host_module.measure_footprint
     monkeypatch.setattr(
         host_module,
@@ -329,24 +332,36 @@ def test_each_loading_threads_cuda_handles_are_the_workers_own_use(monkeypatch, 
         with pytest.raises(InsufficientMemoryError):
             host.load(load_command(model_files["mlp"], model="big", reservation=host.allocatable_bytes - 50 * MiB))
         assert primed_threads == ["MainThread"]
+        assert device.own_bytes == 795 * MiB and host.capacity_bytes == 4 * GiB - 795 * MiB
         host.load(load_command(model_files["mlp"], model="first", reservation=8 * MiB))
-        assert primed_threads == ["MainThread", "berth-acme/first/1_0"]  # and the model's inference thread
-        assert device.own_bytes == 890 * MiB and host.capacity_bytes == 4 * GiB - 890 * MiB
-        two = BatchingConfig(max_batch_size=8, instance_count=2)
-        host.load(load_command(model_files["mlp"], model="second", reservation=8 * MiB, batching=two))
-        assert sorted(primed_threads[2:]) == ["berth-acme/second/1_0", "berth-acme/second/1_1"]
+        host.load(load_command(model_files["mlp"], model="second", reservation=8 * MiB))
+        assert primed_threads == ["MainThread"]  # once per thread
         other = threading.Thread(
             target=lambda: host.load(load_command(model_files["mlp"], model="third", reservation=8 * MiB)),
             name="loader",
         )
         other.start()
         other.join()
-        assert primed_threads[4:] == ["loader", "berth-acme/third/1_0"]
-        assert device.own_bytes == 700 * MiB + 6 * 95 * MiB
-        assert host.capacity_bytes == 4 * GiB - device.own_bytes
+        assert primed_threads == ["MainThread", "loader"]
+        assert device.own_bytes == 890 * MiB and host.capacity_bytes == 4 * GiB - 890 * MiB
+        # A thread whose prime fails: a failed load with the reason, reported like any other.
+        broken["cuda"] = True
+        failing = {}
+
+        def load_failing() -> None:
+            try:
+                host.load(load_command(model_files["mlp"], model="fourth", reservation=8 * MiB))
+            except LoadError as error:
+                failing["error"] = str(error)
+
+        third = threading.Thread(target=load_failing, name="loader-2")
+        third.start()
+        third.join()
+        assert failing["error"] == "could not prepare cuda:0 for the load: CUDA error: out of memory"
         assert sorted((state.key.model, state.state) for state in host.states()) == [
             ("big", "failed"),
             ("first", "ready"),
+            ("fourth", "failed"),
             ("second", "ready"),
             ("third", "ready"),
         ]
