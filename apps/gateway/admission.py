@@ -25,6 +25,7 @@ asyncio and imports nothing from Django: it runs on the gateway's hot path.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import secrets
@@ -165,6 +166,13 @@ def _rate_refusal(tenant: str, limits: Limits, retry_after_s: float) -> Admissio
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _rate_refusal_whole(tenant: str, limits: Limits, retry_after_s: int) -> AdmissionRefused:
+    """``_rate_refusal`` for a wait of whole seconds, made once per tenant, limits and wait:
+    the no-I/O refusals (``refused_now``) are answered, never raised, so one may be shared."""
+    return _rate_refusal(tenant, limits, float(retry_after_s))
+
+
 def _concurrency_refusal(tenant: str, in_flight: int) -> AdmissionRefused:
     return AdmissionRefused(
         tenant=tenant,
@@ -236,12 +244,25 @@ class LocalAdmission:
         return ticket
 
     def refused_now(self, tenant: str, limits: Limits) -> AdmissionRefused | None:
-        """The refusal a request of ``tenant`` would get now, or None; takes nothing."""
-        try:
-            self._checked(tenant, limits)
-        except AdmissionRefused as refused:
-            return refused
-        return None
+        """The refusal a request of ``tenant`` would get now, or None; takes nothing and
+        raises nothing (a tenant far over its rate asks this for every request it sends)."""
+        if limits.max_concurrent == 0 or limits.rate_per_s == 0 or limits.burst < 1:
+            try:
+                _refuse_if_closed(tenant, limits)
+            except AdmissionRefused as refused:
+                return refused
+        state = self._tenants.get(tenant)
+        if state is None:
+            return None  # a bucket not made yet is full
+        in_flight = len(state.in_flight)
+        if in_flight >= limits.max_concurrent:
+            return _concurrency_refusal(tenant, in_flight)
+        tokens = state.tokens + (time.monotonic() - state.updated_at) * limits.rate_per_s
+        if tokens >= 1.0:
+            return None
+        return _rate_refusal_whole(
+            tenant, limits, math.ceil(max((1.0 - tokens) / limits.rate_per_s, _MIN_RETRY_AFTER_S))
+        )
 
     def _checked(self, tenant: str, limits: Limits) -> _TenantState:
         """The tenant's state with its bucket refilled to now, if a request fits both limits.

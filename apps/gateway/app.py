@@ -115,12 +115,19 @@ class GatewaySettings:
         )
 
 
+# Request ids: unique, not secret (a client may send its own), so drawn from a generator
+# seeded from the OS once per process (and again in a forked child) rather than with a
+# getrandom system call per request.
+_ids = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
+
+
 def _request_id(sent: bytes | None) -> bytes:
     """The client's ``X-Request-ID`` when it is a sane one, else a fresh id: 128 random bits
-    in hex (as ``uuid4().hex``, at a fifth of its cost)."""
+    in hex (as ``uuid4().hex``)."""
     if sent is not None and _REQUEST_ID_SHAPE.match(sent):
         return sent
-    return os.urandom(16).hex().encode()
+    return _ids.getrandbits(128).to_bytes(16).hex().encode()
 
 
 def _error_body(message: str) -> bytes:

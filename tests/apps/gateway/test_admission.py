@@ -8,6 +8,7 @@ prefix, and skip when it cannot be reached.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 import uuid
@@ -410,3 +411,45 @@ async def test_admission_for_shares_through_redis_only_when_a_url_is_given():
     long = admission_for(UNREACHABLE_REDIS_URL, longest_request_s=300)
     assert long._slot_ttl_us == 330 * 1_000_000  # type: ignore[attr-defined]
     await long.close()
+
+
+# --- the no-I/O verdict of the in-process admission -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        Limits(rate_per_s=2, burst=2, max_concurrent=PLENTY),
+        Limits(rate_per_s=0.25, burst=1, max_concurrent=PLENTY),
+        Limits(rate_per_s=PLENTY, burst=PLENTY, max_concurrent=2),
+        Limits(rate_per_s=0, burst=1, max_concurrent=PLENTY),
+        Limits(rate_per_s=1, burst=1, max_concurrent=0),
+    ],
+    ids=["rate", "slow-rate", "concurrency", "closed-rate", "closed-concurrency"],
+)
+async def test_refused_now_says_what_acquire_would_do_without_taking_anything(limits):
+    """The gateway's fast path asks ``refused_now`` for every request of a tenant over its
+    limit: it must agree with ``acquire`` (same refusal, same message and whole-second
+    wait) and change nothing."""
+
+    def said(verdict: AdmissionRefused | None) -> tuple[str, str, float] | None:
+        return None if verdict is None else (verdict.reason, verdict.message, verdict.retry_after_s)
+
+    admission = LocalAdmission()
+    held, refusals = [], 0
+    for _ in range(4):
+        verdict = admission.refused_now("t", limits)
+        assert said(admission.refused_now("t", limits)) == said(verdict)  # asking takes nothing
+        try:
+            held.append(await admission.acquire("t", limits))
+        except AdmissionRefused as refused:
+            refusals += 1
+            assert verdict is not None, "refused_now said admit; acquire refused"
+            assert (verdict.reason, verdict.message) == (refused.reason, refused.message)
+            assert verdict.retry_after_s == max(1, math.ceil(refused.retry_after_s))
+        else:
+            assert verdict is None, f"refused_now refused ({verdict}); acquire admitted"
+    assert refusals >= 2  # every case runs out within four requests
+    if limits.max_concurrent == 2:  # a release makes room at once
+        await admission.release(held[0])
+        assert admission.refused_now("t", limits) is None
