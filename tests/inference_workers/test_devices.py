@@ -1,3 +1,5 @@
+from collections.abc import Callable
+
 import pytest
 
 from inference_workers.devices import CpuDevice, DeviceError, gpu_count, open_device
@@ -38,6 +40,22 @@ def _fake_nvml(monkeypatch: pytest.MonkeyPatch, **calls: object) -> None:
         **calls,
     )
     monkeypatch.setitem(sys.modules, "pynvml", fake)
+
+
+def _fake_h200(monkeypatch: pytest.MonkeyPatch, used: Callable[[], int], listed: Callable[[], list]) -> None:
+    """An 80 GiB H200 through the fake pynvml: ``used`` says the device's used memory now,
+    ``listed`` the processes NVML lists on it (objects with ``pid`` and ``usedGpuMemory``)."""
+    import types
+
+    total = 80 * 1024**3
+    _fake_nvml(
+        monkeypatch,
+        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(total=total, used=used(), free=total - used()),
+        nvmlDeviceGetName=lambda handle: b"NVIDIA H200",
+        nvmlDeviceGetUUID=lambda handle: b"GPU-1234",
+        nvmlDeviceGetUtilizationRates=lambda handle: types.SimpleNamespace(gpu=0),
+        nvmlDeviceGetComputeRunningProcesses=lambda handle: listed(),
+    )
 
 
 def test_gpu_discovery_matches_opening_a_gpu():
@@ -167,16 +185,7 @@ def test_a_gpu_workers_own_use_is_off_what_it_offers_and_only_its_own_use_is_che
             listed.append(types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=held["mine"]))
         return listed
 
-    _fake_nvml(
-        monkeypatch,
-        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(
-            total=80 * GiB, used=held["mine"] + held["neighbour"], free=80 * GiB - held["mine"] - held["neighbour"]
-        ),
-        nvmlDeviceGetName=lambda handle: b"NVIDIA H200",
-        nvmlDeviceGetUUID=lambda handle: b"GPU-1234",
-        nvmlDeviceGetUtilizationRates=lambda handle: types.SimpleNamespace(gpu=0),
-        nvmlDeviceGetComputeRunningProcesses=running,
-    )
+    _fake_h200(monkeypatch, used=lambda: held["mine"] + held["neighbour"], listed=lambda: running(None))
     device = NvmlDevice(index=0, budget_bytes=2 * GiB)  # half of a GPU shared by two workers: 2 GiB here
     host = ModelHost(
         device=device,
@@ -221,15 +230,10 @@ def test_a_cuda_worker_takes_its_own_use_off_its_capacity_once_primed(monkeypatc
 
     MiB, GiB = 1024**2, 1024**3
     held = {"mine": 0}
-    _fake_nvml(
+    _fake_h200(
         monkeypatch,
-        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(total=80 * GiB, used=held["mine"], free=70 * GiB),
-        nvmlDeviceGetName=lambda handle: b"NVIDIA H200",
-        nvmlDeviceGetUUID=lambda handle: b"GPU-1234",
-        nvmlDeviceGetUtilizationRates=lambda handle: types.SimpleNamespace(gpu=0),
-        nvmlDeviceGetComputeRunningProcesses=lambda handle: (
-            [types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=held["mine"])] if held["mine"] else []
-        ),
+        used=lambda: held["mine"],
+        listed=lambda: [types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=held["mine"])] if held["mine"] else [],
     )
     primed = []
 
@@ -282,15 +286,10 @@ def test_each_loading_threads_cuda_handles_are_the_workers_own_use(monkeypatch, 
 
     MiB, GiB = 1024**2, 1024**3
     held = {"mine": 700 * MiB}
-    _fake_nvml(
+    _fake_h200(
         monkeypatch,
-        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(total=80 * GiB, used=held["mine"], free=70 * GiB),
-        nvmlDeviceGetName=lambda handle: b"NVIDIA H200",
-        nvmlDeviceGetUUID=lambda handle: b"GPU-1234",
-        nvmlDeviceGetUtilizationRates=lambda handle: types.SimpleNamespace(gpu=0),
-        nvmlDeviceGetComputeRunningProcesses=lambda handle: [
-            types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=held["mine"])
-        ],
+        used=lambda: held["mine"],
+        listed=lambda: [types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=held["mine"])],
     )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
@@ -372,20 +371,12 @@ def test_each_loading_threads_cuda_handles_are_the_workers_own_use(monkeypatch, 
 def test_where_nvml_cannot_list_the_worker_its_own_use_is_what_the_device_gained(monkeypatch):
     """In a container without the host's PID namespace NVML lists no process of the worker's:
     what the device gained since the worker opened it stands in for the worker's own use."""
-    import types
 
     from inference_workers.devices import NvmlDevice
 
     MiB, GiB = 1024**2, 1024**3
     used = {"device": 5 * GiB}  # a neighbour's, before this worker made anything
-    _fake_nvml(
-        monkeypatch,
-        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(total=80 * GiB, used=used["device"], free=0),
-        nvmlDeviceGetName=lambda handle: b"NVIDIA H200",
-        nvmlDeviceGetUUID=lambda handle: b"GPU-1234",
-        nvmlDeviceGetUtilizationRates=lambda handle: types.SimpleNamespace(gpu=0),
-        nvmlDeviceGetComputeRunningProcesses=lambda handle: [],
-    )
+    _fake_h200(monkeypatch, used=lambda: used["device"], listed=list)
     device = NvmlDevice(index=0, budget_bytes=40 * GiB)
     used["device"] += 700 * MiB  # the worker primes CUDA
     assert device.process_used_bytes() is None
