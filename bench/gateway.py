@@ -429,7 +429,10 @@ class _AnswerReader(asyncio.Protocol):
         self._answered(0)
 
     def _answered(self, status: int) -> None:
-        raise NotImplementedError
+        """Takes one answer's status (0: the connection was lost). Each kind of connection
+        says what that means: the closed loop's resolves the request's future, the open
+        loop's tells its sender."""
+        raise NotImplementedError  # abstract: _RawConnection and _TimedConnection define it
 
 
 class _RawConnection(_AnswerReader):

@@ -241,14 +241,15 @@ class ModelHost:
         # GPU shared by several workers holds theirs too); the whole device's use only where
         # NVML does not list the process.
         mine = self.device.process_used_bytes() if state.kind == "cuda" else None
+        used = mine if mine is not None else state.used_bytes
         limit = self.device.own_bytes + self.allocatable_bytes
-        if state.kind == "cuda" and (mine if mine is not None else state.used_bytes) > limit:
+        if state.kind == "cuda" and used > limit:
             log.warning(
                 "after loading %s, NVML shows %s %d bytes, over %d (its own %d, for models %d, reserved %d): "
                 "the device is over-committed",
                 key,
                 "this worker holding" if mine is not None else "the device's use at",
-                mine if mine is not None else state.used_bytes,
+                used,
                 limit,
                 self.device.own_bytes,
                 self.allocatable_bytes,

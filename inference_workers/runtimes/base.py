@@ -253,18 +253,24 @@ def check_outputs(signature: Signature, outputs: Mapping[str, np.ndarray], *, ro
 _PRIMED: set[tuple[str, str]] = set()
 
 
+def _runtime_of(model_format: ModelFormat, options: RuntimeOptions) -> tuple[str, str]:
+    """The runtime family a format runs on, and the device: what ``prime_runtime`` primes once."""
+    return ("onnx" if model_format == "onnx" else "torch", options.device)
+
+
 def runtime_primed(model_format: ModelFormat, options: RuntimeOptions) -> bool:
     """Whether ``prime_runtime`` has paid this format's runtime costs on this device."""
-    return ("onnx" if model_format == "onnx" else "torch", options.device) in _PRIMED
+    return _runtime_of(model_format, options) in _PRIMED
 
 
 def prime_runtime(model_format: ModelFormat, options: RuntimeOptions) -> None:
     """Pays a runtime's one-time costs (library init, thread pools, allocator arenas, on a
     GPU the CUDA context) once per process and device, with a tiny model, so a footprint
     measures the model and not the runtime."""
-    family = "onnx" if model_format == "onnx" else "torch"
-    if (family, options.device) in _PRIMED:
+    runtime = _runtime_of(model_format, options)
+    if runtime in _PRIMED:
         return
+    family = runtime[0]
     if options.cuda_index is not None:
         from inference_workers.runtimes.gpu import prime_cuda
 
@@ -294,5 +300,5 @@ def prime_runtime(model_format: ModelFormat, options: RuntimeOptions) -> None:
 
         with torch.inference_mode():
             torch.nn.functional.relu(torch.ones(2, 4) @ torch.ones(4, 4))
-    _PRIMED.add((family, options.device))  # only once it worked: a failed prime is tried again
+    _PRIMED.add(runtime)  # only once it worked: a failed prime is tried again
     release_freed_memory()

@@ -62,18 +62,17 @@ def prime_cuda(index: int) -> None:
     """Creates this process's CUDA context (hundreds of MiB) and this thread's cuBLAS handle
     and workspace on ``cuda:index``, once per thread, so that neither is charged to the
     model a thread loads first: cuBLAS keeps a handle and workspace per thread (about 95 MiB
-    on the H200), made by the thread's first matrix product. They are the worker's own use,
-    covered by its headroom, like those the data plane's threads make on their first batch."""
+    on the H200), made by the thread's first matrix product. They are the worker's own use
+    (off the capacity it offers; docs/workers.md, "Memory accounting").
+    Without CUDA in torch it does nothing (ONNX Runtime's CUDA provider brings its own
+    context, primed by its session)."""
     import torch
 
-    if not torch.cuda.is_available():
-        return  # ONNX Runtime's CUDA provider brings its own context, primed by its session
-    primed: set[int] = getattr(_THREAD, "primed", set())
-    if index in primed:
+    if primed_here(index):
         return
     torch.cuda.init()
     with torch.inference_mode():
         probe = torch.ones(8, 8, device=f"cuda:{index}")
         (probe @ probe).sum().item()
     torch.cuda.synchronize(index)
-    _THREAD.primed = primed | {index}
+    _THREAD.primed = getattr(_THREAD, "primed", set()) | {index}
