@@ -23,7 +23,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -96,6 +96,14 @@ class GatewaySettings:
     worker_token: str
     redis_url: str
     max_connections_per_worker: int = 256
+
+    @property
+    def longest_request_s(self) -> float:
+        """How long one request may hold its concurrency slot at most: its body (up to the
+        timeout), a cold start, a first attempt whose worker answers 404 (no longer hosts the
+        model) just before the deadline, a second cold start for the retry, and the retry's
+        fresh timeout."""
+        return 3 * self.timeout_s + 2 * self.cold_start_s
 
     @classmethod
     def from_django(cls) -> GatewaySettings:
@@ -237,6 +245,10 @@ def _connections_closed() -> None:
 
 # Reads of the routing table begun for a miss (an unknown model or version), at most one per:
 MISS_READ_S = 0.25
+# Keys this process has no verdict for, looked up in the database at once, at most: a stream
+# of made-up keys would otherwise queue a read each on the database threads, ahead of the
+# routing table's refresh and every other tenant's first request.
+MAX_KEY_LOOKUPS = 64
 
 
 class KeyCache:
@@ -347,6 +359,12 @@ class KeyCache:
 
         pending = self._lookups.get(digest)
         if pending is None:
+            if len(self._lookups) >= MAX_KEY_LOOKUPS:
+                raise GatewayError(
+                    503,
+                    f"the gateway is already checking {MAX_KEY_LOOKUPS} API keys it has not seen lately; retry shortly",
+                    retry_after_s=1,
+                )
             pending = asyncio.ensure_future(self._database.run(api_key_lookup, digest=digest))
             self._lookups[digest] = pending
             pending.add_done_callback(lambda _: self._lookups.pop(digest, None))
@@ -395,10 +413,9 @@ class Gateway:
         self.settings = settings
         self.database = _DatabaseThreads()
         self.keys = KeyCache(self.database, settings.key_cache_s)
-        # A request holds its slot while its body arrives, while it waits for a cold start and
-        # while the worker answers: each bounded.
-        longest = 2 * settings.timeout_s + settings.cold_start_s
-        self.admission: Admission = admission_for(settings.redis_url or None, longest_request_s=longest)
+        self.admission: Admission = admission_for(
+            settings.redis_url or None, longest_request_s=settings.longest_request_s
+        )
         self.upstream = Upstream(max_connections_per_worker=settings.max_connections_per_worker)
         self.snapshot: RoutingSnapshot | None = None
         self.outstanding: defaultdict[int, int] = defaultdict(int)
@@ -838,9 +855,9 @@ class Gateway:
             if response.status == 404:
                 failure = "its worker no longer hosts it"
                 break
-            return _retry_after_on_503(response)
+            return _passed_on(response, tenant, model)
         if last is not None and last.status == 503:
-            return _retry_after_on_503(last)
+            return _passed_on(last, tenant, model)
         raise GatewayError(
             503,
             f"no replica of model '{model.name}' version {version.number} could take the request ({failure}); "
@@ -897,13 +914,22 @@ class Gateway:
         number = model.pick_version(self._rng.random())
         found = model.versions.get(number)
         if found is None:
-            raise GatewayError(503, f"model '{model.name}' version {number} is in the traffic split but gone")
+            raise GatewayError(
+                503, f"model '{model.name}' version {number} is in the traffic split but gone", retry_after_s=1
+            )
         return found
 
 
-def _retry_after_on_503(response: UpstreamResponse) -> UpstreamResponse:
-    """A worker's 503 (draining, its queue full) goes out with ``Retry-After: 1``, as the
-    gateway's own 503s and 429s do, so a client knows it may come back at once."""
+def _passed_on(response: UpstreamResponse, tenant: TenantRoute, model: ModelRoute) -> UpstreamResponse:
+    """A worker's answer as the client gets it. An error's message names the model as the
+    tenant does: workers know it as ``<tenant>.<model>``, a name the tenant never used. A
+    503 (draining, its queue full) goes out with ``Retry-After: 1``, as the gateway's own
+    503s and 429s do, so a client knows it may come back at once."""
+    if response.status < 400:
+        return response
+    internal = f"{tenant.slug}.{model.name}".encode()
+    if internal in response.body:
+        response = replace(response, body=response.body.replace(internal, model.name.encode()))
     if response.status == 503 and all(name != b"retry-after" for name, _ in response.headers):
         response.headers.append((b"retry-after", b"1"))
     return response

@@ -4,6 +4,7 @@ cannot be reached is retried once elsewhere, and requests in flight steer the ch
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from apps.gateway import metrics
+from apps.gateway.admission import RedisAdmission
 from apps.gateway.app import Gateway, GatewaySettings
 from apps.gateway.routing import ModelRoute, ReplicaRoute, TenantRoute, VersionRoute
 from inference_workers.artifacts import ArtifactCache
@@ -77,6 +79,20 @@ def _routes(*replicas: ReplicaRoute, number: int = 1) -> tuple[TenantRoute, Mode
     )  # fmt: skip
     tenant = TenantRoute(tenant_id=1, slug="acme", limits=None, models={"m": model})  # type: ignore[arg-type]
     return tenant, model, version
+
+
+def test_a_shared_concurrency_slot_outlives_the_longest_request():
+    # A request may hold its slot through its body (the timeout), a cold start, a first
+    # attempt answered 404 just before its deadline, a second cold start for the retry and
+    # the retry's fresh timeout; a slot that expired sooner would let the tenant past its
+    # concurrency limit while the request still runs.
+    settings = dataclasses.replace(
+        _gateway().settings, timeout_s=30, cold_start_s=30, redis_url="redis://127.0.0.1:1/0"
+    )
+    assert settings.longest_request_s == 30 + 30 + 30 + 30 + 30
+    admission = Gateway(settings).admission
+    assert isinstance(admission, RedisAdmission)
+    assert admission._slot_ttl_us > settings.longest_request_s * 1_000_000
 
 
 async def test_an_unreachable_replica_is_retried_once_on_another(worker_url):
@@ -240,7 +256,8 @@ async def test_a_workers_503_goes_out_with_retry_after():
     try:
         answer = await _gateway().forward(tenant, model, version, body=BODY, headers=[])
         assert answer.status == 503 and (b"retry-after", b"1") in answer.headers
-        assert json.loads(answer.body) == {"error": "model acme.m has 8 requests queued"}
+        # The worker's name for the model (<tenant>.<model>) is not the tenant's: it is told "m".
+        assert json.loads(answer.body) == {"error": "model m has 8 requests queued"}
     finally:
         await full.stop()
 

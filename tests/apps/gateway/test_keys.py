@@ -1,0 +1,54 @@
+"""``KeyCache``: keys the process has no verdict for are looked up in the database, a bounded
+number at once, so made-up keys cannot queue reads ahead of everything else."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from apps.gateway.app import MAX_KEY_LOOKUPS, GatewayError, KeyCache
+
+
+class _HeldDatabase:
+    """Stands in for the database threads: every key lookup waits until ``release``, then
+    finds no key (an unknown one)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.release = asyncio.Event()
+
+    async def run(self, function: Any, /, **kwargs: Any) -> None:
+        self.reads += 1
+        await self.release.wait()
+        return None
+
+
+def _made_up(n: int) -> bytes:
+    return f"Bearer brt_{n:08x}_{'z' * 30}".encode()
+
+
+async def test_made_up_keys_queue_a_bounded_number_of_lookups_and_the_rest_are_told_to_retry():
+    database = _HeldDatabase()
+    keys = KeyCache(database, ttl_s=1.5)  # type: ignore[arg-type]
+    waiting = [asyncio.ensure_future(keys.principal(_made_up(n))) for n in range(MAX_KEY_LOOKUPS)]
+    # The same key again shares its pending lookup rather than taking another.
+    waiting.append(asyncio.ensure_future(keys.principal(_made_up(0))))
+    await asyncio.sleep(0.05)
+    assert database.reads == MAX_KEY_LOOKUPS
+    with pytest.raises(GatewayError) as busy:  # at once, not after the others' reads
+        await asyncio.wait_for(keys.principal(_made_up(MAX_KEY_LOOKUPS)), 1)
+    assert busy.value.status == 503 and busy.value.retry_after_s == 1
+    assert "retry shortly" in busy.value.message
+    assert database.reads == MAX_KEY_LOOKUPS  # the refused one read nothing
+    database.release.set()
+    for outcome in await asyncio.gather(*waiting, return_exceptions=True):
+        assert isinstance(outcome, GatewayError) and outcome.status == 401  # unknown, as the database said
+    # With the lookups done, a new key is looked up again; an unknown one's verdict is kept.
+    with pytest.raises(GatewayError) as unknown:
+        await keys.principal(_made_up(MAX_KEY_LOOKUPS))
+    assert unknown.value.status == 401
+    with pytest.raises(GatewayError):
+        await keys.principal(_made_up(1))
+    assert database.reads == MAX_KEY_LOOKUPS + 1
