@@ -218,7 +218,7 @@ class ModelHost:
                     with self._measure_lock:  # a free inside another load's measure would shrink it
                         entry.runner.close()
                     entry.runner = None
-                release_freed_memory()
+                release_freed_memory(something_was_freed=True)
                 if isinstance(exc, LoadError):
                     raise
                 raise LoadError(reason) from exc
@@ -370,7 +370,7 @@ class ModelHost:
                 self.cache.remove(sha256)
         self.metrics.forget(key)
         entry.runner = entry.batcher = None
-        release_freed_memory()
+        release_freed_memory(something_was_freed=True)
         log.info("unloaded %s", key)
         return True
 

@@ -138,16 +138,23 @@ class Footprint:
     max_batch: int
 
 
-def release_freed_memory() -> None:
+def release_freed_memory(*, something_was_freed: bool = False) -> None:
     """Returns freed heap pages to the OS (glibc keeps them otherwise), so RSS tells the truth.
 
-    It also leaves every object that survives a full collection frozen (``gc.freeze``): the
+    It also leaves every object that survives a collection frozen (``gc.freeze``): the
     collector's oldest generation then skips the hundreds of thousands of objects that
     imports and loaded models make, and its passes, which otherwise stop every thread of
     the data plane for 40-120 ms a few times a minute under load, take a few milliseconds.
-    Unfreezing first lets a full collection find cycles left by a model unloaded since.
+
+    The collection walks only what is not frozen yet (what was made since the last call),
+    unless ``something_was_freed`` (a model was unloaded, or a failed load closed): then the
+    heap is unfrozen first, so a full collection finds the cycles the freed model left among
+    frozen objects. That full pass holds the interpreter for a quarter of a second or more in
+    a process that imported torch, stopping every model's requests meanwhile; a load needs
+    no such pass, and before and after its measure costs a few milliseconds instead.
     """
-    gc.unfreeze()
+    if something_was_freed:
+        gc.unfreeze()
     gc.collect()
     gc.freeze()
     with contextlib.suppress(OSError, AttributeError):

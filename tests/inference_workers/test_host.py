@@ -343,3 +343,37 @@ def test_a_fetch_whose_folder_an_unload_just_removed_makes_it_again(tmp_path, mo
     cache = ArtifactCache(tmp_path / "cache")
     path = cache.fetch(model_files["doubler"].as_uri(), sha256_of(model_files["doubler"]))
     assert path.read_bytes() == model_files["doubler"].read_bytes() and len(folders) == 2
+
+
+def test_a_load_leaves_the_frozen_heap_alone_and_an_unload_finds_the_cycles_it_left(make_host, model_files):
+    import gc
+    import weakref
+
+    host = make_host()
+    host.load(load_command(model_files["doubler"], model="doubler", version=1))
+    frozen_at_full_passes: list[int] = []
+
+    def watch(phase: str, info: dict) -> None:
+        if phase == "start" and info["generation"] == 2:
+            frozen_at_full_passes.append(gc.get_freeze_count())
+
+    gc.callbacks.append(watch)
+    try:
+        host.load(load_command(model_files["doubler"], model="doubler", version=2))
+        # A load's collections walk only what is new: what was frozen stays frozen (a pass
+        # over the whole heap would stop every model's requests for a quarter of a second).
+        assert frozen_at_full_passes and min(frozen_at_full_passes) > 0
+        assert gc.get_freeze_count() > 0
+        # The loaded runner is frozen with the rest; give it a cycle, as models' objects have.
+        runner = host.resolve("acme.doubler", 2).runner
+        runner.itself = runner
+        gone = weakref.ref(runner)
+        del runner
+        frozen_at_full_passes.clear()
+        assert host.unload(ModelKey("acme", "doubler", 2))
+        # The unload unfreezes and collects everything, so the cycle is found and freed.
+        assert 0 in frozen_at_full_passes
+        assert gone() is None
+        assert gc.get_freeze_count() > 0  # and the heap is frozen again
+    finally:
+        gc.callbacks.remove(watch)
