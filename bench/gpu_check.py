@@ -130,7 +130,7 @@ def _probe(index: int, folder: Path) -> None:
     for open_runner in (runner, second):
         open_runner.close()
     del runner, second
-    release_freed_memory()  # as the worker does after an unload
+    release_freed_memory(something_was_freed=True)  # as the worker does after an unload
     print(
         f"  after both closed: torch allocated {torch.cuda.memory_allocated(index) / MiB:,.1f} MiB, "
         f"reserved {torch.cuda.memory_reserved(index) / MiB:,.1f} MiB\n",

@@ -214,11 +214,15 @@ class ModelHost:
                 reason = "out of memory while loading the model" if isinstance(exc, MemoryError) else str(exc)
                 with self._lock:
                     entry.state, entry.reason, entry.reserved_bytes = "failed", reason, 0
-                if entry.runner is not None:
+                runner, entry.runner = entry.runner, None
+                opened = runner is not None
+                if runner is not None:
                     with self._measure_lock:  # a free inside another load's measure would shrink it
-                        entry.runner.close()
-                    entry.runner = None
-                release_freed_memory(something_was_freed=True)
+                        runner.close()
+                    del runner
+                # A full pass only when a model was opened (a bad artifact retried in a loop
+                # would otherwise stop every model's requests at each try).
+                release_freed_memory(something_was_freed=opened)
                 if isinstance(exc, LoadError):
                     raise
                 raise LoadError(reason) from exc

@@ -245,9 +245,9 @@ def _connections_closed() -> None:
 
 # Reads of the routing table begun for a miss (an unknown model or version), at most one per:
 MISS_READ_S = 0.25
-# Keys this process has no verdict for, looked up in the database at once, at most: a stream
-# of made-up keys would otherwise queue a read each on the database threads, ahead of the
-# routing table's refresh and every other tenant's first request.
+# Keys this process never had a verdict for, looked up in the database at once, at most: a
+# stream of made-up keys would otherwise queue a read each on the database threads without
+# bound, ahead of the routing table's refresh and other tenants' key checks.
 MAX_KEY_LOOKUPS = 64
 
 
@@ -263,6 +263,7 @@ class KeyCache:
         # it within ``ttl_s``. Bounded: one valid key is one entry however the header is padded.
         self._good: dict[bytes, tuple[float, ApiKeyPrincipal]] = {}
         self._lookups: dict[str, asyncio.Future[ApiKeyPrincipal | None]] = {}
+        self._unseen_pending = 0  # of those, reads of keys this process had no verdict for
         self._touched: dict[int, float] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -283,7 +284,9 @@ class KeyCache:
         digest = self._digest(authorization)
         entry = self._entries.get(digest)
         if entry is None or entry[0] <= now:
-            found = await self._lookup(digest)
+            # A key known to exist waits for its re-check; an unknown one's verdict gives no
+            # such right (made-up keys would otherwise come back as "seen" ones).
+            found = await self._lookup(digest, seen=entry is not None and entry[1] is not None)
             entry = (time.monotonic() + self._ttl_s, found)
             self._entries[digest] = entry
             if len(self._entries) > 10_000:
@@ -354,25 +357,35 @@ class KeyCache:
         if Action.INFER not in principal.actions():
             raise GatewayError(403, f"API key brt_{principal.prefix} lacks the 'infer' scope; create a key with it")
 
-    async def _lookup(self, digest: str) -> ApiKeyPrincipal | None:
+    async def _lookup(self, digest: str, *, seen: bool) -> ApiKeyPrincipal | None:
+        """The key's row, read on the database threads (concurrent lookups of one key share
+        one read). A key this process found before (``seen``, its verdict expired since)
+        always waits for its read; any other is refused while ``MAX_KEY_LOOKUPS`` such reads
+        are pending."""
         from apps.tenants.keys import api_key_lookup
 
         pending = self._lookups.get(digest)
         if pending is None:
-            if len(self._lookups) >= MAX_KEY_LOOKUPS:
+            if not seen and self._unseen_pending >= MAX_KEY_LOOKUPS:
                 raise GatewayError(
                     503,
-                    f"the gateway is already checking {MAX_KEY_LOOKUPS} API keys it has not seen lately; retry shortly",
+                    f"the gateway is already checking {MAX_KEY_LOOKUPS} API keys it does not know yet; retry shortly",
                     retry_after_s=1,
                 )
             pending = asyncio.ensure_future(self._database.run(api_key_lookup, digest=digest))
             self._lookups[digest] = pending
             pending.add_done_callback(lambda _: self._lookups.pop(digest, None))
+            if not seen:
+                self._unseen_pending += 1
+                pending.add_done_callback(self._unseen_done)
         try:
             return await asyncio.shield(pending)
         except Exception as exc:
             log.exception("API key lookup failed")
             raise GatewayError(503, f"the gateway cannot check API keys right now ({exc}); retry shortly") from None
+
+    def _unseen_done(self, _: asyncio.Future[ApiKeyPrincipal | None]) -> None:
+        self._unseen_pending -= 1
 
     async def _touch(self, key_id: int, wall: datetime) -> None:
         from apps.tenants.keys import api_key_touch
@@ -922,14 +935,20 @@ class Gateway:
 
 def _passed_on(response: UpstreamResponse, tenant: TenantRoute, model: ModelRoute) -> UpstreamResponse:
     """A worker's answer as the client gets it. An error's message names the model as the
-    tenant does: workers know it as ``<tenant>.<model>``, a name the tenant never used. A
-    503 (draining, its queue full) goes out with ``Retry-After: 1``, as the gateway's own
-    503s and 429s do, so a client knows it may come back at once."""
+    tenant does: workers know it as ``<tenant>/<model>/<version>`` or ``<tenant>.<model>``,
+    names the tenant never used (``model acme/m/1 has 8 requests queued`` goes out as
+    ``model 'm' version 1 has 8 requests queued``). A 503 (draining, its queue full) goes
+    out with ``Retry-After: 1``, as the gateway's own 503s and 429s do, so a client knows it
+    may come back at once."""
     if response.status < 400:
         return response
-    internal = f"{tenant.slug}.{model.name}".encode()
-    if internal in response.body:
-        response = replace(response, body=response.body.replace(internal, model.name.encode()))
+    slug = tenant.slug.encode()
+    if slug in response.body:
+        # Slugs and model names are DNS labels: neither holds a '.', a '/' or a quote.
+        internal = re.compile(re.escape(slug) + rb"[./]" + re.escape(model.name.encode()) + rb"(?:/(\d+))?\b")
+        own = f"'{model.name}'".encode()
+        body = internal.sub(lambda m: own + (b" version " + m[1] if m[1] else b""), response.body)
+        response = replace(response, body=body)
     if response.status == 503 and all(name != b"retry-after" for name, _ in response.headers):
         response.headers.append((b"retry-after", b"1"))
     return response

@@ -130,6 +130,16 @@ async def test_requests_in_flight_count_against_their_replica(worker_url):
     assert gateway.outstanding[1] == 0
 
 
+async def test_a_workers_error_names_the_model_as_the_tenant_does(worker_url):
+    replica = ReplicaRoute(replica_id=1, worker_id="w1", url=worker_url)
+    rows = {"inputs": [{"name": "input", "shape": [9, 4], "datatype": "FP32", "data": list(range(36))}]}
+    answer = await _gateway().forward(*_routes(replica), body=json.dumps(rows).encode(), headers=[])
+    assert answer.status == 400  # the version takes batches of 8 rows at most
+    error = json.loads(answer.body)["error"]
+    assert "model 'm' version 1 takes at most 8" in error, error
+    assert "acme" not in error
+
+
 class _RawReplica:
     """A stand-in worker on a real socket: reads each request whole, then answers ``reply``,
     or, with ``reply=None``, closes the connection without a word (it died while it had the
@@ -250,14 +260,14 @@ async def test_a_workers_500_is_passed_on_with_its_reason_and_not_retried():
 
 
 async def test_a_workers_503_goes_out_with_retry_after():
-    full = _RawReplica(_http("503 Service Unavailable", b'{"error":"model acme.m has 8 requests queued"}'))
+    full = _RawReplica(_http("503 Service Unavailable", b'{"error":"model acme/m/1 has 8 requests queued"}'))
     only = ReplicaRoute(replica_id=1, worker_id="full-worker", url=await full.start())
     tenant, model, version = _routes(only)
     try:
         answer = await _gateway().forward(tenant, model, version, body=BODY, headers=[])
         assert answer.status == 503 and (b"retry-after", b"1") in answer.headers
-        # The worker's name for the model (<tenant>.<model>) is not the tenant's: it is told "m".
-        assert json.loads(answer.body) == {"error": "model m has 8 requests queued"}
+        # The worker's name for the model (<tenant>/<model>/<version>) is not the tenant's.
+        assert json.loads(answer.body) == {"error": "model 'm' version 1 has 8 requests queued"}
     finally:
         await full.stop()
 
