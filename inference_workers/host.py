@@ -219,7 +219,7 @@ class ModelHost:
                 if runner is not None:
                     with self._measure_lock:  # a free inside another load's measure would shrink it
                         runner.close()
-                    del runner
+                del runner  # before the pass below, so the closed runner can be freed by it
                 # A full pass only when a model was opened (a bad artifact retried in a loop
                 # would otherwise stop every model's requests at each try).
                 release_freed_memory(something_was_freed=opened)

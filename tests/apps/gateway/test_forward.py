@@ -63,12 +63,15 @@ def worker_url(tmp_path: Path, doubler: Path) -> Iterator[str]:
     loop.stop()
 
 
-def _gateway() -> Gateway:
-    settings = GatewaySettings(
+def _settings() -> GatewaySettings:
+    return GatewaySettings(
         max_body_bytes=1 << 20, timeout_s=10, cold_start_s=1, refresh_s=0.5, key_cache_s=1.5,
         worker_token=TOKEN, redis_url="",
     )  # fmt: skip
-    return Gateway(settings)
+
+
+def _gateway() -> Gateway:
+    return Gateway(_settings())
 
 
 def _routes(*replicas: ReplicaRoute, number: int = 1) -> tuple[TenantRoute, ModelRoute, VersionRoute]:
@@ -86,9 +89,7 @@ def test_a_shared_concurrency_slot_outlives_the_longest_request():
     # attempt answered 404 just before its deadline, a second cold start for the retry and
     # the retry's fresh timeout; a slot that expired sooner would let the tenant past its
     # concurrency limit while the request still runs.
-    settings = dataclasses.replace(
-        _gateway().settings, timeout_s=30, cold_start_s=30, redis_url="redis://127.0.0.1:1/0"
-    )
+    settings = dataclasses.replace(_settings(), timeout_s=30, cold_start_s=30, redis_url="redis://127.0.0.1:1/0")
     assert settings.longest_request_s == 30 + 30 + 30 + 30 + 30
     admission = Gateway(settings).admission
     assert isinstance(admission, RedisAdmission)
