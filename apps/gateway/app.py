@@ -203,6 +203,10 @@ class _DatabaseThreads:
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gateway-db")
 
+    def close(self) -> None:
+        """Waits for the calls in flight and ends the threads (blocking: call it off the loop)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
     async def run(self, function: Callable[..., T], /, **kwargs: Any) -> T:
         def call() -> T:
             from django.db import DatabaseError
@@ -265,7 +269,7 @@ class KeyCache:
         self._lookups: dict[str, asyncio.Future[ApiKeyPrincipal | None]] = {}
         self._unseen_pending = 0  # of those, reads of keys this process had no verdict for
         self._touched: dict[int, float] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self.background: set[asyncio.Task[None]] = set()  # last_used_at writes
 
     async def principal(self, authorization: bytes | None) -> ApiKeyPrincipal:
         """Who presents this ``Authorization`` header, checked for the ``infer`` scope.
@@ -323,7 +327,7 @@ class KeyCache:
         if self._touched.get(principal.key_id, 0.0) <= now:
             self._touched[principal.key_id] = now + 60.0
             task = asyncio.get_running_loop().create_task(self._touch(principal.key_id, _now()))
-            _keep(self._background, task)
+            _keep(self.background, task)
 
     @staticmethod
     def _digest(authorization: bytes | None) -> str:
@@ -515,6 +519,17 @@ class Gateway:
         """Starts the background refresh on the running loop (idempotent)."""
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    async def close(self) -> None:
+        """Stops the background work and waits for the database calls in flight: a read still
+        running on a database thread holds its tables' locks, which a test's teardown (a
+        TRUNCATE of every table) would otherwise deadlock against."""
+        tasks = [task for task in (self._loop_task, self._refreshing) if task is not None]
+        tasks += [*self.background, *self.keys.background]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(self.database.close)
 
     async def _refresh_forever(self) -> None:
         flushed = time.monotonic()
@@ -1019,6 +1034,12 @@ class GatewayApp:
             fastpath.install(loop, self.refusal)
         self._gateway.start()
         return self._gateway
+
+    async def close(self) -> None:
+        """Closes this loop's gateway, if one started (a server's shutdown, a test's end)."""
+        gateway, self._gateway, self._loop = self._gateway, None, None
+        if gateway is not None:
+            await gateway.close()
 
     def refusal(self, path: str, headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], bytes] | None:
         """The 429 (its headers, less the length, and body) for an inference request that

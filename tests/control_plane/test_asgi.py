@@ -13,6 +13,8 @@ async def client():
     transport = httpx.ASGITransport(app=application)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
         yield http
+    # The gateway's background reads end before the database is flushed for the next test.
+    await application.application_mapping["http"].gateway.close()
 
 
 async def test_v2_server_metadata_comes_from_the_gateway(client):
@@ -55,3 +57,13 @@ async def test_a_path_that_only_starts_with_v2_is_not_the_gateway(client):
     response = await client.get("/v2x")
     assert response.status_code == 404
     assert "application/json" not in response.headers.get("content-type", "")
+
+
+async def test_closing_the_gateway_ends_its_background_work(client):
+    assert (await client.get("/v2/health/ready")).status_code == 200  # the gateway has started
+    gateway_app = application.application_mapping["http"].gateway
+    gateway = gateway_app.gateway()
+    await gateway_app.close()
+    assert gateway._loop_task is not None and gateway._loop_task.done()
+    with pytest.raises(RuntimeError):  # its database threads are gone, their calls finished
+        await gateway.database.run(lambda: None)
