@@ -21,10 +21,16 @@ defaults, a temporary data dir, a free port on 127.0.0.1), deploys the reference
    2-core machine measures CPU contention between the load generators, not isolation;
    ``--mixed-pairs N`` takes N pairs of runs (alone, beside C) in turn and prints each
    pair's rise and their median, since one pair's moves by tens of points on a shared VM;
+   and ``--mixed-interleaved N`` (1 by default) N runs in which C is on and off in turn
+   every ``--mixed-slice`` seconds (10) for twice ``--mixed-seconds``, A's and B's requests
+   split by the slice they were sent in: the same comparison, with the VM's episodes and
+   drift more often falling on both sides alike (identical runs spread about half as
+   widely as pairs: docs/gateway.md);
 
 then the measured figures against the issue's targets. It asserts nothing.
 
-    .venv/bin/python -m bench.gateway [--seconds 5] [--mixed-seconds 60] [--mixed-pairs 1] [--saturate]
+    .venv/bin/python -m bench.gateway [--seconds 5] [--mixed-seconds 60] [--mixed-pairs 1]
+        [--mixed-interleaved 1] [--mixed-slice 10] [--saturate]
 """
 
 from __future__ import annotations
@@ -362,6 +368,9 @@ class LoadSpec:
     headers: dict[str, str]
     concurrency: int
     rate: float | None = None
+    # Open loop only: sends only in every other slice of this many seconds, the second,
+    # fourth, … after ``record_from`` (the interleaved mixed load: C on and off in turn).
+    slice_s: float | None = None
 
 
 @dataclass
@@ -370,9 +379,11 @@ class Tally:
 
     name: str
     latencies: list[float] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)  # each 200's send (``time.monotonic``)
     statuses: Counter[int] = field(default_factory=Counter)
     warmup_answers: int = 0
     client_cpu_s: float = 0.0
+    record_from: float = 0.0
 
     def p99_ms(self) -> float:
         return float(np.percentile(self.latencies, 99) * 1000) if self.latencies else float("nan")
@@ -382,6 +393,20 @@ class Tally:
 
     def p50_ms(self) -> float:
         return float(np.percentile(self.latencies, 50) * 1000) if self.latencies else float("nan")
+
+    def p99_ms_in_turn(self, slice_s: float) -> tuple[float, float]:
+        """p99 (ms) of the 200s sent in the first, third, … slices of ``slice_s`` after
+        ``record_from``, and of those sent in the second, fourth, …"""
+        sides: tuple[list[float], list[float]] = ([], [])
+        for at, latency in zip(self.sent_at, self.latencies, strict=True):
+            sides[_slice_on(at, self.record_from, slice_s)].append(latency)
+        off, on = (float(np.percentile(side, 99) * 1000) if side else float("nan") for side in sides)
+        return off, on
+
+
+def _slice_on(at: float, start: float, slice_s: float) -> int:
+    """1 when ``at`` falls in the second, fourth, … slice of ``slice_s`` after ``start``, else 0."""
+    return int((at - start) // slice_s) % 2
 
 
 _CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
@@ -511,7 +536,7 @@ async def _closed_loop(spec: LoadSpec, *, begin: float, record_from: float, stop
     """``spec.concurrency`` clients, each sending its next request when answered, from
     ``begin`` to ``stop`` (``time.monotonic``, one clock for every process on Linux);
     requests sent before ``record_from`` warm up and are not counted."""
-    tally = Tally(spec.name)
+    tally = Tally(spec.name, record_from=record_from)
     await asyncio.sleep(max(0.0, begin - time.monotonic()))
     client = _RawClient(spec)
 
@@ -537,6 +562,7 @@ async def _send_counted(client: _RawClient, tally: Tally, record_from: float) ->
     tally.statuses[status] += 1
     if status == 200:
         tally.latencies.append(time.monotonic() - t0)
+        tally.sent_at.append(t0)
 
 
 class _TimedConnection(_AnswerReader):
@@ -654,6 +680,7 @@ class _OpenLoopSender:
             self._tally.statuses[status] += 1
             if status == 200:
                 self._tally.latencies.append(time.monotonic() - at)
+                self._tally.sent_at.append(at)
         self._outstanding -= 1
         if self._outstanding == 0 and self._drained is not None:
             self._drained.set()
@@ -687,9 +714,10 @@ async def _open_loop(spec: LoadSpec, *, begin: float, record_from: float, stop: 
     earlier ones were answered (a steady arrival rate, as independent users make; a request
     due while every connection waits opens another); latency runs from each request's send
     (or, for one that waited for a connection, from when it was sent for). Requests sent
-    before ``record_from`` are not counted."""
+    before ``record_from`` are not counted. With ``spec.slice_s``, requests due in the first,
+    third, … slices are not sent."""
     assert spec.rate
-    tally = Tally(spec.name)
+    tally = Tally(spec.name, record_from=record_from)
     sender = _OpenLoopSender(spec, tally, record_from)
     sent = 0
     try:
@@ -700,7 +728,8 @@ async def _open_loop(spec: LoadSpec, *, begin: float, record_from: float, stop: 
             # Every request due by now goes out, timed from now.
             now = time.monotonic()
             while (due := begin + sent / spec.rate) <= now and due < stop:
-                sender.due(now)
+                if not spec.slice_s or _slice_on(due, record_from, spec.slice_s):
+                    sender.due(now)
                 sent += 1
         await sender.drain()
     finally:
@@ -849,6 +878,14 @@ def main() -> None:
         help="scales the mixed load's rates and C's limit (0.25 on a machine 4x slower keeps the same share of it)",
     )
     parser.add_argument(
+        "--mixed-interleaved",
+        type=int,
+        default=1,
+        help="runs of twice --mixed-seconds with C on and off in turn every --mixed-slice seconds; each run's rise "
+        "is printed, and their median",
+    )
+    parser.add_argument("--mixed-slice", type=float, default=10.0, help="the interleaved runs' slice (seconds)")
+    parser.add_argument(
         "--mixed-pairs",
         type=int,
         default=1,
@@ -984,6 +1021,21 @@ def main() -> None:
             print(f"mixed load: A+B beside C for {args.mixed_seconds:.0f} s{of} …", flush=True)
             beside, web_beside_s = mixed_run(steady, hammer, web=web, seconds=args.mixed_seconds)
             pairs.append((alone, beside))
+        # The same comparison with C on and off in turn in one run: the VM's episodes and
+        # drift (a few seconds to minutes) fall on both sides alike (docs/gateway.md).
+        slice_s = min(args.mixed_slice, args.mixed_seconds / 2)
+        interleaved: list[list[tuple[float, float]]] = []
+        # (A closed loop cannot skip a slice: --saturate has no interleaved runs.)
+        for run in range(0 if args.saturate else max(0, args.mixed_interleaved)):
+            of = f" (run {run + 1} of {args.mixed_interleaved})" if args.mixed_interleaved > 1 else ""
+            print(
+                f"mixed load: A+B for {2 * args.mixed_seconds:.0f} s, C on and off in turn every {slice_s:.0f} s{of} …",
+                flush=True,
+            )
+            in_turn, _ = mixed_run(
+                steady, dataclasses.replace(hammer, slice_s=slice_s), web=web, seconds=2 * args.mixed_seconds
+            )
+            interleaved.append([tally.p99_ms_in_turn(slice_s) for tally in in_turn[:-1]])
         # C within its limit (every request admitted): what C's fair share costs A and B,
         # against which the rise beside C over its limit shows what its excess costs.
         print(f"mixed load: A+B beside C within its limit for {args.mixed_seconds:.0f} s …", flush=True)
@@ -1042,6 +1094,13 @@ def main() -> None:
             f"{before.name:<10} p99 alone {before.p99_ms():7.3f} ms  with C's clients aimed elsewhere "
             f"{after.p99_ms():7.3f} ms  rise {rise:+6.1f} % (the floor: C's clients alone on these cores)"
         )
+    for run, p99s in enumerate(interleaved):
+        for tally, (off, on) in zip(alone, p99s, strict=False):
+            print(
+                f"{tally.name:<10} p99 with C off {off:7.3f} ms  on {on:7.3f} ms  rise {(on / off - 1) * 100:+6.1f} % "
+                f"(interleaved run {run + 1}: C on and off in turn every {slice_s:.0f} s, "
+                f"{args.mixed_seconds:.0f} s of each)"
+            )
     c = beside[-1]
     print(
         f"{c.name:<10} 200: {c.statuses[200]}  429: {c.statuses[429]}  "
@@ -1086,6 +1145,13 @@ def main() -> None:
         print(
             f"mixed: worst A/B p99 rise per pair {', '.join(f'{r:+.1f} %' for r in pair_rises)}; "
             f"median {float(np.median(pair_rises)):+.1f} % (target <= {TARGET_MIXED_P99_RISE_PCT:.0f} %)"
+        )
+    if interleaved:
+        turn_rises = [max((on / off - 1) * 100 for off, on in p99s) for p99s in interleaved]
+        print(
+            f"mixed, interleaved (C on and off in turn every {slice_s:.0f} s): worst A/B p99 rise per run "
+            f"{', '.join(f'{r:+.1f} %' for r in turn_rises)}; median {float(np.median(turn_rises)):+.1f} % "
+            f"(target <= {TARGET_MIXED_P99_RISE_PCT:.0f} %)"
         )
     beyond = max(
         ((g.p99_ms() - f.p99_ms()) / a.p99_ms() * 100 for a, g, f in zip(alone, beside, floor, strict=False)),
