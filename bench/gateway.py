@@ -21,11 +21,11 @@ defaults, a temporary data dir, a free port on 127.0.0.1), deploys the reference
    2-core machine measures CPU contention between the load generators, not isolation;
    ``--mixed-pairs N`` takes N pairs of runs (alone, beside C) in turn and prints each
    pair's rise and their median, since one pair's moves by tens of points on a shared VM;
-   and ``--mixed-interleaved N`` (1 by default) N runs in which C is on and off in turn
-   every ``--mixed-slice`` seconds (10) for twice ``--mixed-seconds``, A's and B's requests
-   split by the slice they were sent in: the same comparison, with the VM's episodes and
-   drift more often falling on both sides alike (identical runs spread about half as
-   widely as pairs: docs/gateway.md);
+   and ``--mixed-interleaved N`` (1 by default; none with ``--saturate``) N runs in which C
+   is on and off in turn, slices of ``--mixed-slice`` seconds (10) in the order off, on, on,
+   off, for twice ``--mixed-seconds``, A's and B's requests split by the slice they were
+   sent in: the same comparison, with the VM's episodes and drift more often falling on
+   both sides alike (identical runs spread less widely than pairs: docs/gateway.md);
 
 then the measured figures against the issue's targets. It asserts nothing.
 
@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import math
 import multiprocessing
 import os
 import re
@@ -368,8 +369,8 @@ class LoadSpec:
     headers: dict[str, str]
     concurrency: int
     rate: float | None = None
-    # Open loop only: sends only in every other slice of this many seconds, the second,
-    # fourth, … after ``record_from`` (the interleaved mixed load: C on and off in turn).
+    # Open loop only: sends only in the slices of this many seconds after ``record_from``
+    # that ``_slice_on`` says are on (the interleaved mixed load: C on and off in turn).
     slice_s: float | None = None
 
 
@@ -395,8 +396,8 @@ class Tally:
         return float(np.percentile(self.latencies, 50) * 1000) if self.latencies else float("nan")
 
     def p99_ms_in_turn(self, slice_s: float) -> tuple[float, float]:
-        """p99 (ms) of the 200s sent in the first, third, … slices of ``slice_s`` after
-        ``record_from``, and of those sent in the second, fourth, …"""
+        """p99 (ms) of the 200s sent in the slices of ``slice_s`` after ``record_from`` that
+        are off, and of those sent in the slices that are on (``_slice_on``)."""
         sides: tuple[list[float], list[float]] = ([], [])
         for at, latency in zip(self.sent_at, self.latencies, strict=True):
             sides[_slice_on(at, self.record_from, slice_s)].append(latency)
@@ -405,8 +406,19 @@ class Tally:
 
 
 def _slice_on(at: float, start: float, slice_s: float) -> int:
-    """1 when ``at`` falls in the second, fourth, … slice of ``slice_s`` after ``start``, else 0."""
-    return int((at - start) // slice_s) % 2
+    """1 when ``at`` falls in a slice of ``slice_s`` after ``start`` that is on, else 0. The
+    slices go off, on, on, off and again: over a multiple of four slices the on ones and the
+    off ones are centred on the same moment, so a steady drift of the machine's speed falls
+    on both sides alike instead of always favouring the earlier one."""
+    return int(int((at - start) // slice_s) % 4 in (1, 2))
+
+
+def _next_on(at: float, start: float, slice_s: float) -> float:
+    """The start of the on slice that holds ``at``, else of the next on slice."""
+    index = int((at - start) // slice_s)
+    while index % 4 not in (1, 2):
+        index += 1
+    return start + index * slice_s
 
 
 _CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
@@ -714,8 +726,9 @@ async def _open_loop(spec: LoadSpec, *, begin: float, record_from: float, stop: 
     earlier ones were answered (a steady arrival rate, as independent users make; a request
     due while every connection waits opens another); latency runs from each request's send
     (or, for one that waited for a connection, from when it was sent for). Requests sent
-    before ``record_from`` are not counted. With ``spec.slice_s``, requests due in the first,
-    third, … slices are not sent."""
+    before ``record_from`` are not counted. With ``spec.slice_s``, nothing is sent in the
+    slices that are off (by the time the request would go out, as A's and B's are split),
+    and the loop sleeps through them."""
     assert spec.rate
     tally = Tally(spec.name, record_from=record_from)
     sender = _OpenLoopSender(spec, tally, record_from)
@@ -727,9 +740,13 @@ async def _open_loop(spec: LoadSpec, *, begin: float, record_from: float, stop: 
             await asyncio.sleep(max(MIN_SLEEP_S, due - time.monotonic()))
             # Every request due by now goes out, timed from now.
             now = time.monotonic()
+            if spec.slice_s and not _slice_on(now, record_from, spec.slice_s):
+                # Off: the next request is the first due once the next on slice begins.
+                resume = _next_on(now, record_from, spec.slice_s)
+                sent = max(sent, math.ceil((resume - begin) * spec.rate))
+                continue
             while (due := begin + sent / spec.rate) <= now and due < stop:
-                if not spec.slice_s or _slice_on(due, record_from, spec.slice_s):
-                    sender.due(now)
+                sender.due(now)
                 sent += 1
         await sender.drain()
     finally:
@@ -860,6 +877,13 @@ def _statuses(tally: Tally) -> str:
     return ", ".join(f"{code or 'no answer'}: {count}" for code, count in sorted(tally.statuses.items()))
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
 def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
@@ -884,7 +908,12 @@ def main() -> None:
         help="runs of twice --mixed-seconds with C on and off in turn every --mixed-slice seconds; each run's rise "
         "is printed, and their median",
     )
-    parser.add_argument("--mixed-slice", type=float, default=10.0, help="the interleaved runs' slice (seconds)")
+    parser.add_argument(
+        "--mixed-slice",
+        type=_positive,
+        default=10.0,
+        help="the interleaved runs' slice (seconds; rounded so the run holds a multiple of four)",
+    )
     parser.add_argument(
         "--mixed-pairs",
         type=int,
@@ -1022,20 +1051,23 @@ def main() -> None:
             beside, web_beside_s = mixed_run(steady, hammer, web=web, seconds=args.mixed_seconds)
             pairs.append((alone, beside))
         # The same comparison with C on and off in turn in one run: the VM's episodes and
-        # drift (a few seconds to minutes) fall on both sides alike (docs/gateway.md).
-        slice_s = min(args.mixed_slice, args.mixed_seconds / 2)
-        interleaved: list[list[tuple[float, float]]] = []
+        # drift (a few seconds to minutes) fall on both sides alike more often (docs/gateway.md).
+        # Slices in a multiple of four, so the on and off sides are as long as each other.
+        slices = 4 * max(1, round(2 * args.mixed_seconds / args.mixed_slice / 4))
+        slice_s = 2 * args.mixed_seconds / slices
+        interleaved: list[tuple[list[tuple[str, float, float]], Tally]] = []
         # (A closed loop cannot skip a slice: --saturate has no interleaved runs.)
         for run in range(0 if args.saturate else max(0, args.mixed_interleaved)):
             of = f" (run {run + 1} of {args.mixed_interleaved})" if args.mixed_interleaved > 1 else ""
             print(
-                f"mixed load: A+B for {2 * args.mixed_seconds:.0f} s, C on and off in turn every {slice_s:.0f} s{of} …",
+                f"mixed load: A+B for {2 * args.mixed_seconds:.0f} s, C on and off in turn every {slice_s:g} s{of} …",
                 flush=True,
             )
             in_turn, _ = mixed_run(
                 steady, dataclasses.replace(hammer, slice_s=slice_s), web=web, seconds=2 * args.mixed_seconds
             )
-            interleaved.append([tally.p99_ms_in_turn(slice_s) for tally in in_turn[:-1]])
+            *steady_tallies, c_tally = in_turn
+            interleaved.append(([(t.name, *t.p99_ms_in_turn(slice_s)) for t in steady_tallies], c_tally))
         # C within its limit (every request admitted): what C's fair share costs A and B,
         # against which the rise beside C over its limit shows what its excess costs.
         print(f"mixed load: A+B beside C within its limit for {args.mixed_seconds:.0f} s …", flush=True)
@@ -1094,13 +1126,14 @@ def main() -> None:
             f"{before.name:<10} p99 alone {before.p99_ms():7.3f} ms  with C's clients aimed elsewhere "
             f"{after.p99_ms():7.3f} ms  rise {rise:+6.1f} % (the floor: C's clients alone on these cores)"
         )
-    for run, p99s in enumerate(interleaved):
-        for tally, (off, on) in zip(alone, p99s, strict=False):
+    for run, (p99s, c_tally) in enumerate(interleaved):
+        for name, off, on in p99s:
             print(
-                f"{tally.name:<10} p99 with C off {off:7.3f} ms  on {on:7.3f} ms  rise {(on / off - 1) * 100:+6.1f} % "
-                f"(interleaved run {run + 1}: C on and off in turn every {slice_s:.0f} s, "
-                f"{args.mixed_seconds:.0f} s of each)"
+                f"{name:<10} p99 with C off {off:7.3f} ms  on {on:7.3f} ms  rise {(on / off - 1) * 100:+6.1f} % "
+                f"(interleaved run {run + 1}: C on and off in turn every {slice_s:g} s, "
+                f"{args.mixed_seconds:g} s of each)"
             )
+        print(f"{c_tally.name:<10} in interleaved run {run + 1}, while on: [{_statuses(c_tally)}]")
     c = beside[-1]
     print(
         f"{c.name:<10} 200: {c.statuses[200]}  429: {c.statuses[429]}  "
@@ -1147,9 +1180,9 @@ def main() -> None:
             f"median {float(np.median(pair_rises)):+.1f} % (target <= {TARGET_MIXED_P99_RISE_PCT:.0f} %)"
         )
     if interleaved:
-        turn_rises = [max((on / off - 1) * 100 for off, on in p99s) for p99s in interleaved]
+        turn_rises = [max((on / off - 1) * 100 for _, off, on in p99s) for p99s, _ in interleaved]
         print(
-            f"mixed, interleaved (C on and off in turn every {slice_s:.0f} s): worst A/B p99 rise per run "
+            f"mixed, interleaved (C on and off in turn every {slice_s:g} s): worst A/B p99 rise per run "
             f"{', '.join(f'{r:+.1f} %' for r in turn_rises)}; median {float(np.median(turn_rises)):+.1f} % "
             f"(target <= {TARGET_MIXED_P99_RISE_PCT:.0f} %)"
         )
