@@ -387,13 +387,13 @@ class Tally:
     record_from: float = 0.0
 
     def p99_ms(self) -> float:
-        return float(np.percentile(self.latencies, 99) * 1000) if self.latencies else float("nan")
+        return _percentile_ms(self.latencies, 99)
 
     def rps(self, seconds: float) -> float:
         return len(self.latencies) / seconds if seconds else 0.0
 
     def p50_ms(self) -> float:
-        return float(np.percentile(self.latencies, 50) * 1000) if self.latencies else float("nan")
+        return _percentile_ms(self.latencies, 50)
 
     def p99_ms_in_turn(self, slice_s: float) -> tuple[float, float]:
         """p99 (ms) of the 200s sent in the slices of ``slice_s`` after ``record_from`` that
@@ -401,8 +401,17 @@ class Tally:
         sides: tuple[list[float], list[float]] = ([], [])
         for at, latency in zip(self.sent_at, self.latencies, strict=True):
             sides[_slice_on(at, self.record_from, slice_s)].append(latency)
-        off, on = (float(np.percentile(side, 99) * 1000) if side else float("nan") for side in sides)
-        return off, on
+        return _percentile_ms(sides[0], 99), _percentile_ms(sides[1], 99)
+
+
+def _percentile_ms(latencies: list[float], q: float) -> float:
+    """The ``q`` th percentile of latencies in seconds, in ms (NaN for none)."""
+    return float(np.percentile(latencies, q) * 1000) if latencies else float("nan")
+
+
+def _rise_pct(before: float, after: float) -> float:
+    """How much ``after`` is over ``before``, in percent of ``before``."""
+    return (after / before - 1) * 100
 
 
 def _slice_on(at: float, start: float, slice_s: float) -> int:
@@ -1104,7 +1113,7 @@ def main() -> None:
     )
     rises = []
     for before, after in zip(alone, beside, strict=False):
-        rise = (after.p99_ms() / before.p99_ms() - 1) * 100
+        rise = _rise_pct(before.p99_ms(), after.p99_ms())
         rises.append(rise)
         print(
             f"{before.name:<10} p99 alone {before.p99_ms():7.3f} ms  with C {after.p99_ms():7.3f} ms  "
@@ -1114,14 +1123,14 @@ def main() -> None:
             f"statuses alone [{_statuses(before)}] with C [{_statuses(after)}]"
         )
     for before, after in zip(alone, at_limit, strict=False):
-        rise = (after.p99_ms() / before.p99_ms() - 1) * 100
+        rise = _rise_pct(before.p99_ms(), after.p99_ms())
         print(
             f"{before.name:<10} p99 alone {before.p99_ms():7.3f} ms  with C within its limit "
             f"{after.p99_ms():7.3f} ms  rise {rise:+6.1f} % (C's admitted share alone: "
             f"{at_limit[-1].statuses[200] / args.mixed_seconds:.0f} req/s, [{_statuses(at_limit[-1])}])"
         )
     for before, after in zip(alone, floor, strict=False):
-        rise = (after.p99_ms() / before.p99_ms() - 1) * 100
+        rise = _rise_pct(before.p99_ms(), after.p99_ms())
         print(
             f"{before.name:<10} p99 alone {before.p99_ms():7.3f} ms  with C's clients aimed elsewhere "
             f"{after.p99_ms():7.3f} ms  rise {rise:+6.1f} % (the floor: C's clients alone on these cores)"
@@ -1129,7 +1138,7 @@ def main() -> None:
     for run, (p99s, c_tally) in enumerate(interleaved):
         for name, off, on in p99s:
             print(
-                f"{name:<10} p99 with C off {off:7.3f} ms  on {on:7.3f} ms  rise {(on / off - 1) * 100:+6.1f} % "
+                f"{name:<10} p99 with C off {off:7.3f} ms  on {on:7.3f} ms  rise {_rise_pct(off, on):+6.1f} % "
                 f"(interleaved run {run + 1}: C on and off in turn every {slice_s:g} s, "
                 f"{args.mixed_seconds:g} s of each)"
             )
@@ -1174,13 +1183,13 @@ def main() -> None:
         )
     worst = max(rises, default=float("nan"))
     if len(pairs) > 1:  # the runs above are the last pair's; here every pair's worst rise
-        pair_rises = [max((b.p99_ms() / a.p99_ms() - 1) * 100 for a, b in zip(*pair, strict=False)) for pair in pairs]
+        pair_rises = [max(_rise_pct(a.p99_ms(), b.p99_ms()) for a, b in zip(*pair, strict=False)) for pair in pairs]
         print(
             f"mixed: worst A/B p99 rise per pair {', '.join(f'{r:+.1f} %' for r in pair_rises)}; "
             f"median {float(np.median(pair_rises)):+.1f} % (target <= {TARGET_MIXED_P99_RISE_PCT:.0f} %)"
         )
     if interleaved:
-        turn_rises = [max((on / off - 1) * 100 for _, off, on in p99s) for p99s, _ in interleaved]
+        turn_rises = [max(_rise_pct(off, on) for _, off, on in p99s) for p99s, _ in interleaved]
         print(
             f"mixed, interleaved (C on and off in turn every {slice_s:g} s): worst A/B p99 rise per run "
             f"{', '.join(f'{r:+.1f} %' for r in turn_rises)}; median {float(np.median(turn_rises)):+.1f} % "
