@@ -619,7 +619,7 @@ class Gateway:
         from apps.gateway.selectors import routing_snapshot_load
 
         started = time.monotonic()
-        self.snapshot = await self.database.run(routing_snapshot_load)
+        self.snapshot = await self.database.run(routing_snapshot_load, previous=self.snapshot)
         self._read_started = started
 
     async def routes(self) -> RoutingSnapshot:

@@ -86,6 +86,9 @@ class RoutingSnapshot:
 
     tenants: Mapping[int, TenantRoute]
     loaded_at: float
+    # The database rows it was built from (``selectors.routing_snapshot_load`` compares a new
+    # read with them and keeps this snapshot when nothing changed); empty when built otherwise.
+    source: tuple[object, ...] = field(default=(), repr=False, compare=False)
 
 
 def replica_choose(

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from typing import Any
+
+from django.db import connections
+from django.db.models import QuerySet
 
 from apps.deployments.models import Deployment, Replica, Worker
 from apps.gateway.admission import Limits
@@ -11,12 +16,65 @@ from apps.gateway.routing import LogRoute, ModelRoute, ReplicaRoute, RoutingSnap
 from apps.registry.models import Model, ModelVersion
 from apps.tenants.models import Quota, Tenant
 
+Row = tuple[Any, ...]
+Rows = tuple[tuple[Row, ...], ...]  # one tuple of rows a query, in ``_queries`` order
 
-def _limits(quota: Quota | None) -> Limits:
-    quota = quota or Quota()
-    rate = quota.requests_per_second
+
+def _queries() -> tuple[QuerySet[Any], ...]:
+    """The routing read's queries: rows of plain values, in their models' order."""
+    return (
+        Tenant.objects.filter(active=True).values_list(
+            "id", "slug", "quota__requests_per_second", "quota__max_concurrent_requests"
+        ),
+        Model.objects.filter(tenant__active=True).values_list("id", "tenant_id", "name"),
+        ModelVersion.objects.filter(model__tenant__active=True).values_list(
+            "id", "model_id", "number", "status", "platform", "inputs", "outputs", "failure_reason"
+        ),
+        Deployment.objects.values_list("id", "model_id", "traffic", "prediction_log"),
+        Replica.objects.values_list(
+            "id", "version_id", "state", "reason", "worker__worker_id", "worker__dataplane_url", "worker__state"
+        ),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    params: tuple[Any, ...]
+
+
+# (database alias, vendor) → the queries' SQL. Compiling these five querysets is most of a
+# read's CPU (3.6 ms of 3.8 on SQLite, with the GIL held, twice a second, while the event
+# loop waits for it); compiled once per database, a read costs the queries' execution.
+_COMPILED: dict[tuple[str, str], tuple[_Compiled, ...]] = {}
+
+
+def _rows(using: str) -> Rows:
+    connection = connections[using]
+    key = (using, connection.vendor)
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        compiled = tuple(_Compiled(*queryset.query.get_compiler(using=using).as_sql()) for queryset in _queries())
+        _COMPILED[key] = compiled
+    read: list[tuple[Row, ...]] = []
+    with connection.cursor() as cursor:
+        for query in compiled:
+            cursor.execute(query.sql, query.params)
+            read.append(tuple(tuple(row) for row in cursor.fetchall()))
+    return tuple(read)
+
+
+def _json(value: Any) -> Any:
+    """A JSON column's value (the backends hand it over as text, as Django asks them to)."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _limits(rate: int | None, concurrent: int | None) -> Limits:
+    defaults = Quota()  # a tenant without a quota row has the defaults
+    rate = defaults.requests_per_second if rate is None else rate
+    concurrent = defaults.max_concurrent_requests if concurrent is None else concurrent
     # One second's worth of burst: a client may send its rate all at once, not more.
-    return Limits(rate_per_s=float(rate), burst=max(rate, 1), max_concurrent=quota.max_concurrent_requests)
+    return Limits(rate_per_s=float(rate), burst=max(rate, 1), max_concurrent=concurrent)
 
 
 def _log_route(config: dict[str, Any] | None) -> LogRoute | None:
@@ -25,68 +83,66 @@ def _log_route(config: dict[str, Any] | None) -> LogRoute | None:
     return LogRoute(sample_rate=float(config["sample_rate"]), retention_days=int(config.get("retention_days", 7)))
 
 
-def routing_snapshot_load() -> RoutingSnapshot:
-    """What the gateway routes by: active tenants, their models, versions, ready replicas."""
-    tenants = list(Tenant.objects.filter(active=True).select_related("quota"))
-    models = list(Model.objects.filter(tenant__active=True).values("id", "tenant_id", "name"))
-    versions: dict[int, list[dict[str, Any]]] = {}
-    for version_row in ModelVersion.objects.filter(model__tenant__active=True).values(
-        "id", "model_id", "number", "status", "platform", "inputs", "outputs", "failure_reason"
-    ):
-        versions.setdefault(version_row["model_id"], []).append(dict(version_row))
-    deployments = {
-        row["model_id"]: row for row in Deployment.objects.values("id", "model_id", "traffic", "prediction_log")
-    }
-    replicas: dict[int, list[dict[str, Any]]] = {}
-    for replica_row in Replica.objects.values(
-        "id", "version_id", "state", "reason", "worker__worker_id", "worker__dataplane_url", "worker__state"
-    ):
-        replicas.setdefault(replica_row["version_id"], []).append(dict(replica_row))
+def routing_snapshot_load(previous: RoutingSnapshot | None = None, *, using: str = "default") -> RoutingSnapshot:
+    """What the gateway routes by: active tenants, their models, versions, ready replicas.
 
-    def version_route(row: dict[str, Any]) -> VersionRoute:
-        rows = replicas.get(row["id"], [])
+    When the rows read are those ``previous`` was built from, ``previous`` is returned with
+    this read's time: nothing is built again (the gateway reads twice a second, and the
+    table seldom changes between two reads).
+    """
+    rows = _rows(using)
+    if previous is not None and previous.source == rows:
+        return dataclasses.replace(previous, loaded_at=time.monotonic())
+    tenant_rows, model_rows, version_rows, deployment_rows, replica_rows = rows
+
+    versions: dict[int, list[Row]] = {}
+    for version_row in version_rows:
+        versions.setdefault(version_row[1], []).append(version_row)
+    deployments = {row[1]: row for row in deployment_rows}
+    replicas: dict[int, list[Row]] = {}
+    for replica_row in replica_rows:
+        replicas.setdefault(replica_row[1], []).append(replica_row)
+
+    def version_route(row: Row) -> VersionRoute:
+        version_id, _, number, status, platform, inputs, outputs, failure_reason = row
+        on_version = replicas.get(version_id, [])
         ready = tuple(
-            ReplicaRoute(replica_id=r["id"], worker_id=r["worker__worker_id"], url=r["worker__dataplane_url"])
-            for r in rows
+            ReplicaRoute(replica_id=replica_id, worker_id=worker_id, url=url)
+            for replica_id, _, state, _, worker_id, url, worker_state in on_version
             # A draining worker's replicas serve until their replacements are ready.
-            if r["state"] == Replica.State.READY and r["worker__state"] in (Worker.State.READY, Worker.State.DRAINING)
+            if state == Replica.State.READY and worker_state in (Worker.State.READY, Worker.State.DRAINING)
         )
         return VersionRoute(
-            number=row["number"],
-            status=row["status"],
-            platform=row["platform"],
-            inputs=tuple(row["inputs"] or ()),
-            outputs=tuple(row["outputs"] or ()),
+            number=number,
+            status=status,
+            platform=platform,
+            inputs=tuple(_json(inputs) or ()),
+            outputs=tuple(_json(outputs) or ()),
             replicas=ready,
-            loading=any(r["state"] in (Replica.State.PENDING, Replica.State.LOADING) for r in rows),
-            reason=row["failure_reason"] or next((r["reason"] for r in rows if r["reason"]), ""),
+            loading=any(r[2] in (Replica.State.PENDING, Replica.State.LOADING) for r in on_version),
+            reason=failure_reason or next((r[3] for r in on_version if r[3]), ""),
         )
 
-    slugs = {tenant.pk: tenant.slug for tenant in tenants}
+    slugs = {row[0]: row[1] for row in tenant_rows}
     by_tenant: dict[int, dict[str, ModelRoute]] = {}
-    for model in models:
-        deployment = deployments.get(model["id"])
+    for model_id, tenant_id, name in model_rows:
+        deployment = deployments.get(model_id)
         traffic = (
-            tuple(sorted((int(v), int(w)) for v, w in deployment["traffic"].items() if int(w) > 0))
-            if deployment
-            else ()
+            tuple(sorted((int(v), int(w)) for v, w in _json(deployment[2]).items() if int(w) > 0)) if deployment else ()
         )
-        by_tenant.setdefault(model["tenant_id"], {})[model["name"]] = ModelRoute(
-            tenant_slug=slugs.get(model["tenant_id"], ""),
-            name=model["name"],
-            model_id=model["id"],
-            deployment_id=deployment["id"] if deployment else None,
-            versions={row["number"]: version_route(row) for row in versions.get(model["id"], [])},
+        by_tenant.setdefault(tenant_id, {})[name] = ModelRoute(
+            tenant_slug=slugs.get(tenant_id, ""),
+            name=name,
+            model_id=model_id,
+            deployment_id=deployment[0] if deployment else None,
+            versions={row[2]: version_route(row) for row in versions.get(model_id, [])},
             traffic=traffic,
-            log=_log_route(deployment["prediction_log"]) if deployment else None,
+            log=_log_route(_json(deployment[3])) if deployment else None,
         )
     routes = {
-        tenant.pk: TenantRoute(
-            tenant_id=tenant.pk,
-            slug=tenant.slug,
-            limits=_limits(getattr(tenant, "quota", None)),
-            models=by_tenant.get(tenant.pk, {}),
+        tenant_id: TenantRoute(
+            tenant_id=tenant_id, slug=slug, limits=_limits(rate, concurrent), models=by_tenant.get(tenant_id, {})
         )
-        for tenant in tenants
+        for tenant_id, slug, rate, concurrent in tenant_rows
     }
-    return RoutingSnapshot(tenants=routes, loaded_at=time.monotonic())
+    return RoutingSnapshot(tenants=routes, loaded_at=time.monotonic(), source=rows)
