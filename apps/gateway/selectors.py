@@ -3,70 +3,40 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from typing import Any
-
-from django.db import connections
-from django.db.models import QuerySet
 
 from apps.deployments.models import Deployment, Replica, Worker
 from apps.gateway.admission import Limits
 from apps.gateway.routing import LogRoute, ModelRoute, ReplicaRoute, RoutingSnapshot, TenantRoute, VersionRoute
 from apps.registry.models import Model, ModelVersion
 from apps.tenants.models import Quota, Tenant
+from control_plane.prepared import PreparedQuery
 
 Row = tuple[Any, ...]
-Rows = tuple[tuple[Row, ...], ...]  # one tuple of rows a query, in ``_queries`` order
+Rows = tuple[tuple[Row, ...], ...]  # one tuple of rows a query, in ``_QUERIES`` order
 
 
-def _queries() -> tuple[QuerySet[Any], ...]:
-    """The routing read's queries: rows of plain values, in their models' order."""
-    return (
-        Tenant.objects.filter(active=True).values_list(
+# The routing read's queries: rows of plain values, in their models' order.
+_QUERIES = (
+    PreparedQuery(
+        lambda: Tenant.objects.filter(active=True).values_list(
             "id", "slug", "quota__requests_per_second", "quota__max_concurrent_requests"
-        ),
-        Model.objects.filter(tenant__active=True).values_list("id", "tenant_id", "name"),
-        ModelVersion.objects.filter(model__tenant__active=True).values_list(
+        )
+    ),
+    PreparedQuery(lambda: Model.objects.filter(tenant__active=True).values_list("id", "tenant_id", "name")),
+    PreparedQuery(
+        lambda: ModelVersion.objects.filter(model__tenant__active=True).values_list(
             "id", "model_id", "number", "status", "platform", "inputs", "outputs", "failure_reason"
-        ),
-        Deployment.objects.values_list("id", "model_id", "traffic", "prediction_log"),
-        Replica.objects.values_list(
+        )
+    ),
+    PreparedQuery(lambda: Deployment.objects.values_list("id", "model_id", "traffic", "prediction_log")),
+    PreparedQuery(
+        lambda: Replica.objects.values_list(
             "id", "version_id", "state", "reason", "worker__worker_id", "worker__dataplane_url", "worker__state"
-        ),
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class _Compiled:
-    sql: str
-    params: tuple[Any, ...]
-
-
-# (database alias, vendor) → the queries' SQL. Compiling these five querysets is most of a
-# read's CPU (3.6 ms of 3.8 on SQLite, with the GIL held, twice a second, while the event
-# loop waits for it); compiled once per database, a read costs the queries' execution.
-_COMPILED: dict[tuple[str, str], tuple[_Compiled, ...]] = {}
-
-
-def _rows(using: str) -> Rows:
-    connection = connections[using]
-    key = (using, connection.vendor)
-    compiled = _COMPILED.get(key)
-    if compiled is None:
-        compiled = tuple(_Compiled(*queryset.query.get_compiler(using=using).as_sql()) for queryset in _queries())
-        _COMPILED[key] = compiled
-    read: list[tuple[Row, ...]] = []
-    with connection.cursor() as cursor:
-        for query in compiled:
-            cursor.execute(query.sql, query.params)
-            read.append(tuple(tuple(row) for row in cursor.fetchall()))
-    return tuple(read)
-
-
-def _json(value: Any) -> Any:
-    """A JSON column's value (the backends hand it over as text, as Django asks them to)."""
-    return json.loads(value) if isinstance(value, str) else value
+        )
+    ),
+)
 
 
 def _limits(rate: int | None, concurrent: int | None) -> Limits:
@@ -90,7 +60,7 @@ def routing_snapshot_load(previous: RoutingSnapshot | None = None, *, using: str
     this read's time: nothing is built again (the gateway reads twice a second, and the
     table seldom changes between two reads).
     """
-    rows = _rows(using)
+    rows: Rows = tuple(tuple(query.rows(using=using)) for query in _QUERIES)
     if previous is not None and previous.source == rows:
         return dataclasses.replace(previous, loaded_at=time.monotonic())
     tenant_rows, model_rows, version_rows, deployment_rows, replica_rows = rows
@@ -116,8 +86,8 @@ def routing_snapshot_load(previous: RoutingSnapshot | None = None, *, using: str
             number=number,
             status=status,
             platform=platform,
-            inputs=tuple(_json(inputs) or ()),
-            outputs=tuple(_json(outputs) or ()),
+            inputs=tuple(inputs or ()),
+            outputs=tuple(outputs or ()),
             replicas=ready,
             loading=any(r[2] in (Replica.State.PENDING, Replica.State.LOADING) for r in on_version),
             reason=failure_reason or next((r[3] for r in on_version if r[3]), ""),
@@ -127,9 +97,7 @@ def routing_snapshot_load(previous: RoutingSnapshot | None = None, *, using: str
     by_tenant: dict[int, dict[str, ModelRoute]] = {}
     for model_id, tenant_id, name in model_rows:
         deployment = deployments.get(model_id)
-        traffic = (
-            tuple(sorted((int(v), int(w)) for v, w in _json(deployment[2]).items() if int(w) > 0)) if deployment else ()
-        )
+        traffic = tuple(sorted((int(v), int(w)) for v, w in deployment[2].items() if int(w) > 0)) if deployment else ()
         by_tenant.setdefault(tenant_id, {})[name] = ModelRoute(
             tenant_slug=slugs.get(tenant_id, ""),
             name=name,
@@ -137,7 +105,7 @@ def routing_snapshot_load(previous: RoutingSnapshot | None = None, *, using: str
             deployment_id=deployment[0] if deployment else None,
             versions={row[2]: version_route(row) for row in versions.get(model_id, [])},
             traffic=traffic,
-            log=_log_route(_json(deployment[3])) if deployment else None,
+            log=_log_route(deployment[3]) if deployment else None,
         )
     routes = {
         tenant_id: TenantRoute(
