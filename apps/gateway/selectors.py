@@ -11,28 +11,28 @@ from apps.gateway.admission import Limits
 from apps.gateway.routing import LogRoute, ModelRoute, ReplicaRoute, RoutingSnapshot, TenantRoute, VersionRoute
 from apps.registry.models import Model, ModelVersion
 from apps.tenants.models import Quota, Tenant
-from control_plane.prepared import PreparedQuery
+from control_plane.compiled import CompiledQuery, Row
 
-Row = tuple[Any, ...]
 Rows = tuple[tuple[Row, ...], ...]  # one tuple of rows a query, in ``_QUERIES`` order
 
 
-# The routing read's queries: rows of plain values, in their models' order.
+# The routing read's queries: rows of plain values, in an order with no ties (an unchanged
+# table reads the same rows in the same order, whatever the database did to them since).
 _QUERIES = (
-    PreparedQuery(
+    CompiledQuery(
         lambda: Tenant.objects.filter(active=True).values_list(
             "id", "slug", "quota__requests_per_second", "quota__max_concurrent_requests"
         )
     ),
-    PreparedQuery(lambda: Model.objects.filter(tenant__active=True).values_list("id", "tenant_id", "name")),
-    PreparedQuery(
+    CompiledQuery(lambda: Model.objects.filter(tenant__active=True).values_list("id", "tenant_id", "name")),
+    CompiledQuery(
         lambda: ModelVersion.objects.filter(model__tenant__active=True).values_list(
             "id", "model_id", "number", "status", "platform", "inputs", "outputs", "failure_reason"
         )
     ),
-    PreparedQuery(lambda: Deployment.objects.values_list("id", "model_id", "traffic", "prediction_log")),
-    PreparedQuery(
-        lambda: Replica.objects.values_list(
+    CompiledQuery(lambda: Deployment.objects.order_by("id").values_list("id", "model_id", "traffic", "prediction_log")),
+    CompiledQuery(
+        lambda: Replica.objects.order_by("deployment_id", "version_id", "index", "id").values_list(
             "id", "version_id", "state", "reason", "worker__worker_id", "worker__dataplane_url", "worker__state"
         )
     ),
@@ -40,9 +40,11 @@ _QUERIES = (
 
 
 def _limits(rate: int | None, concurrent: int | None) -> Limits:
-    defaults = Quota()  # a tenant without a quota row has the defaults
-    rate = defaults.requests_per_second if rate is None else rate
-    concurrent = defaults.max_concurrent_requests if concurrent is None else concurrent
+    # A tenant without a quota row has the defaults.
+    if rate is None:
+        rate = Quota._meta.get_field("requests_per_second").get_default()
+    if concurrent is None:
+        concurrent = Quota._meta.get_field("max_concurrent_requests").get_default()
     # One second's worth of burst: a client may send its rate all at once, not more.
     return Limits(rate_per_s=float(rate), burst=max(rate, 1), max_concurrent=concurrent)
 
@@ -53,12 +55,16 @@ def _log_route(config: dict[str, Any] | None) -> LogRoute | None:
     return LogRoute(sample_rate=float(config["sample_rate"]), retention_days=int(config.get("retention_days", 7)))
 
 
-def routing_snapshot_load(previous: RoutingSnapshot | None = None, *, using: str = "default") -> RoutingSnapshot:
+def routing_snapshot_load(*, previous: RoutingSnapshot | None = None, using: str = "default") -> RoutingSnapshot:
     """What the gateway routes by: active tenants, their models, versions, ready replicas.
 
-    When the rows read are those ``previous`` was built from, ``previous`` is returned with
-    this read's time: nothing is built again (the gateway reads twice a second, and the
-    table seldom changes between two reads).
+    Args:
+        previous: The snapshot in use. When the rows read equal those it was built from, it
+            is returned with this read's time and nothing is built again (the gateway reads
+            twice a second; the table seldom changes between two reads). Rows compare as
+            Python values: a JSON column rewritten to an equal value (keys reordered, ``1``
+            for ``1.0``) keeps the snapshot.
+        using: The database alias.
     """
     rows: Rows = tuple(tuple(query.rows(using=using)) for query in _QUERIES)
     if previous is not None and previous.source == rows:

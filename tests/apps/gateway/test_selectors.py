@@ -53,6 +53,55 @@ def test_the_read_builds_the_route_from_every_table(served, world_a):
     ]
 
 
+def test_replicas_not_ready_or_on_a_dead_worker_are_left_out_and_say_why(served, world_a):
+    draining = WorkerFactory.create(worker_id="w2", state=Worker.State.DRAINING)
+    dead = WorkerFactory.create(worker_id="w3", state=Worker.State.DEAD)
+    common = {"deployment": served.deployment, "version": served.version, "state": Replica.State.READY}
+    on_draining = Replica.objects.create(**common, index=1, worker=draining)
+    Replica.objects.create(**common, index=2, worker=dead)
+    Replica.objects.create(
+        deployment=served.deployment, version=served.version, index=3, state=Replica.State.PENDING, reason="no room"
+    )  # no worker yet
+    ModelVersion.objects.filter(pk=served.version_id).update(inputs=[])
+    Deployment.objects.filter(pk=served.deployment_id).update(prediction_log={})
+
+    route = _served_route(routing_snapshot_load(), world_a)
+    version = route.versions[1]
+    # A draining worker's replica serves until its replacement is ready; a dead one's does not.
+    assert [r.replica_id for r in version.replicas] == [served.pk, on_draining.pk]
+    assert version.loading is True  # the pending one
+    assert version.reason == "no room"  # the replica's reason, the version having none
+    assert version.inputs == ()
+    assert route.log is None
+    Deployment.objects.filter(pk=served.deployment_id).update(prediction_log={"sample_rate": 0.25})
+    log = _served_route(routing_snapshot_load(), world_a).log
+    assert log is not None and (log.sample_rate, log.retention_days) == (0.25, 7)
+
+
+@pytest.mark.django_db(transaction=True)  # read on the gateway's own database threads
+async def test_the_gateways_refresh_keeps_its_snapshot_until_a_row_changes(served, world_a):
+    from asgiref.sync import sync_to_async
+
+    from apps.gateway.app import Gateway, GatewaySettings
+
+    settings = GatewaySettings(
+        max_body_bytes=1 << 20, timeout_s=1, cold_start_s=1, refresh_s=60, key_cache_s=1, worker_token="t",
+        redis_url="",
+    )  # fmt: skip
+    gateway = Gateway(settings)
+    try:
+        await gateway.refresh()
+        first = gateway.snapshot
+        await gateway.refresh()
+        assert gateway.snapshot is not None and first is not None
+        assert gateway.snapshot.tenants is first.tenants
+        await sync_to_async(_quota_rate)(served)
+        await gateway.refresh()
+        assert gateway.snapshot.tenants[world_a.tenant.pk].limits.rate_per_s == 7.0
+    finally:
+        await gateway.close()
+
+
 def test_a_tenant_without_a_quota_row_gets_the_default_limits(db):
     tenant = TenantFactory.create(slug="bare", quota=None)
     limits = routing_snapshot_load().tenants[tenant.pk].limits
@@ -140,12 +189,11 @@ def _tenant_deactivated(replica: Replica) -> None:
 )
 def test_an_unchanged_read_keeps_the_snapshot_and_any_change_is_read(served, change: Callable[[Replica], None]):
     first = routing_snapshot_load()
-    again = routing_snapshot_load(first)
+    again = routing_snapshot_load(previous=first)
     assert again.tenants is first.tenants  # nothing built again
     assert again.loaded_at >= first.loaded_at
-    # Saved without signals (``update``), as the reconcile loop and heartbeats may write.
-    change(served)
-    changed = routing_snapshot_load(again)
+    change(served)  # most with ``update`` (no signal, no save()), as the reconcile loop writes
+    changed = routing_snapshot_load(previous=again)
     assert changed.tenants is not first.tenants
     assert changed.tenants != first.tenants
     assert changed.tenants == routing_snapshot_load().tenants  # as a read from scratch
