@@ -7,9 +7,9 @@ spent holding the GIL while the event loop waits for it. A ``CompiledQuery`` kee
 Django compiled for a connection and runs it again with new values; its rows are converted
 as the ORM converts them (JSON decoded, booleans, datetimes made aware).
 
-It leans on the SQL compiler's documented-by-use but private surface (``as_sql``, ``select``,
-``col_count``, ``get_converters``, ``apply_converters``): the same steps Django's own
-``values_list`` iterator takes. docs/decisions/005-compiled-queries.md says what to check on
+It leans on the SQL compiler's undocumented surface (``as_sql``, ``select``, ``col_count``,
+``get_converters``, ``apply_converters``): the same steps Django's own ``values_list``
+iterator takes. docs/decisions/005-compiled-queries.md says what to check on
 a Django upgrade; tests/control_plane/test_compiled.py compares every query the platform
 compiles this way with the ORM's own rows.
 """
@@ -48,8 +48,9 @@ def _marker(name: str) -> str:
 
 
 def _core(name: str) -> str:
-    """What of a parameter's marker any transform of it still holds."""
-    return f"berth-parameter:{name}"
+    """What of a parameter's marker any transform of it still holds (ended, so that no
+    parameter's is part of another's)."""
+    return f"berth-parameter:{name}:"
 
 
 class CompiledQuery:

@@ -114,6 +114,16 @@ def test_each_thread_compiles_once_for_its_connection_even_reconnected(keys, com
     assert len(compiles) == 2  # one more, on the other thread, for its reads either side of the reconnect
 
 
+def test_parameters_whose_names_begin_alike_are_each_substituted(keys):
+    query = CompiledQuery(
+        lambda slug, slug_of_key: ApiKey.objects.filter(tenant__slug=slug, name=slug_of_key).values_list("name"),
+        "slug",
+        "slug_of_key",
+    )
+    assert query.rows(slug="alpha", slug_of_key="second") == [("second",)]
+    assert query.rows(slug="bravo", slug_of_key="second") == []
+
+
 def test_an_empty_query_is_no_rows(keys):
     query = CompiledQuery(lambda slug: ApiKey.objects.filter(tenant__slug=slug, id__in=[]).values_list("id"), "slug")
     assert query.rows(slug="alpha") == []
