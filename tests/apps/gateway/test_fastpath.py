@@ -1,7 +1,8 @@
 """``GatewayHttpProtocol`` in a real uvicorn server on a real socket: a refusal the gateway
 knows at once is answered from the parser, the refused body is dropped in step with the
-stream, and everything else (pipelined, ``Connection: close``) goes through the ASGI app;
-and ``GatewayApp.refusal``: which requests the gateway refuses with no I/O."""
+stream, and everything else (pipelined, ``Connection: close``) goes through the ASGI app,
+each answer in one write; and ``GatewayApp.refusal``: which requests the gateway refuses
+with no I/O."""
 
 from __future__ import annotations
 
@@ -43,7 +44,16 @@ class _App:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        answer = b"got %d" % len(body)
+        if scope["path"] == "/stream":  # no content-length: chunked, in two parts
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"one", "more_body": True})
+            await asyncio.sleep(0.05)
+            await send({"type": "http.response.body", "body": b"two"})
+            return
+        if scope["path"] == "/fail":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
+            raise RuntimeError("the app fails after starting its answer")
+        answer = b"got %d" % len(body) if scope["path"] != "/big" else b"b" * 100_000
         await send(
             {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(answer))]}
         )
@@ -56,11 +66,39 @@ def _refuser(path: str, headers: list[tuple[bytes, bytes]]):
     return [(b"content-type", b"application/json"), (b"x-path", path.encode())], REFUSAL
 
 
+class _Written:
+    """A connection's transport that keeps what each ``write``/``writelines`` call wrote."""
+
+    def __init__(self, transport: asyncio.Transport, calls: list[bytes]) -> None:
+        self._transport, self._calls = transport, calls
+
+    def write(self, data: bytes) -> None:
+        self._calls.append(bytes(data))
+        self._transport.write(data)
+
+    def writelines(self, parts) -> None:
+        parts = [bytes(part) for part in parts]
+        self._calls.append(b"".join(parts))
+        self._transport.writelines(parts)
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
+WRITES: list[bytes] = []  # every write call of the server's connections, in order
+
+
+class _Recorded(fastpath.GatewayHttpProtocol):
+    def connection_made(self, transport) -> None:
+        super().connection_made(_Written(transport, WRITES))  # type: ignore[arg-type]
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[tuple[_App, int]]:
     app, port = _App(), free_port()
+    WRITES.clear()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, http=fastpath.GatewayHttpProtocol, lifespan="off",
+        app, host="127.0.0.1", port=port, http=_Recorded, lifespan="off",
         log_level="warning", timeout_keep_alive=1,
     )  # fmt: skip
     instance = uvicorn.Server(config)
@@ -108,6 +146,51 @@ async def test_a_refusal_is_answered_from_the_parser_and_its_body_dropped_in_ste
     writer.write(_request("/v2/models/m/infer", b"", refuse=False))
     assert (await _answer(reader))[2] == b"got 0"
     assert app.paths == ["/v2/models/m/infer", "/v2/models/m/infer"]  # refusals never reached it
+    writer.close()
+    # Every answer, the refusals' and the app's, left in one write: head and body together.
+    bodies = (REFUSAL, b"got 5", REFUSAL, b"got 0")
+    assert len(WRITES) == len(bodies)
+    for call, answer_body, reason in zip(WRITES, bodies, (b"429 Too Many Requests", b"200 OK") * 2, strict=True):
+        assert call.startswith(b"HTTP/1.1 " + reason + b"\r\n") and call.endswith(b"\r\n\r\n" + answer_body)
+
+
+async def test_each_answer_of_the_app_leaves_in_one_write_and_none_waits_on_a_body_that_will_not_come(server):
+    _, port = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(_request("/v2/models/m/infer", b"abc", refuse=False))
+    assert (await _answer(reader))[2] == b"got 3"
+    assert len(WRITES) == 1 and WRITES[0].startswith(b"HTTP/1.1 200 OK\r\n") and WRITES[0].endswith(b"\r\n\r\ngot 3")
+    # A large body goes beside its head, in one call: not copied onto it.
+    writer.write(_request("/big", b"", refuse=False))
+    status, _, answer = await _answer(reader)
+    assert (status, answer) == (200, b"b" * 100_000)
+    assert len(WRITES) == 2 and WRITES[1].endswith(b"\r\n\r\n" + answer)
+    # Streamed: the head goes with the first part, the rest as it comes.
+    writer.write(_request("/stream", b"", refuse=False))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert b"transfer-encoding: chunked" in head
+    assert await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5) == b"3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n"
+    assert WRITES[2:] == [head + b"3\r\none\r\n", b"3\r\ntwo\r\n0\r\n\r\n"]
+    # HEAD: an answer with no body write; its head is not held for one.
+    writer.write(b"HEAD /v2/models/m HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"content-length: 5" in head
+    # Expect: 100-continue: the interim answer first, at once, then the answer.
+    writer.write(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"wxyz")
+    assert (await _answer(reader))[2] == b"got 4"
+    writer.close()
+
+
+async def test_an_app_that_fails_after_starting_its_answer_still_has_its_head_written(server):
+    _, port = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(_request("/fail", b"", refuse=False))
+    # As uvicorn does without the one-write answer: the head, then the connection closed.
+    received = await asyncio.wait_for(reader.read(), 5)
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"content-length: 10\r\n\r\n")
+    assert [received] == WRITES
     writer.close()
 
 
