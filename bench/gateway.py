@@ -26,11 +26,16 @@ defaults, a temporary data dir, a free port on 127.0.0.1), deploys the reference
    off, for twice ``--mixed-seconds``, A's and B's requests split by the slice they were
    sent in: the same comparison, with the VM's episodes and drift more often falling on
    both sides alike (identical runs spread less widely than pairs: docs/gateway.md);
+6. with ``--mlserver PYTHON`` and/or ``--kserve PYTHON`` (``bench/peers.py``), those peers
+   serving the same MLP on this machine, c=1 and c=16 (JSON), measured while the platform
+   idles;
 
-then the measured figures against the issue's targets. It asserts nothing.
+then the measured figures against the issue's targets: its peers' figures as the issue
+gives them, and, for peers measured here, the same targets against their figures in this
+run. It asserts nothing.
 
     .venv/bin/python -m bench.gateway [--seconds 5] [--mixed-seconds 60] [--mixed-pairs 1]
-        [--mixed-interleaved 1] [--mixed-slice 10] [--saturate]
+        [--mixed-interleaved 1] [--mixed-slice 10] [--saturate] [--mlserver PYTHON] [--kserve PYTHON]
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ import httpx
 import numpy as np
 import psutil
 
+from bench import peers as peer_servers
 from bench.common import REPO_ROOT, Result, run_load, summary, time_direct, v2_binary_body, v2_json_body
 
 T = TypeVar("T")
@@ -89,12 +95,8 @@ TARGET_C16_RPS = 3350.0
 TORCHSERVE_C16_RPS = 2685.0
 TARGET_C16_P99_MS = 10.0
 TARGET_MIXED_P99_RISE_PCT = 20.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# The issue's c=16 target is 1.25x its best peer's throughput.
+PEER_MARGIN = 1.25
 
 
 def _cpu_seconds(process: psutil.Process) -> float:
@@ -232,7 +234,7 @@ class Platform:
 def booted_platform() -> Iterator[Platform]:
     """Boots the platform; stops it and removes its data dir on the way out, even on error."""
     folder = Path(tempfile.mkdtemp(prefix="berth-bench-gateway-"))
-    platform = Platform(data_dir=folder, port=_free_port(), worker_id=f"bench-gw-{os.getpid()}")
+    platform = Platform(data_dir=folder, port=peer_servers.free_port(), worker_id=f"bench-gw-{os.getpid()}")
     failed = True
     try:
         platform.start()
@@ -929,7 +931,9 @@ def main() -> None:
         default=1,
         help="runs of A+B alone and beside C, taken in turn; each pair's rise is printed, and their median",
     )
+    peer_servers.add_arguments(parser)
     args = parser.parse_args()
+    peers = peer_servers.peers_from(args)
     # A SIGTERM to the bench unwinds through the platform's shutdown too.
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
 
@@ -1042,6 +1046,13 @@ def main() -> None:
         )
         results += [g_c1, g_c16, gb_c1, gb_c16]
 
+        measured_peers: dict[str, tuple[Result, Result]] = {}
+        for peer in peers:
+            print(f"{peer.label} serving the same MLP (one hop) …", flush=True)
+            peer_c1, peer_c16 = peer_servers.peer_runs(peer, artifact, json_body, seconds=args.seconds)
+            measured_peers[peer.label] = (peer_c1, peer_c16)
+            results += [peer_c1, peer_c16]
+
         def spec(slug: str, concurrency: int, rate: float) -> LoadSpec:
             headers = {"Authorization": f"Bearer {mixed_keys[slug]}", **json_headers}
             return LoadSpec(slug, gateway_url, json_body, headers, concurrency, None if args.saturate else rate)
@@ -1085,7 +1096,7 @@ def main() -> None:
         # The floor: C's same clients aimed at a server that refuses at no cost, so the
         # gateway does nothing for C; what A and B lose then is the clients' share.
         print(f"mixed load: A+B beside C's clients aimed elsewhere for {args.mixed_seconds:.0f} s …", flush=True)
-        refuser_port = _free_port()
+        refuser_port = peer_servers.free_port()
         refuser = multiprocessing.get_context("spawn").Process(target=_refuse_forever, args=(refuser_port,))
         refuser.start()
         try:
@@ -1181,6 +1192,18 @@ def main() -> None:
             f"[{label}] vs direct onnxruntime: c=1 p50 {c1.pct(50):.3f} vs {direct.pct(50):.3f} ms "
             f"(+{c1.pct(50) - direct.pct(50):.3f} ms, ratio {_ratio(c1.pct(50), direct.pct(50))})"
         )
+        if measured_peers:
+            # The issue's targets with its peers' figures replaced by this run's: c=1 p50 at or
+            # below the best peer's, c=16 at least 1.25x the best peer's throughput.
+            fastest = min(measured_peers, key=lambda name: measured_peers[name][0].pct(50))
+            busiest = max(measured_peers, key=lambda name: measured_peers[name][1].rps)
+            best_p50, best_rps = measured_peers[fastest][0].pct(50), measured_peers[busiest][1].rps
+            print(
+                f"[{label}] measured here: c=1 p50 full path {c1.pct(50):.3f} ms vs {fastest} {best_p50:.3f} ms "
+                f"(ratio {_ratio(c1.pct(50), best_p50)}, target <= 1); c=16 {c16.rps:.0f} req/s vs "
+                f"{PEER_MARGIN:g} x {busiest} {best_rps:.0f} = {PEER_MARGIN * best_rps:.0f} "
+                f"(ratio {_ratio(c16.rps, PEER_MARGIN * best_rps)}, target >= 1)"
+            )
     worst = max(rises, default=float("nan"))
     if len(pairs) > 1:  # the runs above are the last pair's; here every pair's worst rise
         pair_rises = [max(_rise_pct(a.p99_ms(), b.p99_ms()) for a, b in zip(*pair, strict=False)) for pair in pairs]
