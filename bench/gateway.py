@@ -31,8 +31,8 @@ defaults, a temporary data dir, a free port on 127.0.0.1), deploys the reference
    idles;
 
 then the measured figures against the issue's targets: its peers' figures as the issue
-gives them, and, for peers measured here, the same targets against their figures in this
-run. It asserts nothing.
+gives them, and, for peers measured here, the c=1 and c=16 targets restated against their
+figures in this run (JSON). It asserts nothing.
 
     .venv/bin/python -m bench.gateway [--seconds 5] [--mixed-seconds 60] [--mixed-pairs 1]
         [--mixed-interleaved 1] [--mixed-slice 10] [--saturate] [--mlserver PYTHON] [--kserve PYTHON]
@@ -68,7 +68,7 @@ import httpx
 import numpy as np
 import psutil
 
-from bench import peers as peer_servers
+from bench import peers as bench_peers
 from bench.common import REPO_ROOT, Result, run_load, summary, time_direct, v2_binary_body, v2_json_body
 
 T = TypeVar("T")
@@ -234,7 +234,7 @@ class Platform:
 def booted_platform() -> Iterator[Platform]:
     """Boots the platform; stops it and removes its data dir on the way out, even on error."""
     folder = Path(tempfile.mkdtemp(prefix="berth-bench-gateway-"))
-    platform = Platform(data_dir=folder, port=peer_servers.free_port(), worker_id=f"bench-gw-{os.getpid()}")
+    platform = Platform(data_dir=folder, port=bench_peers.free_port(), worker_id=f"bench-gw-{os.getpid()}")
     failed = True
     try:
         platform.start()
@@ -931,9 +931,9 @@ def main() -> None:
         default=1,
         help="runs of A+B alone and beside C, taken in turn; each pair's rise is printed, and their median",
     )
-    peer_servers.add_arguments(parser)
+    bench_peers.add_arguments(parser)
     args = parser.parse_args()
-    peers = peer_servers.peers_from(args)
+    peers = bench_peers.peers_from(args)
     # A SIGTERM to the bench unwinds through the platform's shutdown too.
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
 
@@ -1047,9 +1047,13 @@ def main() -> None:
         results += [g_c1, g_c16, gb_c1, gb_c16]
 
         measured_peers: dict[str, tuple[Result, Result]] = {}
-        for peer in peers:
+        for peer in peers:  # while the platform idles
             print(f"{peer.label} serving the same MLP (one hop) …", flush=True)
-            peer_c1, peer_c16 = peer_servers.peer_runs(peer, artifact, json_body, seconds=args.seconds)
+            try:
+                peer_c1, peer_c16 = bench_peers.peer_runs(peer, artifact, json_body, seconds=args.seconds)
+            except RuntimeError as failed:  # the run goes on without it
+                print(f"{peer.label} not measured: {failed}", file=sys.stderr, flush=True)
+                continue
             measured_peers[peer.label] = (peer_c1, peer_c16)
             results += [peer_c1, peer_c16]
 
@@ -1096,7 +1100,7 @@ def main() -> None:
         # The floor: C's same clients aimed at a server that refuses at no cost, so the
         # gateway does nothing for C; what A and B lose then is the clients' share.
         print(f"mixed load: A+B beside C's clients aimed elsewhere for {args.mixed_seconds:.0f} s …", flush=True)
-        refuser_port = peer_servers.free_port()
+        refuser_port = bench_peers.free_port()
         refuser = multiprocessing.get_context("spawn").Process(target=_refuse_forever, args=(refuser_port,))
         refuser.start()
         try:
@@ -1192,9 +1196,10 @@ def main() -> None:
             f"[{label}] vs direct onnxruntime: c=1 p50 {c1.pct(50):.3f} vs {direct.pct(50):.3f} ms "
             f"(+{c1.pct(50) - direct.pct(50):.3f} ms, ratio {_ratio(c1.pct(50), direct.pct(50))})"
         )
-        if measured_peers:
+        if measured_peers and label == "JSON":  # the peers were sent JSON
             # The issue's targets with its peers' figures replaced by this run's: c=1 p50 at or
-            # below the best peer's, c=16 at least 1.25x the best peer's throughput.
+            # below the best peer's, c=16 at least 1.25x the best measured peer's throughput
+            # (TorchServe, the issue's best at c=16, is not measured).
             fastest = min(measured_peers, key=lambda name: measured_peers[name][0].pct(50))
             busiest = max(measured_peers, key=lambda name: measured_peers[name][1].rps)
             best_p50, best_rps = measured_peers[fastest][0].pct(50), measured_peers[busiest][1].rps
@@ -1202,7 +1207,7 @@ def main() -> None:
                 f"[{label}] measured here: c=1 p50 full path {c1.pct(50):.3f} ms vs {fastest} {best_p50:.3f} ms "
                 f"(ratio {_ratio(c1.pct(50), best_p50)}, target <= 1); c=16 {c16.rps:.0f} req/s vs "
                 f"{PEER_MARGIN:g} x {busiest} {best_rps:.0f} = {PEER_MARGIN * best_rps:.0f} "
-                f"(ratio {_ratio(c16.rps, PEER_MARGIN * best_rps)}, target >= 1)"
+                f"(ratio {_ratio(c16.rps, PEER_MARGIN * best_rps)}, target >= 1; TorchServe not measured)"
             )
     worst = max(rises, default=float("nan"))
     if len(pairs) > 1:  # the runs above are the last pair's; here every pair's worst rise

@@ -3,23 +3,31 @@ on this machine, in the same run as Berth, measured by the same load generator.
 
 The issue's speed targets name peers' figures measured elsewhere ("on this machine class":
 MLServer c=1 p50 0.59 ms, TorchServe c=16 2,685 req/s); a VM several times slower or faster
-than that machine moves Berth's figures and not those constants. Measured here, beside
-Berth, the ratios mean the same on any VM. Each peer runs from its own virtual environment
-(they pin other versions of uvicorn, FastAPI and more than the platform does), named by a
-flag or an environment variable:
+than that machine moves Berth's figures and not those constants. Measured beside Berth, the
+peers move with the VM too, so the comparison no longer rests on the VM matching that
+machine (though not every cost moves alike: Berth's path is two hops and the peers' one,
+and on some VMs a wake-up across processes costs far more than on others). Each peer runs
+from its own virtual environment (both need a protobuf older than the platform's, and their
+Starlette pins conflict with each other), named by a flag or an environment variable:
 
-    python3 -m venv /tmp/peer-mlserver && /tmp/peer-mlserver/bin/pip install mlserver==1.7.1 onnxruntime
-    python3 -m venv /tmp/peer-kserve && /tmp/peer-kserve/bin/pip install kserve==0.21.0 onnxruntime
+    python3 -m venv /tmp/peer-mlserver
+    /tmp/peer-mlserver/bin/pip install mlserver==1.7.1 'uvicorn[standard]' onnxruntime
+    python3 -m venv /tmp/peer-kserve
+    /tmp/peer-kserve/bin/pip install kserve==0.21.0 onnxruntime
     .venv/bin/python -m bench.peers --mlserver /tmp/peer-mlserver/bin/python \\
         --kserve /tmp/peer-kserve/bin/python
 
 (``BERTH_BENCH_MLSERVER_PYTHON`` / ``BERTH_BENCH_KSERVE_PYTHON`` instead of the flags;
-``bench.gateway`` takes the same.) MLServer runs as the issue measured it, with parallel
+``bench.gateway`` takes the same.) ``uvicorn[standard]`` gives MLServer's uvicorn the
+httptools parser and uvloop that Berth's web process and KServe have (MLServer alone
+installs the pure-Python h11 parser). MLServer runs as the issue measured it, with parallel
 workers off (``parallel_workers: 0``: inference in its one server process); KServe with one
-uvicorn worker and its defaults otherwise. Each is one hop with no tenancy and no
-authentication, serving the same ONNX file with onnxruntime on the CPU, a custom model class
-of a few lines each (``bench/peer_servers/``), JSON requests (the v2 body Berth's bench
-sends). TorchServe needs a JVM, which this machine lacks: it is not measured.
+uvicorn worker and no gRPC. Each is one hop with no tenancy and no authentication, serving
+the same ONNX file with onnxruntime on the CPU in a custom model class of a few lines
+(``bench/peer_servers/``) with Berth's worker's session options (one intra-op thread, no
+spin-waiting), and logs no line per request, as Berth's web process does not. Requests are
+JSON (the v2 body Berth's bench sends). TorchServe needs a JVM, which this machine lacks: it
+is not measured.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -51,6 +60,15 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports of 127.0.0.1 (each held until all are found)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 @dataclass(frozen=True)
@@ -87,17 +105,20 @@ def peers_from(args: argparse.Namespace) -> list[Peer]:
     return found
 
 
-def _command(peer: Peer, artifact: Path, folder: Path, port: int) -> list[str]:
+def _command(peer: Peer, artifact: Path, folder: Path, ports: list[int]) -> list[str]:
+    """The peer's command line serving ``artifact`` on ``ports[0]`` (MLServer's gRPC and
+    metrics servers on the other two)."""
     if peer.kind == "mlserver":
-        ports = {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port()}
-        settings = {"parallel_workers": 0, "host": "127.0.0.1", **ports}
+        named = dict(zip(("http_port", "grpc_port", "metrics_port"), ports, strict=True))
+        # MLServer's debug (on by default) logs a line per request at DEBUG level.
+        settings = {"parallel_workers": 0, "host": "127.0.0.1", "debug": False, **named}
         (folder / "settings.json").write_text(json.dumps(settings))
         model = {"name": MODEL, "implementation": "mlserver_mlp.OnnxMlp", "parameters": {"uri": str(artifact)}}
         (folder / "model-settings.json").write_text(json.dumps(model))
         shutil.copy(SERVERS / "mlserver_mlp.py", folder / "mlserver_mlp.py")
         # The ``mlserver`` script beside the environment's Python (the package has no __main__).
         return [str(peer.python.parent / "mlserver"), "start", str(folder)]
-    return [str(peer.python), str(SERVERS / "kserve_mlp.py"), str(artifact), str(port)]
+    return [str(peer.python), str(SERVERS / "kserve_mlp.py"), str(artifact), str(ports[0])]
 
 
 @contextlib.contextmanager
@@ -105,15 +126,19 @@ def peer_server(peer: Peer, artifact: Path, *, timeout: float = 120) -> Iterator
     """Starts ``peer`` serving ``artifact`` as ``mlp`` on a free port of 127.0.0.1; yields its
     inference URL once the model is ready; stops it on the way out."""
     folder = Path(tempfile.mkdtemp(prefix=f"berth-bench-{peer.kind}-"))
-    port = free_port()
+    ports = free_ports(3)
+    port = ports[0]
     log = folder / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            _command(peer, artifact, folder, port), cwd=folder, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+    process: subprocess.Popen[bytes] | None = None
     base = f"http://127.0.0.1:{port}/v2/models/{MODEL}"
+    # KServe's own loggers (its timing middleware's two lines per request) at WARNING.
+    env = {**os.environ, "KSERVE_LOGLEVEL": "WARNING"}
     try:
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                _command(peer, artifact, folder, ports), cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
@@ -126,13 +151,15 @@ def peer_server(peer: Peer, artifact: Path, *, timeout: float = 120) -> Iterator
             time.sleep(0.25)
         yield f"{base}/infer"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
+        if process is not None:  # its whole process group: a server's children go with it
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, 9)
-            process.wait()
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -146,10 +173,13 @@ def peer_runs(peer: Peer, artifact: Path, body: bytes, *, seconds: float) -> lis
             raise RuntimeError(f"{peer.label} answered {answer.status_code}: {answer.text[:500]}")
         name = f"{peer.label} (JSON, one hop)"
         headers = {"Content-Type": "application/json"}
-        return [
+        runs = [
             run_load(name, url, body, headers=headers, concurrency=concurrency, seconds=seconds)
             for concurrency in (1, 16)
         ]
+    if not all(run.latencies for run in runs):
+        raise RuntimeError(f"{peer.label} answered no request with 200 in a run: {[r.row() for r in runs]}")
+    return runs
 
 
 def main() -> None:

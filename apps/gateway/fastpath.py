@@ -12,8 +12,12 @@ path) goes the usual way.
 
 And every answer that does go the usual way leaves in one write (``_OneWriteAnswer``):
 uvicorn writes an answer's head as the app starts it and its body as the app sends it, two
-writes; the head is held for the body, so the answer reaches the client whole and the web
-process makes one ``write`` call fewer per answer (docs/gateway.md, under "Benchmark").
+writes; the head is held for the body's first part and both go in one call, one ``write``
+fewer per answer (docs/gateway.md, under "Benchmark").
+
+Both rest on uvicorn's internals (the cycle's first write is its head, ``_start_asgi_task``
+starts each cycle's task), which is why ``uvicorn[standard]`` is pinned in requirements.txt;
+``tests/apps/gateway/test_fastpath.py`` checks them on a real server.
 
 Served by ``uvicorn --http apps.gateway.fastpath:GatewayHttpProtocol`` (the launcher does).
 """
@@ -24,7 +28,8 @@ import asyncio
 import weakref
 from collections.abc import Callable
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 # (path, headers) → (headers, body) of the 429, or None: the request goes the usual way.
 Refuser = Callable[[str, list[tuple[bytes, bytes]]], tuple[list[tuple[bytes, bytes]], bytes] | None]
@@ -90,8 +95,11 @@ class _OneWriteAnswer:
             self._head = bytes(data)
 
     def close(self) -> None:
-        if self._head is not None:  # an app that failed after starting its answer
-            head, self._head = self._head, None
+        head, self._head = self._head, None
+        # An app that failed after starting its answer: its head goes first, as it would
+        # have; on a connection already lost there is nowhere to write it (and uvloop
+        # raises on a write to a closed transport).
+        if head is not None and not self._transport.is_closing():
             self._transport.write(head)
         self._transport.close()
 
@@ -109,21 +117,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
-        if self._refused():
-            return
-        before = self.cycle
-        super().on_headers_complete()
-        cycle = self.cycle
-        # A new cycle, its task not yet run: its answer goes out in one write, unless the
-        # client waits for a ``100 Continue`` (written first, at once) or asked with HEAD
-        # (an answer with no body write to join the head to).
-        if (
-            cycle is not before
-            and cycle is not None
-            and not self.expect_100_continue
-            and self.parser.get_method() != b"HEAD"
-        ):
-            cycle.transport = _OneWriteAnswer(self.transport)  # type: ignore[assignment]
+        if not self._refused():
+            super().on_headers_complete()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        # Before the app can write anything (a pipelined request's cycle comes here later,
+        # when the one before it is answered): its answer goes out in one write, unless the
+        # client waits for a ``100 Continue`` (written first, at once) or the answer has no
+        # body write to join its head to (HEAD, decided as uvicorn decides it).
+        if not cycle.waiting_for_100_continue and cycle.scope["method"] != "HEAD":
+            cycle.transport = _OneWriteAnswer(cycle.transport)  # type: ignore[assignment]
+        super()._start_asgi_task(cycle, app)
 
     def on_message_complete(self) -> None:
         if self.cycle is _ANSWERED:  # the refused request's body is all in: the next may come

@@ -3,10 +3,11 @@ worker, no gRPC), as a KServe user would write it:
 
     python kserve_mlp.py MODEL.onnx HTTP_PORT
 
-Tuned as Berth's web process is: no per-request log lines (KServe's defaults write four per
-request: uvicorn's access line and three latency traces). KServe binds its HTTP server to
-0.0.0.0 with no option to change it; benchmarks here bind 127.0.0.1 only, so the server's
-``uvicorn.Config`` is given that host (and no access log)."""
+Tuned as Berth is: Berth's worker's session options, and no log line per request (KServe's
+defaults write four: uvicorn's access line, the model's latency line and two of its timing
+middleware; ``bench/peers.py`` sets ``KSERVE_LOGLEVEL=WARNING`` for the middleware's).
+KServe binds its HTTP server to 0.0.0.0 with no option to change it; benchmarks here bind
+127.0.0.1 only, so the server's ``uvicorn.Config`` is given that host (and no access log)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,20 @@ from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
 from kserve.protocol.rest import server as rest_server
 
 
+def _options() -> ort.SessionOptions:
+    """Berth's worker's session options (docs/workers.md, "Threads"): one intra-op thread
+    and no spin-waiting, which on a few shared cores leaves them to the server's other work."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
 class OnnxMlp(Model):
     def __init__(self, name: str, path: str) -> None:
         super().__init__(name)
-        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(path, _options(), providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.ready = True
 

@@ -50,6 +50,8 @@ class _App:
             await asyncio.sleep(0.05)
             await send({"type": "http.response.body", "body": b"two"})
             return
+        if scope["path"] == "/fail-first":
+            raise RuntimeError("the app fails before starting its answer")
         if scope["path"] == "/fail":
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
             raise RuntimeError("the app fails after starting its answer")
@@ -67,7 +69,8 @@ def _refuser(path: str, headers: list[tuple[bytes, bytes]]):
 
 
 class _Written:
-    """A connection's transport that keeps what each ``write``/``writelines`` call wrote."""
+    """A connection's transport that keeps what each ``write``/``writelines`` call wrote
+    (a ``writelines`` call's parts joined, its place in ``VECTORED``)."""
 
     def __init__(self, transport: asyncio.Transport, calls: list[bytes]) -> None:
         self._transport, self._calls = transport, calls
@@ -78,6 +81,7 @@ class _Written:
 
     def writelines(self, parts) -> None:
         parts = [bytes(part) for part in parts]
+        VECTORED.append(len(self._calls))
         self._calls.append(b"".join(parts))
         self._transport.writelines(parts)
 
@@ -86,6 +90,7 @@ class _Written:
 
 
 WRITES: list[bytes] = []  # every write call of the server's connections, in order
+VECTORED: list[int] = []  # which of them were writelines calls
 
 
 class _Recorded(fastpath.GatewayHttpProtocol):
@@ -97,6 +102,7 @@ class _Recorded(fastpath.GatewayHttpProtocol):
 async def server() -> AsyncIterator[tuple[_App, int]]:
     app, port = _App(), free_port()
     WRITES.clear()
+    VECTORED.clear()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, http=_Recorded, lifespan="off",
         log_level="warning", timeout_keep_alive=1,
@@ -165,21 +171,25 @@ async def test_each_answer_of_the_app_leaves_in_one_write_and_none_waits_on_a_bo
     status, _, answer = await _answer(reader)
     assert (status, answer) == (200, b"b" * 100_000)
     assert len(WRITES) == 2 and WRITES[1].endswith(b"\r\n\r\n" + answer)
+    assert VECTORED == [1]  # one writelines call of the head and the body, not a copy of both
     # Streamed: the head goes with the first part, the rest as it comes.
     writer.write(_request("/stream", b"", refuse=False))
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert b"transfer-encoding: chunked" in head
     assert await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5) == b"3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n"
     assert WRITES[2:] == [head + b"3\r\none\r\n", b"3\r\ntwo\r\n0\r\n\r\n"]
-    # HEAD: an answer with no body write; its head is not held for one.
+    # HEAD: an answer with no body write; its head is not held for one (written alone).
     writer.write(b"HEAD /v2/models/m HTTP/1.1\r\nHost: x\r\n\r\n")
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"content-length: 5" in head
-    # Expect: 100-continue: the interim answer first, at once, then the answer.
+    assert WRITES[4:] == [head]
+    # Expect: 100-continue: the interim answer first, at once, then the answer as uvicorn
+    # writes it (the head, then the body).
     writer.write(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
     assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
     writer.write(b"wxyz")
     assert (await _answer(reader))[2] == b"got 4"
+    assert WRITES[5] == b"HTTP/1.1 100 Continue\r\n\r\n" and WRITES[7:] == [b"got 4"]
     writer.close()
 
 
@@ -191,6 +201,27 @@ async def test_an_app_that_fails_after_starting_its_answer_still_has_its_head_wr
     received = await asyncio.wait_for(reader.read(), 5)
     assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"content-length: 10\r\n\r\n")
     assert [received] == WRITES
+    writer.close()
+
+
+async def test_pipelined_closing_and_failed_answers_each_leave_in_one_write(server):
+    _, port = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    # Pipelined: each queued cycle gets its own held head when its turn comes.
+    writer.write(b"".join(_request("/v2/models/m/infer", b"x" * n, refuse=False) for n in (1, 2, 3)))
+    assert [(await _answer(reader))[2] for _ in range(3)] == [b"got 1", b"got 2", b"got 3"]
+    assert [call.endswith(b"\r\n\r\ngot %d" % n) for n, call in enumerate(WRITES, 1)] == [True] * 3
+    # An app failing before it starts its answer: uvicorn's 500, in one write, then closed.
+    writer.write(_request("/fail-first", b"", refuse=False))
+    received = await asyncio.wait_for(reader.read(), 5)
+    assert received.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert received.endswith(b"Internal Server Error") and WRITES[3:] == [received]
+    writer.close()
+    # Connection: close: one write, then the server closes.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(_request("/v2/models/m/infer", b"", refuse=False, close=True))
+    received = await asyncio.wait_for(reader.read(), 5)
+    assert received.endswith(b"\r\n\r\ngot 0") and b"connection: close" in received and WRITES[4:] == [received]
     writer.close()
 
 
