@@ -115,7 +115,8 @@ def _command(peer: Peer, artifact: Path, folder: Path, ports: list[int]) -> list
         (folder / "settings.json").write_text(json.dumps(settings))
         model = {"name": MODEL, "implementation": "mlserver_mlp.OnnxMlp", "parameters": {"uri": str(artifact)}}
         (folder / "model-settings.json").write_text(json.dumps(model))
-        shutil.copy(SERVERS / "mlserver_mlp.py", folder / "mlserver_mlp.py")
+        for module in ("mlserver_mlp.py", "mlp_session.py"):
+            shutil.copy(SERVERS / module, folder / module)
         # The ``mlserver`` script beside the environment's Python (the package has no __main__).
         return [str(peer.python.parent / "mlserver"), "start", str(folder)]
     return [str(peer.python), str(SERVERS / "kserve_mlp.py"), str(artifact), str(ports[0])]

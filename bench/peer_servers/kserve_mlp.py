@@ -15,26 +15,16 @@ import sys
 import uuid
 from typing import Any
 
-import onnxruntime as ort
 import uvicorn
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
 from kserve.protocol.rest import server as rest_server
-
-
-def _options() -> ort.SessionOptions:
-    """Berth's worker's session options (docs/workers.md, "Threads"): one intra-op thread
-    and no spin-waiting, which on a few shared cores leaves them to the server's other work."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return options
+from mlp_session import mlp_session
 
 
 class OnnxMlp(Model):
     def __init__(self, name: str, path: str) -> None:
         super().__init__(name)
-        self.session = ort.InferenceSession(path, _options(), providers=["CPUExecutionProvider"])
+        self.session = mlp_session(path)
         self.input_name = self.session.get_inputs()[0].name
         self.ready = True
 
