@@ -1051,7 +1051,7 @@ def main() -> None:
             print(f"{peer.label} serving the same MLP (one hop) …", flush=True)
             try:
                 peer_c1, peer_c16 = bench_peers.peer_runs(peer, artifact, json_body, seconds=args.seconds)
-            except RuntimeError as failed:  # the run goes on without it
+            except (RuntimeError, OSError, ValueError, httpx.HTTPError) as failed:  # the run goes on without it
                 print(f"{peer.label} not measured: {failed}", file=sys.stderr, flush=True)
                 continue
             measured_peers[peer.label] = (peer_c1, peer_c16)

@@ -101,6 +101,12 @@ def peers_from(args: argparse.Namespace) -> list[Peer]:
             continue
         if not Path(python).exists():
             raise SystemExit(f"--{kind}: no Python at {python}")
+        # The server's packages, and the HTTP parser Berth's web process has (uvicorn falls
+        # back to the pure-Python h11 without it: no comparison).
+        modules = "mlserver, httptools, onnxruntime" if kind == "mlserver" else "kserve, httptools, onnxruntime"
+        check = subprocess.run([python, "-c", f"import {modules}"], capture_output=True, text=True, check=False)
+        if check.returncode:
+            raise SystemExit(f"--{kind}: {python} cannot import {modules}: {check.stderr.strip()[-300:]}")
         found.append(Peer(kind, Path(python)))
     return found
 
@@ -110,7 +116,7 @@ def _command(peer: Peer, artifact: Path, folder: Path, ports: list[int]) -> list
     metrics servers on the other two)."""
     if peer.kind == "mlserver":
         named = dict(zip(("http_port", "grpc_port", "metrics_port"), ports, strict=True))
-        # MLServer's debug (on by default) logs a line per request at DEBUG level.
+        # MLServer's debug (on by default) turns uvicorn's access log on: a line per request.
         settings = {"parallel_workers": 0, "host": "127.0.0.1", "debug": False, **named}
         (folder / "settings.json").write_text(json.dumps(settings))
         model = {"name": MODEL, "implementation": "mlserver_mlp.OnnxMlp", "parameters": {"uri": str(artifact)}}

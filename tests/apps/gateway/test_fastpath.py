@@ -211,17 +211,23 @@ async def test_pipelined_closing_and_failed_answers_each_leave_in_one_write(serv
     writer.write(b"".join(_request("/v2/models/m/infer", b"x" * n, refuse=False) for n in (1, 2, 3)))
     assert [(await _answer(reader))[2] for _ in range(3)] == [b"got 1", b"got 2", b"got 3"]
     assert [call.endswith(b"\r\n\r\ngot %d" % n) for n, call in enumerate(WRITES, 1)] == [True] * 3
+    # A HEAD queued behind a POST: its cycle, started when the POST's answer is out, holds
+    # no head (none would ever follow it).
+    writer.write(_request("/v2/models/m/infer", b"", refuse=False) + b"HEAD /v2/models/m HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await _answer(reader))[2] == b"got 0"
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and WRITES[3].endswith(b"\r\n\r\ngot 0") and WRITES[4:] == [head]
     # An app failing before it starts its answer: uvicorn's 500, in one write, then closed.
     writer.write(_request("/fail-first", b"", refuse=False))
     received = await asyncio.wait_for(reader.read(), 5)
     assert received.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
-    assert received.endswith(b"Internal Server Error") and WRITES[3:] == [received]
+    assert received.endswith(b"Internal Server Error") and WRITES[5:] == [received]
     writer.close()
     # Connection: close: one write, then the server closes.
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(_request("/v2/models/m/infer", b"", refuse=False, close=True))
     received = await asyncio.wait_for(reader.read(), 5)
-    assert received.endswith(b"\r\n\r\ngot 0") and b"connection: close" in received and WRITES[4:] == [received]
+    assert received.endswith(b"\r\n\r\ngot 0") and b"connection: close" in received and WRITES[6:] == [received]
     writer.close()
 
 
