@@ -27,9 +27,12 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGI3Application
 
 # (path, headers) → (headers, body) of the 429, or None: the request goes the usual way.
 Refuser = Callable[[str, list[tuple[bytes, bytes]]], tuple[list[tuple[bytes, bytes]], bytes] | None]
@@ -108,7 +111,8 @@ class _OneWriteAnswer:
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
-    """``HttpToolsProtocol`` that answers the gateway's no-I/O refusals from the parser."""
+    """``HttpToolsProtocol`` that answers the gateway's no-I/O refusals from the parser and
+    writes every other answer in one write."""
 
     def on_message_begin(self) -> None:
         # A refused request's end armed the keep-alive timer; a request read in the same
