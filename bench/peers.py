@@ -56,12 +56,6 @@ LABEL = {"mlserver": "MLServer", "kserve": "KServe"}
 MODEL = "mlp"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def free_ports(count: int) -> list[int]:
     """``count`` distinct free ports of 127.0.0.1 (each held until all are found)."""
     with contextlib.ExitStack() as stack:
@@ -69,6 +63,10 @@ def free_ports(count: int) -> list[int]:
         for sock in sockets:
             sock.bind(("127.0.0.1", 0))
         return [int(sock.getsockname()[1]) for sock in sockets]
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
 
 
 @dataclass(frozen=True)
@@ -103,7 +101,7 @@ def peers_from(args: argparse.Namespace) -> list[Peer]:
             raise SystemExit(f"--{kind}: no Python at {python}")
         # The server's packages, and the HTTP parser Berth's web process has (uvicorn falls
         # back to the pure-Python h11 without it: no comparison).
-        modules = "mlserver, httptools, onnxruntime" if kind == "mlserver" else "kserve, httptools, onnxruntime"
+        modules = f"{kind}, httptools, onnxruntime"
         check = subprocess.run([python, "-c", f"import {modules}"], capture_output=True, text=True, check=False)
         if check.returncode:
             raise SystemExit(f"--{kind}: {python} cannot import {modules}: {check.stderr.strip()[-300:]}")

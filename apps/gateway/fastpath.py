@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
+from apps.gateway.upstream import write_joined
+
 if TYPE_CHECKING:
     from uvicorn._types import ASGI3Application
 
@@ -65,10 +67,6 @@ class _Answered:
 
 _ANSWERED = _Answered()
 
-# A body this large is written beside its head, not copied onto it (``writelines``: one
-# ``writev`` with uvloop).
-_JOIN_BELOW = 65536
-
 
 class _OneWriteAnswer:
     """The transport as one request's cycle sees it: its first write (the answer's head:
@@ -87,10 +85,7 @@ class _OneWriteAnswer:
         head = self._head
         if head is not None:
             self._head = None
-            if len(data) < _JOIN_BELOW:
-                self._transport.write(head + data)
-            else:
-                self._transport.writelines((head, data))
+            write_joined(self._transport, head, data)
         elif self._started:
             self._transport.write(data)
         else:
