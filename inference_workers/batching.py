@@ -227,6 +227,10 @@ class DynamicBatcher:
         self._queue.clear()
         if self._scheduler is not None:
             self._scheduler.cancel()
+            # Its end is awaited: a cancelled task ends on a later turn of the loop, and until
+            # then its frame holds this batcher and the model, so an unload's collection on
+            # another thread, run as soon as this returns, could find them still alive.
+            await asyncio.wait({self._scheduler})
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _runs_inline(self) -> bool:

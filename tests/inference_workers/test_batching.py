@@ -267,6 +267,24 @@ async def test_close_lets_running_finish_and_fails_the_rest():
         await batcher.submit(row(3.0))
 
 
+async def test_close_returns_once_nothing_on_the_loop_holds_the_model():
+    import gc
+    import weakref
+
+    model = Model()
+    batcher = await make(model, max_batch_size=4)
+    await batcher.submit(row(1.0))
+    await asyncio.sleep(0.05)  # idle: the close has nothing to drain and waits for nothing
+    gone = weakref.ref(model)
+    await batcher.close()
+    # The scheduler has ended, not just been told to: its frame no longer holds the batcher,
+    # so dropping the batcher frees the model at once (an unload collects right after close).
+    assert batcher._scheduler is not None and batcher._scheduler.done()
+    del batcher, model
+    gc.collect()
+    assert gone() is None
+
+
 async def test_fast_models_run_on_the_loop_and_still_batch_under_load():
     model = Model()
     recorder = Recorder()
