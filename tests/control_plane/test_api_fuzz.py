@@ -8,6 +8,7 @@ platform staff (the widest surface), against a database with a tenant, members a
 from __future__ import annotations
 
 import base64
+import zlib
 
 import pytest
 import schemathesis
@@ -16,6 +17,7 @@ from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
+from schemathesis.core import NotSet
 
 from tests.apps.tenants.conftest import build_world
 from tests.apps.tenants.factories import UserFactory
@@ -63,6 +65,14 @@ def test_no_request_makes_the_api_fail(case):
         {"Authorization": f"Bearer {FUZZED_KEYS['manage']}"},  # a tenant's manage key
         {"Authorization": f"Bearer {FUZZED_KEYS['read']}", "Accept": "text/html"},  # a read key asking for HTML
     ]
+    # An example with something drawn goes as one caller, picked from the example itself (so
+    # hypothesis, replaying a failing one to shrink it, sends it as the same caller): such
+    # operations still meet all three over their 25 examples, at a third of the cost. One with
+    # nothing drawn (the operation's only example) goes as all three.
+    drawn_path = {name: value for name, value in (case.path_parameters or {}).items() if name not in real}
+    drawn = (drawn_path, case.query, dict(case.headers or {}), case.body)
+    if drawn_path or case.query or case.headers or not isinstance(case.body, NotSet):
+        callers = [callers[zlib.crc32(repr(drawn).encode()) % len(callers)]]
     for headers in callers:
         response = case.call(headers=headers)
         case.validate_response(response, checks=[not_a_server_error])
