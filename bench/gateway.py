@@ -8,7 +8,7 @@ defaults, a temporary data dir, a free port on 127.0.0.1), deploys the reference
 2. the worker alone (its data plane, with the worker token), c=1 and c=16, JSON and binary;
 3. the full path through the gateway with a tenant API key, c=1 and c=16, JSON and binary;
 4. CPU time per request of the web (uvicorn) process and of the worker process during the
-   full-path c=16 runs;
+   full-path runs, c=1 and c=16 (each whole process's CPU, so an upper bound);
 5. a mixed load: tenants A and B at a steady rate (open loop: requests sent on a clock,
    whatever the answers), alone and then beside tenant C, which sends five times its rate
    limit (mostly 429s); A's and B's p99 alone vs with C, and vs with C's same clients aimed
@@ -323,9 +323,17 @@ class CpuPerRequest:
 
 
 def measured_full_path(
-    platform: Platform, name: str, url: str, body: bytes, *, headers: dict[str, str], seconds: float
+    platform: Platform,
+    name: str,
+    url: str,
+    body: bytes,
+    *,
+    headers: dict[str, str],
+    seconds: float,
+    concurrency: int = HAMMER_CONCURRENCY,
 ) -> tuple[Result, CpuPerRequest]:
-    """A full-path c=16 run with the CPU the web and worker processes spent on it.
+    """A full-path run (c=16 unless told) with the CPU the web and worker processes spent on
+    it: each process's whole CPU, its background work included, so an upper bound.
 
     Requests are counted by the gateway's own counter (warm-up included, as the CPU is);
     the load's count is the fallback when the counter cannot be read.
@@ -336,7 +344,7 @@ def measured_full_path(
     except (httpx.HTTPError, RuntimeError, ValueError):
         before = None
     web_0, worker_0 = _cpu_seconds(web), _cpu_seconds(worker)
-    result = run_load(name, url, body, headers=headers, concurrency=HAMMER_CONCURRENCY, seconds=seconds)
+    result = run_load(name, url, body, headers=headers, concurrency=concurrency, seconds=seconds)
     web_s, worker_s = _cpu_seconds(web) - web_0, _cpu_seconds(worker) - worker_0
     counted_by = "the gateway's counter"
     requests = 0.0
@@ -346,7 +354,7 @@ def measured_full_path(
     if not requests:
         done = result.count if result.count is not None else len(result.latencies)
         requests, counted_by = float(done + result.errors), "the load (warm-up left out)"
-    return result, CpuPerRequest(name, requests, web_s, worker_s, counted_by)
+    return result, CpuPerRequest(f"{name} c={concurrency}", requests, web_s, worker_s, counted_by)
 
 
 def direct_floor(artifact: Path, one: np.ndarray, *, seconds: float) -> Result:
@@ -1012,13 +1020,14 @@ def main() -> None:
         print("full path: client → gateway → worker …", flush=True)
         gateway_url = f"{platform.base_url}/v2/models/{MODEL}/infer"
         tenant_auth = {"Authorization": f"Bearer {key}"}
-        g_c1 = run_load(
+        g_c1, g1_cpu = measured_full_path(
+            platform,
             "gateway → worker (JSON)",
             gateway_url,
             json_body,
             headers={**tenant_auth, **json_headers},
-            concurrency=1,
             seconds=args.seconds,
+            concurrency=1,
         )
         g_c16, g_cpu = measured_full_path(
             platform,
@@ -1028,13 +1037,14 @@ def main() -> None:
             headers={**tenant_auth, **json_headers},
             seconds=args.seconds,
         )
-        gb_c1 = run_load(
+        gb_c1, gb1_cpu = measured_full_path(
+            platform,
             "gateway → worker (binary)",
             gateway_url,
             binary_body,
             headers={**tenant_auth, **binary_headers},
-            concurrency=1,
             seconds=args.seconds,
+            concurrency=1,
         )
         gb_c16, gb_cpu = measured_full_path(
             platform,
@@ -1114,9 +1124,9 @@ def main() -> None:
     print("== latency and throughput (batch-1 requests, MLP) ==")
     summary(results)
     print()
-    print("== CPU per request during the full-path c=16 runs (psutil user+system, raw) ==")
-    print(g_cpu.row())
-    print(gb_cpu.row())
+    print("== CPU per request during the full-path runs (psutil user+system of each whole process, raw) ==")
+    for cpu in (g1_cpu, g_cpu, gb1_cpu, gb_cpu):
+        print(cpu.row())
     print()
     if args.saturate:
         loads = f"A and B closed loops at c={STEADY_CONCURRENCY} each (JSON), C at c={HAMMER_CONCURRENCY}"
@@ -1159,10 +1169,15 @@ def main() -> None:
             )
         print(f"{c_tally.name:<10} in interleaved run {run + 1}, while on: [{_statuses(c_tally)}]")
     c = beside[-1]
+    sent_rate = ""
+    if not args.saturate:  # C's clients run in the idle class: say whether they kept their rate
+        rate = c.statuses.total() / args.mixed_seconds
+        short = "" if rate >= 0.95 * hammer_rate else ": short of it, so C's clients were starved of CPU"
+        sent_rate = f"  C sent {rate:.0f} req/s of the {hammer_rate:.0f} asked{short}"
     print(
         f"{c.name:<10} 200: {c.statuses[200]}  429: {c.statuses[429]}  "
         f"({c.statuses[200] / args.mixed_seconds:.0f} req/s admitted, "
-        f"{c.statuses[429] / args.mixed_seconds:.0f} req/s refused)   all [{_statuses(c)}]"
+        f"{c.statuses[429] / args.mixed_seconds:.0f} req/s refused)   all [{_statuses(c)}]{sent_rate}"
     )
     answered_alone = sum(t.statuses.total() + t.warmup_answers for t in alone)
     answered_beside = sum(t.statuses.total() + t.warmup_answers for t in beside)

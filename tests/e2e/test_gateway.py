@@ -707,11 +707,21 @@ def test_a_scaled_to_zero_model_cold_starts_once_for_concurrent_requests(gateway
         index = _client(gateway_platform).get_model_repository_index(headers=_bearer(key))
         assert next(e for e in index if e["name"] == MODEL)["state"] != "READY"
         before = gateway_platform.metric("berth_gateway_cold_starts_total", tenant="demo", model=MODEL)
+        loads = re.compile(rf"loaded demo/{MODEL}/\d+:")
+        loads_before = len(loads.findall(gateway_platform.log()))
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(lambda _: _infer_json(gateway_platform, key, ONE_ROW), range(6)))
         assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
         after = gateway_platform.metric("berth_gateway_cold_starts_total", tenant="demo", model=MODEL)
         assert after - before == 1
+        # And the fleet loaded the model once: one replica, one load on the worker.
+        assert len(httpx.get(base, headers=_bearer(key)).json()["replicas"]) == 1
+        deadline = time.monotonic() + 10
+        while len(loads.findall(gateway_platform.log())) == loads_before:
+            assert time.monotonic() < deadline, "the worker never logged the load"
+            time.sleep(0.2)
+        time.sleep(1.0)  # a second load, had there been one, would be logged by now
+        assert len(loads.findall(gateway_platform.log())) == loads_before + 1
     finally:
         httpx.patch(base, headers=_bearer(key), json={"scale_to_zero_after_s": 0})
     _wait_ready(gateway_platform, key)
