@@ -328,14 +328,14 @@ def _place(
             pending.append((want.replica, f"quota: max_replicas {quota.max_replicas} reached"))
             continue
         of_kind = [d for d in by_id.values() if d.kind == want.kind and d.schedulable]
-        candidates = of_kind
-        if want.avoid and any(d.device_id not in want.avoid for d in candidates):
-            candidates = [d for d in candidates if d.device_id not in want.avoid]
-        fitting = [d for d in candidates if free(d.device_id) >= want.footprint_bytes]
         # A worker hosts a version once (it scales within itself by instances), so two
         # replicas of one version never share a device.
-        candidates = [d for d in candidates if not siblings(d.device_id, want.replica)]
-        choice_pool = [d for d in fitting if not siblings(d.device_id, want.replica)]
+        candidates = [d for d in of_kind if not siblings(d.device_id, want.replica)]
+        # Devices where its load failed come last, among those it may go to: were they left
+        # out first, a replica whose only other device holds its sibling would wait forever.
+        if want.avoid and any(d.device_id not in want.avoid for d in candidates):
+            candidates = [d for d in candidates if d.device_id not in want.avoid]
+        choice_pool = [d for d in candidates if free(d.device_id) >= want.footprint_bytes]
         chosen: str | None = None
         if choice_pool:
             # Among devices already in use (or opened up front by "spread") by the fit rule;

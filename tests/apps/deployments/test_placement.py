@@ -154,6 +154,24 @@ def test_a_mix_that_fills_its_devices_exactly_is_completed_on_them():
     assert reserved_after(plan, devices, [], wanted) == {"a": 10 * GiB, "b": 10 * GiB}
 
 
+def test_a_replica_whose_load_failed_goes_back_where_it_failed_when_its_sibling_holds_the_other_device():
+    """Its load failed on a (say, the artifact could not be fetched yet); b now hosts its
+    sibling, so a, though it failed there once, is the one device it may go to."""
+    devices = [Device("a", "cpu", 10 * GiB), Device("b", "cpu", 10 * GiB)]
+    placed = [Placed(rid("t", "m", 1), "b", 1 * GiB)]
+    wanted = [
+        Wanted(rid("t", "m", 0), 1 * GiB, "cpu", avoid=frozenset({"a"})),
+        Wanted(rid("t", "m", 1), 1 * GiB, "cpu"),
+    ]
+    plan = place(devices=devices, placed=placed, wanted=wanted, quotas={"t": BIG}, now=0.0)
+    assert list(plan.loads) == [(rid("t", "m", 0), "a")], plan.pending
+    # With a third device free it goes there instead, away from a.
+    plan = place(
+        devices=[*devices, Device("c", "cpu", 10 * GiB)], placed=placed, wanted=wanted, quotas={"t": BIG}, now=0.0
+    )
+    assert list(plan.loads) == [(rid("t", "m", 0), "c")], plan.pending
+
+
 def test_completion_keeps_copies_apart_and_off_the_devices_where_their_load_failed():
     """Bin completion's own choice (before the main loop's checks): a version with a copy on
     device a already gets its other two on b and c; a replica whose load failed on a goes
