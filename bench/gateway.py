@@ -1172,7 +1172,7 @@ def main() -> None:
     sent_rate = ""
     if not args.saturate:  # C's clients run in the idle class: say whether they kept their rate
         rate = c.statuses.total() / args.mixed_seconds
-        short = "" if rate >= 0.95 * hammer_rate else ": short of it, so C's clients were starved of CPU"
+        short = "" if rate >= 0.95 * hammer_rate else ": short of the rate asked (its clients got too little CPU?)"
         sent_rate = f"  C sent {rate:.0f} req/s of the {hammer_rate:.0f} asked{short}"
     print(
         f"{c.name:<10} 200: {c.statuses[200]}  429: {c.statuses[429]}  "

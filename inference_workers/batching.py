@@ -225,13 +225,16 @@ class DynamicBatcher:
             if not pending.future.done():
                 pending.future.set_exception(UnavailableError(f"model {self.name} was unloaded"))
         self._queue.clear()
-        if self._scheduler is not None:
-            self._scheduler.cancel()
-            # Its end is awaited: a cancelled task ends on a later turn of the loop, and until
-            # then its frame holds this batcher and the model, so an unload's collection on
-            # another thread, run as soon as this returns, could find them still alive.
-            await asyncio.wait({self._scheduler})
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        try:
+            if self._scheduler is not None:
+                self._scheduler.cancel()
+                # Its end is awaited: a cancelled task ends on a later turn of the loop, and
+                # until then its frame holds this batcher and the model, so an unload's
+                # collection on another thread, run as soon as this returns, could find them
+                # still alive.
+                await asyncio.wait({self._scheduler})
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _runs_inline(self) -> bool:
         """Fast single-instance models run on the loop once their speed is known.

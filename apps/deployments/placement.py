@@ -331,8 +331,9 @@ def _place(
         # A worker hosts a version once (it scales within itself by instances), so two
         # replicas of one version never share a device.
         candidates = [d for d in of_kind if not siblings(d.device_id, want.replica)]
-        # Devices where its load failed come last, among those it may go to: were they left
-        # out first, a replica whose only other device holds its sibling would wait forever.
+        # Devices where its load failed are left out when any other it may go to is left (room
+        # or not); only after those holding a sibling are, or a replica whose only other
+        # device holds its sibling would wait forever.
         if want.avoid and any(d.device_id not in want.avoid for d in candidates):
             candidates = [d for d in candidates if d.device_id not in want.avoid]
         choice_pool = [d for d in candidates if free(d.device_id) >= want.footprint_bytes]

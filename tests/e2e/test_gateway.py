@@ -750,7 +750,7 @@ def _a_second_replica(platform: Platform, tmp_path: Path) -> Iterator[tuple[subp
     in the gateway's routing table; yields the spare and its log's path. On the way out the
     spare is killed and the deployment goes back to one replica."""
     key = _demo_key(platform)
-    spare_id = f"{platform.worker_id}-spare"
+    spare_id = f"{platform.worker_id}-spare-{uuid.uuid4().hex[:6]}"  # not a stale registration's id
     spare_log = tmp_path / "spare.log"
     with spare_log.open("wb") as log:
         spare = subprocess.Popen(
@@ -766,7 +766,9 @@ def _a_second_replica(platform: Platform, tmp_path: Path) -> Iterator[tuple[subp
         with platform.admin() as admin:
             quota = {"requests_per_second": 100_000, "max_concurrent_requests": 1000}
             assert admin.patch("/api/v1/tenants/demo/quota/", json=quota).status_code == 200
-            while len([w for w in admin.get("/api/v1/workers/").json() if w["state"] == "ready"]) < 2:
+            while not any(
+                w["worker_id"] == spare_id and w["state"] == "ready" for w in admin.get("/api/v1/workers/").json()
+            ):
                 assert time.monotonic() < deadline, "the spare worker never registered"
                 time.sleep(0.2)
         assert httpx.patch(base, headers=_bearer(key), json={"min_replicas": 2, "max_replicas": 2}).status_code == 200
@@ -776,13 +778,11 @@ def _a_second_replica(platform: Platform, tmp_path: Path) -> Iterator[tuple[subp
             return {r["worker"] for r in replicas if r["state"] == "ready"}
 
         while ready_workers() != {platform.worker_id, spare_id}:
-            with platform.admin() as admin:
-                workers = [(w["worker_id"], w["state"]) for w in admin.get("/api/v1/workers/").json()]
-            replicas = httpx.get(base, headers=_bearer(key)).json()["replicas"]
-            assert time.monotonic() < deadline, (
-                workers,
-                [(r["index"], r["worker"], r["state"], r["reason"]) for r in replicas],
-            )
+            if time.monotonic() > deadline:
+                with platform.admin() as admin:
+                    workers = [(w["worker_id"], w["state"]) for w in admin.get("/api/v1/workers/").json()]
+                replicas = httpx.get(base, headers=_bearer(key)).json()["replicas"]
+                raise AssertionError((workers, [(r["index"], r["worker"], r["state"], r["reason"]) for r in replicas]))
             time.sleep(0.2)
         time.sleep(1.0)  # both replicas are in the gateway's routing table
         yield spare, spare_log
@@ -822,10 +822,10 @@ def test_requests_go_around_a_replica_that_holds_its_requests(gateway_platform: 
             results = [item for future in futures for item in future.result()]
         codes = collections.Counter(code for code, _, _ in results)
         assert set(codes) <= {200, 504}, codes
-        held = [took for code, _, took in results if took > 1.0]
-        # The frozen replica holds at most about half the clients at a time (it is chosen
-        # only while it has no more requests out than the live one), in two waves at most.
-        assert len(held) <= clients + 2, (len(held), codes)
+        # The frozen replica is chosen only while it has no more requests out than the live
+        # one, so it holds at most half the clients and one more (ties go to the first drawn);
+        # those of the first wave reach the 2 s timeout (504), a second wave is thawed first.
+        assert codes[504] <= clients // 2 + 1, codes
         answered_quickly = sum(1 for code, _, took in results if code == 200 and took < 1.0)
         assert answered_quickly > 150, (answered_quickly, codes)
         # Thawed, the spare answers again: requests reach both replicas and all are 200.
