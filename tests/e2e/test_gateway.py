@@ -833,6 +833,24 @@ def test_requests_go_around_a_replica_that_holds_its_requests(gateway_platform: 
         assert after == [200] * 20
 
 
+def test_a_replica_whose_worker_is_gone_is_retried_once_on_the_other(gateway_platform: Platform, tmp_path: Path):
+    """A connection failure before anything was sent (the spare killed while idle, so its
+    replica is still in the routing table and a new connection to it is refused) is retried
+    on the other replica: every request is answered, and the retries are counted."""
+    key = _demo_key(gateway_platform)
+    retries_before = gateway_platform.metric("berth_gateway_retries_total", tenant="demo", model=MODEL)
+    with _a_second_replica(gateway_platform, tmp_path) as (spare, _):
+        spare.send_signal(signal.SIGKILL)
+        spare.wait(timeout=10)
+        time.sleep(0.3)  # the gateway's pooled connections to it have seen it close
+        # Each request picks the dead replica half the time until one fails to connect there
+        # (the gateway then sets its worker aside): 30 requests all but surely try it.
+        answers = [_infer_json(gateway_platform, key, ONE_ROW) for _ in range(30)]
+        assert [a.status_code for a in answers] == [200] * 30, [a.text for a in answers if a.status_code != 200]
+        retries = gateway_platform.metric("berth_gateway_retries_total", tenant="demo", model=MODEL)
+        assert retries >= retries_before + 1
+
+
 def test_a_worker_killed_under_load_loses_nothing_silently(gateway_platform: Platform, tmp_path: Path):
     key = _demo_key(gateway_platform)
     retries_before = gateway_platform.metric("berth_gateway_retries_total", tenant="demo", model=MODEL)
