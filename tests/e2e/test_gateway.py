@@ -861,7 +861,7 @@ def test_a_worker_killed_under_load_loses_nothing_silently(gateway_platform: Pla
             seen = []
             with httpx.Client(timeout=30) as client:
                 while time.monotonic() < stop_at:
-                    request_id = f"w{worker}-{uuid.uuid4().hex[:8]}"
+                    request_id = f"w{worker}-{uuid.uuid4().hex}"  # 8 hex digits collided once in ~8,500
                     body = {"id": request_id, **ONE_ROW}
                     sent_at = time.monotonic()
                     answer = client.post(
@@ -902,7 +902,7 @@ def test_a_worker_killed_under_load_loses_nothing_silently(gateway_platform: Pla
 
         answered = [f"request={request_id}" for code, request_id, _, _ in results if code == 200]
         logged = _wait_logged(logged_now, *answered)
-        executions = collections.Counter(re.findall(r"/infer 200 request=(w\d-[0-9a-f]{8})\b", logged))
+        executions = collections.Counter(re.findall(r"/infer 200 request=(w\d-[0-9a-f]{32})\b", logged))
         assert executions and max(executions.values()) == 1, executions.most_common(3)
         for code, request_id, _, _ in results:  # a 502 may have run just before the kill, once at most
             assert executions[request_id] == 1 if code == 200 else executions[request_id] <= 1, (code, request_id)
