@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import functools
 import json
 import os
 import statistics
@@ -18,6 +20,50 @@ import aiohttp
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def cpu_list(text: str) -> set[int]:
+    """A CPU list as ``taskset -c`` takes it ("1", "2,3", "4-7,9") as a set of CPU numbers."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a CPU list such as 1 or 2,3 or 4-7") from None
+    if not cpus:
+        raise argparse.ArgumentTypeError(f"{text!r} names no CPU")
+    return cpus
+
+
+def add_client_cpus(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--client-cpus",
+        type=cpu_list,
+        help="CPUs for the load generators (1 or 2,3 or 4-7), the servers on the others: on a machine with cores "
+        "to spare, clients then take none of the servers' cores, as callers on other machines would not",
+    )
+
+
+def split_cpus(clients: set[int] | None) -> tuple[set[int], set[int]] | None:
+    """With ``clients`` (``--client-cpus``): pins this process, so the load generators it
+    runs and the processes it spawns, to those CPUs and returns (the servers' CPUs, the
+    clients'), the servers' being every other CPU this process may use. None without."""
+    if clients is None:
+        return None
+    usable = os.sched_getaffinity(0)
+    if not clients < usable:
+        raise SystemExit(
+            f"--client-cpus {sorted(clients)} must leave the servers some of the CPUs this process may use: "
+            f"{sorted(usable)}"
+        )
+    os.sched_setaffinity(0, clients)
+    return usable - clients, clients
+
+
+def pinned_to(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that pins a child process, and everything it starts, to ``cpus``."""
+    return None if cpus is None else functools.partial(os.sched_setaffinity, 0, cpus)
 
 
 @dataclass

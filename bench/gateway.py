@@ -30,12 +30,19 @@ defaults, a temporary data dir, a free port on 127.0.0.1), deploys the reference
    serving the same MLP on this machine, c=1 and c=16 (JSON), measured while the platform
    idles;
 
+7. with ``--client-cpus LIST`` (a machine with cores to spare), every load generator (this
+   process, its children, the no-cost refuser) on those CPUs and the servers (the platform,
+   the peers) on the others, so that clients take none of the servers' cores, as callers on
+   other machines would not (on two cores it puts the whole platform on one, which the
+   mixed load overloads);
+
 then the measured figures against the issue's targets: its peers' figures as the issue
 gives them, and, for peers measured here, the c=1 and c=16 targets restated against their
 figures in this run (JSON). It asserts nothing.
 
     .venv/bin/python -m bench.gateway [--seconds 5] [--mixed-seconds 60] [--mixed-pairs 1]
-        [--mixed-interleaved 1] [--mixed-slice 10] [--saturate] [--mlserver PYTHON] [--kserve PYTHON]
+        [--mixed-interleaved 1] [--mixed-slice 10] [--saturate] [--client-cpus LIST]
+        [--mlserver PYTHON] [--kserve PYTHON]
 """
 
 from __future__ import annotations
@@ -69,7 +76,18 @@ import numpy as np
 import psutil
 
 from bench import peers as bench_peers
-from bench.common import REPO_ROOT, Result, run_load, summary, time_direct, v2_binary_body, v2_json_body
+from bench.common import (
+    REPO_ROOT,
+    Result,
+    add_client_cpus,
+    pinned_to,
+    run_load,
+    split_cpus,
+    summary,
+    time_direct,
+    v2_binary_body,
+    v2_json_body,
+)
 
 T = TypeVar("T")
 
@@ -123,6 +141,7 @@ class Platform:
     process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
     env: dict[str, str] = field(default_factory=dict)  # the platform's environment, once started
+    cpus: set[int] | None = None  # the CPUs its processes run on (--client-cpus); None: any
 
     def __post_init__(self) -> None:
         self.log_path = self.data_dir / "platform.log"
@@ -157,6 +176,7 @@ class Platform:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=pinned_to(self.cpus),
             )
 
     def log_tail(self, chars: int = 4000) -> str:
@@ -231,10 +251,11 @@ class Platform:
 
 
 @contextlib.contextmanager
-def booted_platform() -> Iterator[Platform]:
-    """Boots the platform; stops it and removes its data dir on the way out, even on error."""
+def booted_platform(cpus: set[int] | None = None) -> Iterator[Platform]:
+    """Boots the platform (on ``cpus`` when given); stops it and removes its data dir on the
+    way out, even on error."""
     folder = Path(tempfile.mkdtemp(prefix="berth-bench-gateway-"))
-    platform = Platform(data_dir=folder, port=bench_peers.free_port(), worker_id=f"bench-gw-{os.getpid()}")
+    platform = Platform(data_dir=folder, port=bench_peers.free_port(), worker_id=f"bench-gw-{os.getpid()}", cpus=cpus)
     failed = True
     try:
         platform.start()
@@ -892,6 +913,10 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "n/a"
 
 
+def _cpus(cpus: set[int]) -> str:
+    return ",".join(map(str, sorted(cpus)))
+
+
 def _statuses(tally: Tally) -> str:
     return ", ".join(f"{code or 'no answer'}: {count}" for code, count in sorted(tally.statuses.items()))
 
@@ -940,8 +965,12 @@ def main() -> None:
         help="runs of A+B alone and beside C, taken in turn; each pair's rise is printed, and their median",
     )
     bench_peers.add_arguments(parser)
+    add_client_cpus(parser)
     args = parser.parse_args()
     peers = bench_peers.peers_from(args)
+    # With --client-cpus: this process (every load generator) on those CPUs, the servers on the rest.
+    cpus = split_cpus(args.client_cpus)
+    server_cpus = cpus[0] if cpus else None
     # A SIGTERM to the bench unwinds through the platform's shutdown too.
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
 
@@ -958,8 +987,10 @@ def main() -> None:
     scale = args.mixed_scale
     limited = {**LIMITED, "requests_per_second": max(1, round(LIMITED["requests_per_second"] * scale))}
     steady_rate, hammer_rate = STEADY_RATE * scale, 5.0 * limited["requests_per_second"]
-    with booted_platform() as platform:
+    with booted_platform(server_cpus) as platform:
         print(f"booting the platform on {platform.base_url} …", flush=True)
+        if cpus:
+            print(f"the servers on CPUs {_cpus(cpus[0])}, the load generators on CPUs {_cpus(cpus[1])}", flush=True)
         # The export runs while the platform boots; nothing is timed yet.
         artifact = export(Mlp(), torch.zeros(2, 256), platform.data_dir / "mlp.onnx")
         platform.wait_healthy()
@@ -1060,7 +1091,9 @@ def main() -> None:
         for peer in peers:  # while the platform idles
             print(f"{peer.label} serving the same MLP (one hop) …", flush=True)
             try:
-                peer_c1, peer_c16 = bench_peers.peer_runs(peer, artifact, json_body, seconds=args.seconds)
+                peer_c1, peer_c16 = bench_peers.peer_runs(
+                    peer, artifact, json_body, seconds=args.seconds, cpus=server_cpus
+                )
             except (RuntimeError, OSError, ValueError, httpx.HTTPError) as failed:  # the run goes on without it
                 print(f"{peer.label} not measured: {failed}", file=sys.stderr, flush=True)
                 continue

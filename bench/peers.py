@@ -48,7 +48,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import REPO_ROOT, Result, run_load, summary, v2_json_body
+from bench.common import REPO_ROOT, Result, add_client_cpus, pinned_to, run_load, split_cpus, summary, v2_json_body
 
 SERVERS = REPO_ROOT / "bench" / "peer_servers"
 ENV = {"mlserver": "BERTH_BENCH_MLSERVER_PYTHON", "kserve": "BERTH_BENCH_KSERVE_PYTHON"}
@@ -127,9 +127,9 @@ def _command(peer: Peer, artifact: Path, folder: Path, ports: list[int]) -> list
 
 
 @contextlib.contextmanager
-def peer_server(peer: Peer, artifact: Path, *, timeout: float = 120) -> Iterator[str]:
-    """Starts ``peer`` serving ``artifact`` as ``mlp`` on a free port of 127.0.0.1; yields its
-    inference URL once the model is ready; stops it on the way out."""
+def peer_server(peer: Peer, artifact: Path, *, timeout: float = 120, cpus: set[int] | None = None) -> Iterator[str]:
+    """Starts ``peer`` serving ``artifact`` as ``mlp`` on a free port of 127.0.0.1 (on ``cpus``
+    when given); yields its inference URL once the model is ready; stops it on the way out."""
     folder = Path(tempfile.mkdtemp(prefix=f"berth-bench-{peer.kind}-"))
     ports = free_ports(3)
     port = ports[0]
@@ -142,7 +142,7 @@ def peer_server(peer: Peer, artifact: Path, *, timeout: float = 120) -> Iterator
         with log.open("wb") as out:
             process = subprocess.Popen(
                 _command(peer, artifact, folder, ports), cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=pinned_to(cpus),
             )  # fmt: skip
         deadline = time.monotonic() + timeout
         while True:
@@ -168,10 +168,10 @@ def peer_server(peer: Peer, artifact: Path, *, timeout: float = 120) -> Iterator
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def peer_runs(peer: Peer, artifact: Path, body: bytes, *, seconds: float) -> list[Result]:
+def peer_runs(peer: Peer, artifact: Path, body: bytes, *, seconds: float, cpus: set[int] | None = None) -> list[Result]:
     """``peer``'s c=1 and c=16 runs with the JSON ``body``; checks first that it answers it
     with the MLP's output (a peer answering 400 fast would be no comparison)."""
-    with peer_server(peer, artifact) as url:
+    with peer_server(peer, artifact, cpus=cpus) as url:
         answer = httpx.post(url, content=body, headers={"Content-Type": "application/json"}, timeout=30)
         outputs = answer.json().get("outputs") if answer.status_code == 200 else None
         if not outputs or outputs[0].get("shape") != [1, 10]:
@@ -191,10 +191,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="each load run")
     add_arguments(parser)
+    add_client_cpus(parser)
     args = parser.parse_args()
     peers = peers_from(args)
     if not peers:
         raise SystemExit("name at least one peer: --mlserver PYTHON and/or --kserve PYTHON (see --help)")
+    cpus = split_cpus(args.client_cpus)
 
     import numpy as np
     import onnxruntime as ort
@@ -212,7 +214,9 @@ def main() -> None:
         results = [time_direct("direct onnxruntime (MLP)", lambda: session.run(None, {"input": one}))]
         for peer in peers:
             print(f"{peer.label} …", flush=True)
-            results += peer_runs(peer, artifact, v2_json_body(one), seconds=args.seconds)
+            results += peer_runs(
+                peer, artifact, v2_json_body(one), seconds=args.seconds, cpus=cpus[0] if cpus else None
+            )
         summary(results)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
