@@ -54,8 +54,8 @@ def split_cpus(clients: set[int] | None) -> tuple[set[int], set[int]] | None:
     usable = os.sched_getaffinity(0)
     if not clients < usable:
         raise SystemExit(
-            f"--client-cpus {sorted(clients)} must leave the servers some of the CPUs this process may use: "
-            f"{sorted(usable)}"
+            f"--client-cpus {sorted(clients)} must be some, not all, of the CPUs this process may use "
+            f"({sorted(usable)}): the servers run on the others"
         )
     os.sched_setaffinity(0, clients)
     return usable - clients, clients
