@@ -45,10 +45,10 @@ def add_client_cpus(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def split_cpus(clients: set[int] | None) -> tuple[set[int], set[int]] | None:
+def split_cpus(clients: set[int] | None) -> set[int] | None:
     """With ``clients`` (``--client-cpus``): pins this process, so the load generators it
-    runs and the processes it spawns, to those CPUs and returns (the servers' CPUs, the
-    clients'), the servers' being every other CPU this process may use. None without."""
+    runs and the processes it spawns, to those CPUs and returns the servers' CPUs: every
+    other CPU this process may use. None without."""
     if clients is None:
         return None
     usable = os.sched_getaffinity(0)
@@ -58,7 +58,7 @@ def split_cpus(clients: set[int] | None) -> tuple[set[int], set[int]] | None:
             f"({sorted(usable)}): the servers run on the others"
         )
     os.sched_setaffinity(0, clients)
-    return usable - clients, clients
+    return usable - clients
 
 
 def pinned_to(cpus: set[int] | None) -> Callable[[], None] | None:

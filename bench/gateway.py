@@ -969,8 +969,7 @@ def main() -> None:
     args = parser.parse_args()
     peers = bench_peers.peers_from(args)
     # With --client-cpus: this process (every load generator) on those CPUs, the servers on the rest.
-    cpus = split_cpus(args.client_cpus)
-    server_cpus = cpus[0] if cpus else None
+    server_cpus = split_cpus(args.client_cpus)
     # A SIGTERM to the bench unwinds through the platform's shutdown too.
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
 
@@ -989,8 +988,9 @@ def main() -> None:
     steady_rate, hammer_rate = STEADY_RATE * scale, 5.0 * limited["requests_per_second"]
     with booted_platform(server_cpus) as platform:
         print(f"booting the platform on {platform.base_url} …", flush=True)
-        if cpus:
-            print(f"the servers on CPUs {_cpus(cpus[0])}, the load generators on CPUs {_cpus(cpus[1])}", flush=True)
+        if server_cpus:
+            clients = _cpus(args.client_cpus)
+            print(f"the servers on CPUs {_cpus(server_cpus)}, the load generators on CPUs {clients}", flush=True)
         # The export runs while the platform boots; nothing is timed yet.
         artifact = export(Mlp(), torch.zeros(2, 256), platform.data_dir / "mlp.onnx")
         platform.wait_healthy()

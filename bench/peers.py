@@ -196,7 +196,7 @@ def main() -> None:
     peers = peers_from(args)
     if not peers:
         raise SystemExit("name at least one peer: --mlserver PYTHON and/or --kserve PYTHON (see --help)")
-    cpus = split_cpus(args.client_cpus)
+    server_cpus = split_cpus(args.client_cpus)
 
     import numpy as np
     import onnxruntime as ort
@@ -214,9 +214,7 @@ def main() -> None:
         results = [time_direct("direct onnxruntime (MLP)", lambda: session.run(None, {"input": one}))]
         for peer in peers:
             print(f"{peer.label} …", flush=True)
-            results += peer_runs(
-                peer, artifact, v2_json_body(one), seconds=args.seconds, cpus=cpus[0] if cpus else None
-            )
+            results += peer_runs(peer, artifact, v2_json_body(one), seconds=args.seconds, cpus=server_cpus)
         summary(results)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
