@@ -3,6 +3,8 @@
 Both planes call this one function, so the control plane and every inference worker on
 a machine agree on the embedded broker (kombu's filesystem transport, made atomic in
 ``fs_broker``, under the data directory) without either side repeating the other's defaults.
+It also puts Berth's Redis transport (``redis_broker``: a consumer survives losing the
+broker in the middle of a command) behind ``redis://`` in the process.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inference_workers.fs_broker import register
+from inference_workers import fs_broker, redis_broker
 
 # The filesystem transport polls its folder; kombu's default of 1 s makes every control
 # command take about a second. 20 ms gives a ~20 ms round trip for a negligible CPU cost.
@@ -43,7 +45,8 @@ def broker_config(*, url: str, data_dir: Path, result_backend: str = "") -> Brok
     Returns:
         The broker configuration, with the embedded broker's folders created.
     """
-    register()
+    fs_broker.register()
+    redis_broker.register()
     if not url or url.startswith(("berthfs://", "filesystem://")):
         folder = data_dir / "broker"
         queue_folder = folder / "queue"

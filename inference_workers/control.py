@@ -307,6 +307,9 @@ def make_celery_app(settings: WorkerSettings) -> Celery:
         accept_content=["json"],
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # A load under way when the broker goes away runs to its end (redis_broker.py);
+        # Celery 6 would cancel it by default.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_prefetch_multiplier=1,
         task_default_queue=settings.queue,
         broker_connection_retry_on_startup=True,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import http.server
 import signal
 import subprocess
 import threading
@@ -16,8 +16,9 @@ import pytest
 from celery import Celery
 
 from inference_workers.settings import WorkerSettings
-from tests.conftest import PYTHON, REPO_ROOT, free_port, subprocess_env
+from tests.conftest import PYTHON, REPO_ROOT, subprocess_env
 from tests.inference_workers import models
+from tests.inference_workers.redis_server import RedisServer, needs_redis_server
 
 pytestmark = pytest.mark.e2e
 
@@ -108,6 +109,10 @@ def worker(tmp_path: Path) -> Iterator[Worker]:
 def infer(url: str, headers: dict[str, str], model: str = "acme.doubler", value: float = 1.0) -> httpx.Response:
     body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [value] * 4}]}
     return httpx.post(f"{url}/v2/models/{model}/infer", json=body, headers=headers, timeout=30)
+
+
+def ready(url: str, headers: dict[str, str], model: str) -> bool:
+    return httpx.get(f"{url}/v2/models/{model}/ready", headers=headers, timeout=30).status_code == 200
 
 
 def test_commands_load_serve_report_and_unload(worker: Worker, model_files):
@@ -238,82 +243,120 @@ def test_a_finished_load_is_reported_at_once_not_at_the_next_heartbeat(tmp_path,
         worker.stop()
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+@needs_redis_server
 def test_the_worker_keeps_serving_through_a_broker_restart(tmp_path, model_files):
-    port = free_port()
-    folder = tmp_path / "redis"
-    folder.mkdir()
-    command = [
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(folder),
-    ]
-
-    def start_redis() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        import redis
-
-        while time.monotonic() < deadline:
-            try:
-                redis.Redis(port=port).ping()
-                return process
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise AssertionError("redis-server did not start")
-
-    server = start_redis()
-    broker = f"redis://127.0.0.1:{port}/0"
-    worker = Worker(tmp_path, BERTH_WORKER_BROKER_URL=broker, CELERY_RESULT_BACKEND=broker)
+    server = RedisServer(tmp_path / "redis")
+    worker = Worker(tmp_path, BERTH_WORKER_BROKER_URL=server.url, CELERY_RESULT_BACKEND=server.url)
     try:
         assert worker.command("load", load_message(model_files["doubler"], model="doubler"))["state"] == "ready"
         url = worker.url()
-        # The broker goes down between commands, not while one is unacknowledged: the load's
-        # result is stored before its ack (acks_late), and a broker lost in that gap makes
-        # kombu fail closing the consumer's channel (it restores the unacked message through a
-        # connection already collected: AttributeError), which Celery takes as unrecoverable
-        # and the worker shuts down (seen once in CI; docs/workers.md, "Known gap").
-        import redis
-
+        # Between commands: the one above is acknowledged (a broker lost while a command is
+        # in flight is the next test).
         deadline = time.monotonic() + 10
-        while redis.Redis(port=port).hlen("unacked"):
+        while server.client().hlen("unacked"):
             assert time.monotonic() < deadline, "the load command was never acknowledged"
             time.sleep(0.05)
-        server.terminate()
-        server.wait(timeout=10)
+        server.stop()
         time.sleep(1.0)  # heartbeats fail now; the worker must keep serving
         for _ in range(5):
             assert infer(url, worker.headers).status_code == 200
         assert worker.process.poll() is None
-        server = start_redis()
-        import redis
-
-        client = redis.Redis(port=port)
-        deadline = time.monotonic() + 30
-        while client.llen("control") == 0:
-            assert time.monotonic() < deadline, "no heartbeat after the broker came back:\n" + worker.log_tail()
-            time.sleep(0.2)
-        # Commands get through again on the worker's reconnected consumer. The control plane
-        # never reads a command's result (it learns from heartbeats), so neither does this:
-        # a load sent after the restart must come to serve on the data plane.
-        worker.app = worker.client()
-        worker.app.send_task(
-            "berth.worker.load", args=[load_message(model_files["doubler"], model="after")], queue=worker.settings.queue
-        )
-        deadline = time.monotonic() + 60
-        while infer(url, worker.headers, model="acme.after").status_code != 200:
-            assert time.monotonic() < deadline, "a load sent after the restart never served:\n" + worker.log_tail()
-            time.sleep(0.2)
-        assert infer(url, worker.headers).status_code == 200
+        server.start()
+        _commands_get_through_again(server, worker, model_files["doubler"].as_uri(), model_files["doubler"])
     finally:
         worker.stop()
-        server.terminate()
-        server.wait(timeout=10)
+        server.stop()
+
+
+def _commands_get_through_again(server: RedisServer, worker: Worker, uri: str, path: Path) -> None:
+    """Heartbeats reach the restarted broker, and a load sent through it comes to serve."""
+    url = worker.url()
+    deadline = time.monotonic() + 30
+    while server.client().llen("control") == 0:
+        assert time.monotonic() < deadline, "no heartbeat after the broker came back:\n" + worker.log_tail()
+        time.sleep(0.2)
+    # The control plane never reads a command's result (it learns from heartbeats), so
+    # neither does this: a load sent after the restart must come to serve on the data plane.
+    worker.app = worker.client()
+    worker.app.send_task("berth.worker.load", args=[load_message(path, model="after")], queue=worker.settings.queue)
+    deadline = time.monotonic() + 60
+    while infer(url, worker.headers, model="acme.after").status_code != 200:
+        assert time.monotonic() < deadline, "a load sent after the restart never served:\n" + worker.log_tail()
+        time.sleep(0.2)
+    assert infer(url, worker.headers).status_code == 200
+    assert worker.process.poll() is None, worker.log_tail()
+
+
+class SlowArtifact:
+    """Serves one artifact over HTTP, slowly (``seconds`` for the whole body), so a load that
+    fetches it is in flight (delivered, not acknowledged) for that long."""
+
+    def __init__(self, path: Path, seconds: float) -> None:
+        body, started = path.read_bytes(), threading.Event()
+        self.started, self.fetches = started, 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.fetches += 1
+                started.set()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                pieces = 20
+                step = -(-len(body) // pieces)
+                for offset in range(0, len(body), step):
+                    time.sleep(seconds / pieces)
+                    self.wfile.write(body[offset : offset + step])
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/{path.name}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@needs_redis_server
+@pytest.mark.parametrize("back", ["before the command ends", "after the command ends"])
+def test_a_broker_restart_in_the_middle_of_a_command_neither_ends_the_worker_nor_loses_the_command(
+    tmp_path, model_files, back
+):
+    """The broker goes away while a load is delivered but not acknowledged (acks_late): the
+    worker keeps serving, the load still comes to serve, and commands get through again."""
+    server = RedisServer(tmp_path / "redis")
+    artifact = SlowArtifact(model_files["mlp"], seconds=4.0)  # never fetched before: not in the cache
+    worker = Worker(tmp_path, BERTH_WORKER_BROKER_URL=server.url, CELERY_RESULT_BACKEND=server.url)
+    try:
+        assert worker.command("load", load_message(model_files["doubler"], model="doubler"))["state"] == "ready"
+        url = worker.url()
+        slow = load_message(model_files["mlp"], model="slow") | {"artifact_uri": artifact.url}
+        worker.app.send_task("berth.worker.load", args=[slow], queue=worker.settings.queue)
+        assert artifact.started.wait(30), "the slow load never began:\n" + worker.log_tail()
+        assert server.client().hlen("unacked") == 1  # delivered, not acknowledged
+        server.stop()
+        if back == "after the command ends":
+            time.sleep(6.0)  # the load ends, its result and ack have no broker to go to
+            assert ready(url, worker.headers, "acme.slow"), worker.log_tail()
+        else:
+            time.sleep(1.0)
+        for _ in range(5):
+            assert infer(url, worker.headers).status_code == 200
+        assert worker.process.poll() is None, worker.log_tail()
+        server.start()
+        deadline = time.monotonic() + 60
+        while not ready(url, worker.headers, "acme.slow"):
+            assert time.monotonic() < deadline, "the load in flight never came to serve:\n" + worker.log_tail()
+            assert worker.process.poll() is None, worker.log_tail()
+            time.sleep(0.2)
+        _commands_get_through_again(server, worker, model_files["doubler"].as_uri(), model_files["doubler"])
+        time.sleep(2.0)
+        assert worker.process.poll() is None, worker.log_tail()
+    finally:
+        worker.stop()
+        artifact.close()
+        server.stop()
