@@ -13,7 +13,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.e2e.conftest import Platform, stop
+from tests.e2e.conftest import Platform, boot_platform, stop
+from tests.inference_workers.redis_server import RedisServer, needs_redis_server
 
 pytestmark = pytest.mark.e2e
 
@@ -217,9 +218,8 @@ def test_an_upload_over_the_tenant_limit_is_refused_before_the_body_is_read(plat
     assert "max_artifact_mb" in reply
 
 
-def test_deploying_the_demo_model_loads_it_on_the_worker(platform: Platform):
-    platform.wait_healthy()
-    headers = {"Authorization": f"Bearer {_demo_key(platform)}"}
+def _deploy_demo(platform: Platform, headers: dict[str, str]) -> list[dict]:
+    """Waits for the demo model's validation, deploys it, and returns its ready replicas."""
     base = f"{platform.base_url}/api/v1/tenants/demo/models/demo-mlp"
     deadline = time.monotonic() + 120
     while httpx.get(f"{base}/versions/1/", headers=headers).json()["status"] == "validating":
@@ -234,6 +234,15 @@ def test_deploying_the_demo_model_loads_it_on_the_worker(platform: Platform):
         assert time.monotonic() < deadline, f"no ready replica: {replicas}\n{platform.log()[-3000:]}"
         time.sleep(0.5)
     assert replicas[0]["state"] == "ready", replicas
+    return replicas
+
+
+def test_deploying_the_demo_model_loads_it_on_the_worker(platform: Platform):
+    platform.wait_healthy()
+    headers = {"Authorization": f"Bearer {_demo_key(platform)}"}
+    base = f"{platform.base_url}/api/v1/tenants/demo/models/demo-mlp"
+    replicas = _deploy_demo(platform, headers)
+    deadline = time.monotonic() + 120
     assert replicas[0]["worker"] == platform.worker_id
     # The worker serves it on its data plane, to the holder of the worker token.
     worker = _wait_for_worker(platform, timeout=10)
@@ -347,3 +356,45 @@ def test_a_killed_workers_replica_is_ready_on_another_worker_within_10_s(platfor
         if spare.poll() is None:
             spare.kill()
         spare.wait()
+
+
+@needs_redis_server
+def test_a_broker_restart_leaves_every_process_up_serving_and_taking_commands_again(tmp_path):
+    """The platform on a Redis broker of its own, which restarts (empty, as one without
+    persistence does): inference never stops, no process exits, and once the broker is back
+    a control command (an undeploy) reaches the worker again."""
+    server = RedisServer(tmp_path / "redis")
+    try:
+        with boot_platform(tmp_path, CELERY_BROKER_URL=server.url, CELERY_RESULT_BACKEND=server.url) as platform:
+            platform.wait_healthy()
+            headers = {"Authorization": f"Bearer {_demo_key(platform)}"}
+            _deploy_demo(platform, headers)
+            infer = f"{platform.base_url}/v2/models/demo-mlp/infer"
+            body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [0.5] * 4}]}
+            assert httpx.post(infer, json=body, headers=headers).status_code == 200
+            before = _alive(platform.descendants())
+            server.stop()
+            down_until = time.monotonic() + 4.0
+            answers = []
+            while time.monotonic() < down_until:  # inference needs no broker
+                answers.append(httpx.post(infer, json=body, headers=headers, timeout=30).status_code)
+                time.sleep(0.1)
+            assert set(answers) == {200}, answers
+            server.start()
+            # Commands flow again: the undeploy's unload reaches the worker through the new broker.
+            worker = _wait_for_worker(platform, timeout=10)
+            token = (platform.log_path.parent / "var" / "worker-token").read_text().strip()
+            on_worker = f"{worker['dataplane_url']}/v2/models/demo.demo-mlp/infer"
+            worker_headers = {"Authorization": f"Bearer {token}"}
+            assert httpx.post(on_worker, json=body, headers=worker_headers).status_code == 200
+            base = f"{platform.base_url}/api/v1/tenants/demo/models/demo-mlp"
+            assert httpx.delete(f"{base}/deployment/", headers=headers).status_code == 204
+            deadline = time.monotonic() + 60
+            while httpx.post(on_worker, json=body, headers=worker_headers, timeout=30).status_code != 404:
+                assert time.monotonic() < deadline, "the undeploy never reached the worker:\n" + platform.log()[-4000:]
+                time.sleep(0.3)
+            gone = {process.pid for process in before} - {process.pid for process in _alive(before)}
+            assert not gone, f"processes {gone} exited across the broker restart:\n{platform.log()[-4000:]}"
+            assert platform.process.poll() is None
+    finally:
+        server.stop()
