@@ -250,12 +250,8 @@ def test_the_worker_keeps_serving_through_a_broker_restart(tmp_path, model_files
     try:
         assert worker.command("load", load_message(model_files["doubler"], model="doubler"))["state"] == "ready"
         url = worker.url()
-        # Between commands: the one above is acknowledged (a broker lost while a command is
-        # in flight is the next test).
-        deadline = time.monotonic() + 10
-        while server.client().hlen("unacked"):
-            assert time.monotonic() < deadline, "the load command was never acknowledged"
-            time.sleep(0.05)
+        # Between commands (a broker lost while a command is in flight is the next test).
+        _acknowledged(server, worker)
         server.stop()
         time.sleep(1.0)  # heartbeats fail now; the worker must keep serving
         for _ in range(5):
@@ -266,6 +262,15 @@ def test_the_worker_keeps_serving_through_a_broker_restart(tmp_path, model_files
     finally:
         worker.stop()
         server.stop()
+
+
+def _acknowledged(server: RedisServer, worker: Worker) -> None:
+    """Waits until the broker holds no unacknowledged command (a result is stored before its
+    command is acknowledged)."""
+    deadline = time.monotonic() + 10
+    while server.client().hlen("unacked"):
+        assert time.monotonic() < deadline, "a command was never acknowledged:\n" + worker.log_tail()
+        time.sleep(0.05)
 
 
 def _commands_get_through_again(server: RedisServer, worker: Worker, uri: str, path: Path) -> None:
@@ -293,12 +298,10 @@ class SlowArtifact:
 
     def __init__(self, path: Path, seconds: float) -> None:
         body, started = path.read_bytes(), threading.Event()
-        self.started, self.fetches = started, 0
-        outer = self
+        self.started = started
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                outer.fetches += 1
                 started.set()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
@@ -334,14 +337,17 @@ def test_a_broker_restart_in_the_middle_of_a_command_neither_ends_the_worker_nor
     try:
         assert worker.command("load", load_message(model_files["doubler"], model="doubler"))["state"] == "ready"
         url = worker.url()
+        _acknowledged(server, worker)  # the load above: only the slow one is in flight below
         slow = load_message(model_files["mlp"], model="slow") | {"artifact_uri": artifact.url}
         worker.app.send_task("berth.worker.load", args=[slow], queue=worker.settings.queue)
         assert artifact.started.wait(30), "the slow load never began:\n" + worker.log_tail()
         assert server.client().hlen("unacked") == 1  # delivered, not acknowledged
         server.stop()
-        if back == "after the command ends":
-            time.sleep(6.0)  # the load ends, its result and ack have no broker to go to
-            assert ready(url, worker.headers, "acme.slow"), worker.log_tail()
+        if back == "after the command ends":  # its result and acknowledgement have no broker to go to
+            deadline = time.monotonic() + 60
+            while not ready(url, worker.headers, "acme.slow"):
+                assert time.monotonic() < deadline, "the load never ended:\n" + worker.log_tail()
+                time.sleep(0.2)
         else:
             time.sleep(1.0)
         for _ in range(5):
