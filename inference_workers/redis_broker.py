@@ -26,7 +26,9 @@ Here the channel keeps the connection parameters it was made with, so that:
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import kombu.transport
@@ -59,25 +61,23 @@ class QoS(redis.QoS):
 
     def ack(self, delivery_tag: Any) -> None:
         """Acknowledges a message (through the kept parameters on a collected channel)."""
-        if not self.channel.collected:
-            super().ack(delivery_tag)
-            return
-        try:
-            super().ack(delivery_tag)
-        except BROKER_ERRORS as exc:
-            self._gone_unanswered("acknowledged", delivery_tag, exc)
-        finally:
-            self.channel.release_pools()
+        self._answer(super().ack, "acknowledged", delivery_tag)
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         """Rejects (or requeues) a message (through the kept parameters on a collected channel)."""
+        answer = functools.partial(super().reject, requeue=requeue)
+        self._answer(answer, "requeued" if requeue else "rejected", delivery_tag)
+
+    def _answer(self, answer: Callable[[Any], None], what: str, delivery_tag: Any) -> None:
+        """Tells the broker what became of a message: as kombu does on a whole connection; on a
+        collected one through the kept parameters, letting go if the broker is unreachable."""
         if not self.channel.collected:
-            super().reject(delivery_tag, requeue=requeue)
+            answer(delivery_tag)
             return
         try:
-            super().reject(delivery_tag, requeue=requeue)
+            answer(delivery_tag)
         except BROKER_ERRORS as exc:
-            self._gone_unanswered("requeued" if requeue else "rejected", delivery_tag, exc)
+            self._gone_unanswered(what, delivery_tag, exc)
         finally:
             self.channel.release_pools()
 
