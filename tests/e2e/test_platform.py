@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import psutil
 import pytest
 
 from tests.e2e.conftest import Platform, boot_platform, stop
+from tests.inference_workers import models
 from tests.inference_workers.redis_server import RedisServer, needs_redis_server
 
 pytestmark = pytest.mark.e2e
@@ -361,8 +363,9 @@ def test_a_killed_workers_replica_is_ready_on_another_worker_within_10_s(platfor
 @needs_redis_server
 def test_a_broker_restart_leaves_every_process_up_serving_and_taking_commands_again(tmp_path):
     """The platform on a Redis broker of its own, which restarts (empty, as one without
-    persistence does): inference never stops, no process exits, and once the broker is back
-    a control command (an undeploy) reaches the worker again."""
+    persistence does) while the control worker validates an upload: inference never stops,
+    no process exits, the validation ends and is recorded, and once the broker is back a
+    control command (an undeploy) reaches the worker again."""
     server = RedisServer(tmp_path / "redis")
     try:
         with boot_platform(tmp_path, CELERY_BROKER_URL=server.url, CELERY_RESULT_BACKEND=server.url) as platform:
@@ -373,7 +376,25 @@ def test_a_broker_restart_leaves_every_process_up_serving_and_taking_commands_ag
             body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [0.5] * 4}]}
             assert httpx.post(infer, json=body, headers=headers).status_code == 200
             before = _alive(platform.descendants())
+            # An upload of a model that takes a tenth of a second a call: its validation (the
+            # sandbox runs it some fifty times) is a late-acknowledged task the control worker
+            # holds for seconds, while the broker goes.
+            slow = models.slow_torchscript(tmp_path / "slow.pt", rounds=60)
+            specs = {
+                "inputs": json.dumps([{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]),
+                "outputs": json.dumps([{"name": "output", "datatype": "FP32", "shape": [-1, 4]}]),
+            }
+            versions = f"{platform.base_url}/api/v1/tenants/demo/models/slow/versions/"
+            with platform.admin() as admin:
+                uploaded = admin.post(versions, files={"file": ("slow.pt", slow.read_bytes())}, data=specs, timeout=60)
+            assert uploaded.status_code == 202, uploaded.text
+            deadline = time.monotonic() + 30
+            while not any(b"validate_model_version" in raw for raw in server.client().hvals("unacked")):
+                assert time.monotonic() < deadline, "the validation never began:\n" + platform.log()[-4000:]
+                time.sleep(0.02)
             server.stop()
+            with platform.admin() as admin:
+                assert admin.get(f"{versions}1/").json()["status"] == "validating"  # still running
             down_until = time.monotonic() + 4.0
             answers = []
             while time.monotonic() < down_until:  # inference needs no broker
@@ -381,6 +402,12 @@ def test_a_broker_restart_leaves_every_process_up_serving_and_taking_commands_ag
                 time.sleep(0.1)
             assert set(answers) == {200}, answers
             server.start()
+            deadline = time.monotonic() + 120
+            with platform.admin() as admin:
+                while (status := admin.get(f"{versions}1/").json()["status"]) == "validating":
+                    assert time.monotonic() < deadline, "the validation never ended:\n" + platform.log()[-4000:]
+                    time.sleep(0.3)
+            assert status == "ready", status
             # Commands flow again: the undeploy's unload reaches the worker through the new broker.
             worker = _wait_for_worker(platform, timeout=10)
             token = (platform.log_path.parent / "var" / "worker-token").read_text().strip()

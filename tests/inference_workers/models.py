@@ -167,8 +167,8 @@ class Slow(nn.Module):
         return self.out(y[: x.shape[0]])
 
 
-def slow_torchscript(path: Path) -> Path:
-    torch.jit.script(Slow()).save(str(path))
+def slow_torchscript(path: Path, *, rounds: int = 600) -> Path:
+    torch.jit.script(Slow(rounds=rounds)).save(str(path))
     return path
 
 
