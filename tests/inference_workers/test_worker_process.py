@@ -258,7 +258,7 @@ def test_the_worker_keeps_serving_through_a_broker_restart(tmp_path, model_files
             assert infer(url, worker.headers).status_code == 200
         assert worker.process.poll() is None
         server.start()
-        _commands_get_through_again(server, worker, model_files["doubler"].as_uri(), model_files["doubler"])
+        _commands_get_through_again(server, worker, url, model_files["doubler"])
     finally:
         worker.stop()
         server.stop()
@@ -273,15 +273,17 @@ def _acknowledged(server: RedisServer, worker: Worker) -> None:
         time.sleep(0.05)
 
 
-def _commands_get_through_again(server: RedisServer, worker: Worker, uri: str, path: Path) -> None:
-    """Heartbeats reach the restarted broker, and a load sent through it comes to serve."""
-    url = worker.url()
+def _commands_get_through_again(server: RedisServer, worker: Worker, url: str, path: Path) -> None:
+    """Heartbeats reach the restarted broker, and a load sent through it (by a client made
+    after the restart, as the control plane's next command would be) comes to serve."""
     deadline = time.monotonic() + 30
     while server.client().llen("control") == 0:
         assert time.monotonic() < deadline, "no heartbeat after the broker came back:\n" + worker.log_tail()
         time.sleep(0.2)
     # The control plane never reads a command's result (it learns from heartbeats), so
     # neither does this: a load sent after the restart must come to serve on the data plane.
+    # (The data plane's URL is the one read before the restart: a status command sent after
+    # it through the client made before it once went unanswered for 120 s.)
     worker.app = worker.client()
     worker.app.send_task("berth.worker.load", args=[load_message(path, model="after")], queue=worker.settings.queue)
     deadline = time.monotonic() + 60
@@ -359,7 +361,7 @@ def test_a_broker_restart_in_the_middle_of_a_command_neither_ends_the_worker_nor
             assert time.monotonic() < deadline, "the load in flight never came to serve:\n" + worker.log_tail()
             assert worker.process.poll() is None, worker.log_tail()
             time.sleep(0.2)
-        _commands_get_through_again(server, worker, model_files["doubler"].as_uri(), model_files["doubler"])
+        _commands_get_through_again(server, worker, url, model_files["doubler"])
         time.sleep(2.0)
         assert worker.process.poll() is None, worker.log_tail()
     finally:
